@@ -1,0 +1,3 @@
+from metavox.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Audio front-end: loading, resampling, fixed-length clips, log-mel/MFCC, augmentation."""

@@ -1,0 +1,1 @@
+"""Backbones: one registry, one constructor signature."""
