@@ -1,0 +1,174 @@
+"""What every meta-learning algorithm shares: episode batch in, meta-loss out.
+
+An algorithm is an ``nn.Module`` holding the meta-parameters (the backbone, any learned
+step sizes). Calling it on an episode batch returns a scalar whose gradient is the
+meta-gradient, so one trainer loop (``loss.backward(); optimizer.step()``) serves them all.
+``adapt(support_x, support_y)`` returns a :class:`Learner` for new inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from metavox.data.batch import EpisodeBatch
+from metavox.meta.batching import map_tasks, resolve_strategy
+from metavox.meta.functional import TaskBatchNorm, has_batch_norm
+from metavox.meta.inner import LossFn, default_loss
+
+
+@dataclass
+class MetaOutput:
+    """The meta-loss (differentiable), its metrics averaged over tasks, and per task."""
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_task: dict[str, Tensor] = field(default_factory=dict)
+
+
+def is_classification(y: Tensor) -> bool:
+    """Integer targets mean classification; floating targets mean regression."""
+    return not torch.is_floating_point(y)
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Fraction of rows whose arg-max equals the label."""
+    return (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
+
+
+class MetaAlgorithm(nn.Module):
+    """Base class: subclasses define :meth:`task_objective` and :meth:`adapt`.
+
+    ``strategy`` is ``"auto"`` (loop on CPU, chunked vmap on CUDA), ``"loop"`` or
+    ``"vmap"``; ``chunk_size`` bounds how many tasks one vmapped call holds.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss_fn: LossFn | None = None,
+        strategy: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn: LossFn = loss_fn or default_loss
+        resolve_strategy(strategy, torch.device("cpu"), chunk_size)  # validate early
+        self.strategy = strategy
+        self.chunk_size = chunk_size
+        self._batch_norm = has_batch_norm(model)
+        self._ways: int | None = None
+
+    # -- to implement -------------------------------------------------------------
+    def task_objective(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+    ) -> dict[str, Tensor]:
+        """One task's scalar tensors; ``"loss"`` is the task's meta-loss."""
+        raise NotImplementedError
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, **kwargs) -> Learner:
+        """Adapt to one task's support set (``[N*K, ...]``) and return a learner."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------
+    def norm_context(self):
+        """Per-task batch statistics for models with BatchNorm (see ``functional``)."""
+        return TaskBatchNorm() if self._batch_norm else nullcontext()
+
+    def forward(
+        self,
+        batch: EpisodeBatch | tuple[Tensor, Tensor, Tensor, Tensor],
+    ) -> MetaOutput:
+        """Meta-loss of a batch of tasks: the mean of the per-task objectives."""
+        if isinstance(batch, EpisodeBatch):
+            tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        else:
+            tensors = tuple(batch)
+            if len(tensors) != 4:
+                raise ValueError(
+                    "expected an EpisodeBatch or (support_x, support_y, query_x, query_y)"
+                )
+        sx, sy, qx, qy = tensors
+        if sy.dim() < 2 or len({t.shape[0] for t in tensors}) != 1:
+            raise ValueError(
+                "episode tensors need one leading task dimension T: got support_x "
+                f"{tuple(sx.shape)}, support_y {tuple(sy.shape)}, query_x {tuple(qx.shape)}, "
+                f"query_y {tuple(qy.shape)}"
+            )
+        if is_classification(sy):
+            self._ways = int(torch.maximum(sy.max(), qy.max()).item()) + 1
+        strategy, chunk = resolve_strategy(self.strategy, sx.device, self.chunk_size)
+        with self.norm_context():
+            per_task = map_tasks(
+                self.task_objective, tensors, strategy=strategy, chunk_size=chunk
+            )
+        loss = per_task["loss"].mean()
+        metrics = {k: float(v.detach().mean()) for k, v in per_task.items()}
+        detached = {k: v.detach() for k, v in per_task.items()}
+        return MetaOutput(loss=loss, metrics=metrics, per_task=detached)
+
+
+class Learner:
+    """A model adapted to one task: classifies (or regresses) new inputs.
+
+    It wraps a plain ``nn.Module`` in eval mode. For models with BatchNorm, its running
+    statistics are the support set's statistics under the adapted weights, so single
+    inputs are classified the same way as in a batch (no transduction at deployment).
+    """
+
+    def __init__(self, module: nn.Module, classes: list[str] | None = None) -> None:
+        self.module = module.eval()
+        self.classes = classes
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Outputs (logits) for a batch ``x``."""
+        with torch.no_grad():
+            return self.module(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted label index per row of ``x``."""
+        return self(x).argmax(dim=-1)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Class probabilities per row of ``x``."""
+        return self(x).softmax(dim=-1)
+
+    def to_module(self) -> nn.Module:
+        """The adapted network as a plain ``nn.Module`` (for export or serving)."""
+        return self.module
+
+
+def export_module(
+    model: nn.Module, params: dict[str, Tensor], support_x: Tensor
+) -> nn.Module:
+    """A deep copy of ``model`` with ``params`` loaded, in eval mode, with every
+    BatchNorm's running statistics set to ``support_x``'s statistics under those weights."""
+    module = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name in params:
+                p.copy_(params[name].detach())
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+    module.eval()
+    if bns and support_x.shape[0] > 1:
+        saved = [(m.momentum, m.track_running_stats) for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: after one batch, that batch's stats
+            m.track_running_stats = True
+            m.train()
+        with torch.no_grad():
+            module(support_x)
+        for m, (momentum, track) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            m.track_running_stats = track
+            m.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -1,0 +1,63 @@
+"""Run a per-task function over a meta-batch: a Python loop, or ``torch.vmap`` in chunks.
+
+Why ``"auto"`` is not always vmap. On a GPU a per-task loop launches many small kernels
+and is launch-bound; one vmapped call batches every task's convolutions into single large
+kernels (about 10x faster for second-order MAML on an H100). On a CPU the per-task
+kernels already keep the cores busy, so batching buys no parallelism, while vmap turns
+each task's weights into grouped convolutions and keeps every task's activations and
+double-backward buffers alive at once: on 2 cores it was ~2.3x slower than the loop with
+~10x the memory. ``"auto"`` therefore picks the loop on CPU and chunked vmap on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+STRATEGIES = ("auto", "loop", "vmap")
+DEFAULT_CUDA_CHUNK = 8
+
+TaskFn = Callable[..., dict[str, Tensor]]
+
+
+def resolve_strategy(
+    strategy: str, device: torch.device, chunk_size: int | None
+) -> tuple[str, int | None]:
+    """The concrete strategy and chunk size for ``device`` (see the module docstring)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of tasks, got {chunk_size}")
+    if strategy == "auto":
+        if device.type == "cuda":
+            return "vmap", chunk_size or DEFAULT_CUDA_CHUNK
+        return "loop", None
+    return strategy, chunk_size
+
+
+def map_tasks(
+    fn: TaskFn,
+    tensors: tuple[Tensor, ...],
+    *,
+    strategy: str = "loop",
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Apply ``fn`` to each task (index 0 of every tensor) and stack its dict of outputs.
+
+    ``"vmap"`` vectorises over tasks, ``chunk_size`` tasks per call (all at once when
+    ``None``) to bound the memory of the batched intermediates.
+    """
+    num_tasks = tensors[0].shape[0]
+    if strategy == "loop":
+        outs = [fn(*(t[i] for t in tensors)) for i in range(num_tasks)]
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+    if strategy != "vmap":
+        raise ValueError(f"unknown strategy {strategy!r}; expected 'loop' or 'vmap'")
+    vfn = torch.vmap(fn, randomness="different")
+    step = chunk_size or num_tasks
+    chunks = [vfn(*(t[i : i + step] for t in tensors)) for i in range(0, num_tasks, step)]
+    if len(chunks) == 1:
+        return chunks[0]
+    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}

@@ -1,0 +1,133 @@
+"""MAML's meta-gradient is the true gradient of the post-adaptation query loss."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from meta_helpers import TinyNet, flat_grad, rel_err, tiny_episodes
+from torch import nn
+
+from metavox.meta import MAML, MAMLPlusPlus, MetaSGD, Reptile, adapt, forward, msl_weights
+from metavox.meta.functional import TaskBatchNorm, functional_buffers
+
+
+def post_adaptation_loss(model, flat, episode, steps, lr):
+    """Query loss after `steps` SGD steps from the parameters `flat` (a plain function)."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    params, i = {}, 0
+    for n, s in zip(names, shapes, strict=True):
+        k = int(torch.tensor(s).prod()) if len(s) else 1
+        params[n] = flat[i:i + k].view(s)
+        i += k
+    sx, sy, qx, qy = episode
+    with TaskBatchNorm():
+        fast = adapt(model, params, sx, sy, steps=steps, lr=lr)
+        return torch.nn.functional.cross_entropy(forward(model, fast, qx), qy)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["bn", "nobn"])
+def test_second_order_matches_finite_differences(batch_norm):
+    torch.manual_seed(1)
+    model = TinyNet(batch_norm=batch_norm).double()
+    sx, sy, qx, qy = tiny_episodes(tasks=1)
+    episode = (sx[0], sy[0], qx[0], qy[0])
+    algo = MAML(copy.deepcopy(model), inner_lr=0.5, steps=2, strategy="loop")
+    algo((sx, sy, qx, qy)).loss.backward()
+    analytic = flat_grad(algo.model)
+
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    eps = 1e-6
+    fd = torch.zeros_like(theta)
+    for j in range(theta.numel()):
+        e = torch.zeros_like(theta)
+        e[j] = eps
+        hi = post_adaptation_loss(model, theta + e, episode, 2, 0.5)
+        lo = post_adaptation_loss(model, theta - e, episode, 2, 0.5)
+        fd[j] = (hi - lo) / (2 * eps)
+    assert rel_err(analytic, fd) < 1e-6
+
+    # First-order MAML is a different vector: it ignores the Hessian terms ...
+    fo = MAML(copy.deepcopy(model), inner_lr=0.5, steps=2, first_order=True, strategy="loop")
+    fo((sx, sy, qx, qy)).loss.backward()
+    g_fo = flat_grad(fo.model)
+    assert rel_err(g_fo, fd) > 1e-3
+    # ... and equals the query-loss gradient taken at the fast weights.
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    with TaskBatchNorm():
+        fast = adapt(model, params, sx[0], sy[0], steps=2, lr=0.5)
+        fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
+        loss = torch.nn.functional.cross_entropy(
+            forward(model, fast, qx[0], functional_buffers(model)), qy[0])
+    g_fast = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(fast.values()))])
+    assert rel_err(g_fo, g_fast) < 1e-10
+
+
+def test_meta_gradient_is_not_the_gradient_at_the_initial_weights():
+    """The widespread bug: outer loss on the original weights. Ours differs from that."""
+    torch.manual_seed(2)
+    model = TinyNet(batch_norm=False).double()
+    sx, sy, qx, qy = tiny_episodes(tasks=1)
+    algo = MAML(copy.deepcopy(model), inner_lr=0.5, steps=1, strategy="loop")
+    algo((sx, sy, qx, qy)).loss.backward()
+    wrong = torch.nn.functional.cross_entropy(model(qx[0]), qy[0])
+    g_wrong = torch.cat([g.flatten() for g in torch.autograd.grad(wrong, model.parameters())])
+    assert rel_err(flat_grad(algo.model), g_wrong) > 1e-2
+
+
+def test_reptile_update_is_its_definition():
+    torch.manual_seed(3)
+    model = nn.Linear(4, 2).double()
+    x = torch.randn(3, 6, 4, dtype=torch.float64)
+    y = torch.randint(0, 2, (3, 6))
+    eps, inner_lr, steps = 0.7, 0.1, 3
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    phis = []
+    for t in range(3):  # plain SGD on each task, by hand
+        w = {n: v.clone().requires_grad_() for n, v in theta.items()}
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(x[t] @ w["weight"].T + w["bias"], y[t])
+            g = torch.autograd.grad(loss, list(w.values()))
+            w = {n: (v - inner_lr * gi).detach().requires_grad_()
+                 for (n, v), gi in zip(w.items(), g, strict=True)}
+        phis.append(w)
+    expected = {n: theta[n] + eps * sum(phi[n] - theta[n] for phi in phis) / 3 for n in theta}
+
+    algo = Reptile(model, inner_lr=inner_lr, steps=steps, strategy="loop")
+    opt = torch.optim.SGD(algo.parameters(), lr=eps)
+    algo((x, y, x, y)).loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, expected[n], atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [MetaSGD, MAMLPlusPlus])
+def test_learned_step_sizes_get_gradients_and_change(cls):
+    torch.manual_seed(4)
+    algo = cls(TinyNet(), inner_lr=0.1, steps=2, strategy="loop")
+    before = {k: v.detach().clone() for k, v in algo.lrs.items()}
+    assert before, "no learned step sizes registered"
+    opt = torch.optim.Adam(algo.parameters(), lr=1e-2)
+    for i in range(3):
+        opt.zero_grad()
+        algo(tiny_episodes(tasks=2, seed=i, dtype=torch.float32)).loss.backward()
+        for k, v in algo.lrs.items():
+            assert v.grad is not None and v.grad.abs().sum() > 0, k
+        opt.step()
+    # A conv bias right before BatchNorm cannot affect the output, so its step size's
+    # gradient is rounding noise (~1e-15); every other step size must have moved.
+    live = [k for k in algo.lrs if "body__0__bias" not in k]
+    assert all(not torch.equal(before[k], algo.lrs[k]) for k in live)
+    if cls is MAMLPlusPlus:  # per-step tables: one entry per step, per-step BN affine too
+        assert all(v.shape == (2,) for v in algo.lrs.values())
+        assert len(algo.bn_steps) == 2 and all(v.shape[0] == 3 for v in algo.bn_steps.values())
+
+
+def test_msl_weights_anneal_to_the_last_step():
+    w0 = msl_weights(5, 0, 100)
+    assert w0 == pytest.approx([0.2] * 5)
+    w_end = msl_weights(5, 1000, 100)
+    assert sum(w_end) == pytest.approx(1.0)
+    assert w_end[-1] > 0.85 and w_end[0] == pytest.approx(0.03 / 5)
