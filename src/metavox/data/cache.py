@@ -1,0 +1,446 @@
+"""Features computed once per (corpus, front-end), kept as a memory-mapped ``.npy``.
+
+A cache entry is a folder ``{cache_dir}/{corpus}-{key}/`` holding ``features.npy``
+(``[clips, features, frames]``, float32 or float16) and ``index.json`` (the utterances in
+row order, the front-end config, the corpus fingerprint, the clips that failed to decode).
+``key`` hashes the front-end config, the dtype and the corpus fingerprint, so a change to
+either gives a new entry. Entries are built in a temporary folder and renamed into place,
+so an interrupted build is never mistaken for a complete one. The cache never lives inside
+the (read-only) data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from metavox.audio import io as audio_io
+from metavox.audio.features import FrontendConfig, build_frontend
+from metavox.data.corpus import Corpus, Utterance
+
+_FORMAT = "metavox-features"
+_VERSION = 1
+_CROP = "center"
+_BATCH = 256
+_STALE_TMP_S = 24 * 3600
+
+DType = Literal["float32", "float16"]
+OnError = Literal["skip", "raise"]
+
+
+def default_cache_dir() -> Path:
+    """``$METAVOX_CACHE/features`` if set, else ``$XDG_CACHE_HOME`` or ``~/.cache`` +
+    ``/metavox/features``."""
+    env = os.environ.get("METAVOX_CACHE")
+    if env:
+        return Path(env).expanduser() / "features"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "metavox" / "features"
+
+
+class _Rows:
+    """Row-subset view of a memmap: ``rows[i]`` is a memmap view of one clip."""
+
+    def __init__(self, data: np.ndarray, rows: np.ndarray) -> None:
+        self._data = data
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        return self._data[self._rows[i]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self._rows), *self._data.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+
+class FeatureStore:
+    """Cached features of a corpus: ``features[i]`` (a memmap view, ``[F, frames]``),
+    with per-clip ``labels`` and ``speakers`` aligned to the rows, and lookups by either.
+
+    A store made by :meth:`filter` shares the file and maps its rows onto a subset.
+    It pickles by path (DataLoader workers reopen the memmap, never copy it).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], rows: np.ndarray | None = None) -> None:
+        self.path = Path(path)
+        with open(self.path / "index.json", encoding="utf-8") as fh:
+            self.index: dict[str, Any] = json.load(fh)
+        self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._open()
+
+    def _open(self) -> None:
+        self._data = np.load(self.path / "features.npy", mmap_mode="r")
+        root = self.index["corpus"]["root"]
+        utts = [
+            Utterance(os.path.normpath(os.path.join(root, rel)), label, speaker)
+            for rel, label, speaker in self.index["utterances"]
+        ]
+        if self._rows is not None:
+            utts = [utts[r] for r in self._rows]
+        self.utterances: tuple[Utterance, ...] = tuple(utts)
+        self.labels: tuple[str, ...] = tuple(u.label for u in utts)
+        self.speakers: tuple[str | None, ...] = tuple(u.speaker for u in utts)
+        self.label_names: list[str] = sorted(set(self.labels))
+        self.speaker_names: list[str] = sorted({s for s in self.speakers if s is not None})
+        lab_pos = {name: i for i, name in enumerate(self.label_names)}
+        spk_pos = {name: i for i, name in enumerate(self.speaker_names)}
+        #: int label id per row (index into ``label_names``)
+        self.label_ids = np.array([lab_pos[x] for x in self.labels], dtype=np.int64)
+        #: int speaker id per row (index into ``speaker_names``; -1 = unknown)
+        self.speaker_ids = np.array(
+            [-1 if s is None else spk_pos[s] for s in self.speakers], dtype=np.int64
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "index": self.index, "rows": self._rows}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.index, self._rows = state["path"], state["index"], state["rows"]
+        self._open()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({len(self)} clips, {len(self.label_names)} labels, "
+                f"{len(self.speaker_names)} speakers, shape {self.shape}, {self.path})")
+
+    @property
+    def features(self) -> np.ndarray | _Rows:
+        """The rows, memory-mapped: ``features[i]`` is ``[F, frames]``."""
+        return self._data if self._rows is None else _Rows(self._data, self._rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.features[i]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(clips, features, frames)``."""
+        return (len(self), *self._data.shape[1:])
+
+    @property
+    def config(self) -> FrontendConfig:
+        """The front-end config the features were computed with."""
+        return FrontendConfig.from_dict(self.index["frontend"])
+
+    @property
+    def failures(self) -> list[dict[str, str]]:
+        """Clips that could not be decoded at build time (``path``, ``reason``)."""
+        return list(self.index.get("failures", []))
+
+    def fingerprint(self) -> str:
+        """Fingerprint of the corpus the store was built from (see ``Corpus.fingerprint``)."""
+        return str(self.index["corpus"]["fingerprint"])
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows ``indices`` gathered into a new float32 array ``[n, F, frames]``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._rows is not None:
+            idx = self._rows[idx]
+        return np.asarray(self._data[idx], dtype=np.float32)
+
+    def indices(self, label: str | None = None, speaker: str | None = None) -> np.ndarray:
+        """Row indices with that label and/or speaker (sorted)."""
+        mask = np.ones(len(self), dtype=bool)
+        if label is not None:
+            mask &= np.asarray([x == label for x in self.labels])
+        if speaker is not None:
+            mask &= np.asarray([s == speaker for s in self.speakers])
+        return np.flatnonzero(mask)
+
+    def by_label(self) -> dict[str, np.ndarray]:
+        """Row indices per label (labels sorted)."""
+        return {name: np.flatnonzero(self.label_ids == i)
+                for i, name in enumerate(self.label_names)}
+
+    def by_speaker(self) -> dict[str, np.ndarray]:
+        """Row indices per known speaker (speakers sorted)."""
+        return {name: np.flatnonzero(self.speaker_ids == i)
+                for i, name in enumerate(self.speaker_names)}
+
+    def filter(
+        self, labels: Iterable[str] | None = None, speakers: Iterable[str] | None = None
+    ) -> FeatureStore:
+        """A view of the rows whose label is in ``labels`` and speaker in ``speakers``."""
+        lab = None if labels is None else set(labels)
+        spk = None if speakers is None else set(speakers)
+        keep = [
+            i for i, (x, s) in enumerate(zip(self.labels, self.speakers, strict=True))
+            if (lab is None or x in lab) and (spk is None or s in spk)
+        ]
+        base = np.asarray(keep, dtype=np.int64)
+        rows = base if self._rows is None else self._rows[base]
+        return FeatureStore(self.path, rows)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _decode(task: tuple[int, str, int, float, bool]) -> tuple[int, np.ndarray | None, str]:
+    """Decode one clip (runs in pool workers): ``(i, wave or None, failure reason)``."""
+    i, path, sample_rate, duration, trim = task
+    try:
+        wave = audio_io.load_clip(path, sample_rate, duration, trim=trim, crop=_CROP)
+    except audio_io.AudioError as exc:
+        return i, None, exc.problem if hasattr(exc, "problem") else str(exc)
+    return i, np.asarray(wave, dtype=np.float32), ""
+
+
+def _pool_context() -> mp.context.BaseContext:
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "corpus"
+
+
+class FeatureCache:
+    """Feature stores for one front-end config under ``cache_dir``.
+
+    ``get(corpus)`` opens the entry for ``corpus`` if it is complete and builds it
+    otherwise; later calls never decode audio. ``workers`` decoding processes (0 = in this
+    process; default: up to 8, one per core); a clip that fails to decode is skipped and
+    listed (``on_error="skip"``) or raises (``"raise"``).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        frontend_config: FrontendConfig | None = None,
+        *,
+        dtype: DType = "float32",
+        workers: int | None = None,
+        on_error: OnError = "skip",
+        progress: bool = False,
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.config = frontend_config if frontend_config is not None else FrontendConfig()
+        self.dtype = dtype
+        self.workers = workers
+        self.on_error = on_error
+        self.progress = progress
+
+    def key(self, corpus: Corpus, fingerprint: str | None = None) -> str:
+        """Hex hash of (format, front-end config, dtype, crop, corpus fingerprint)."""
+        blob = json.dumps(
+            {
+                "format": [_FORMAT, _VERSION],
+                "frontend": self.config.to_dict(),
+                "dtype": self.dtype,
+                "crop": _CROP,
+                "corpus": fingerprint or corpus.fingerprint(),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def path(self, corpus: Corpus, fingerprint: str | None = None) -> Path:
+        """The entry folder for ``corpus`` (it may not exist yet)."""
+        key = self.key(corpus, fingerprint)
+        return self.cache_dir / f"{_safe_name(corpus.name)}-{key[:20]}"
+
+    def load(self, corpus: Corpus) -> FeatureStore | None:
+        """The complete entry for ``corpus``, or ``None`` (nothing is decoded)."""
+        fp = corpus.fingerprint()
+        return self._open_valid(self.path(corpus, fp), self.key(corpus, fp))
+
+    def get(self, corpus: Corpus, *, rebuild: bool = False) -> FeatureStore:
+        """Open the entry for ``corpus``, building it first if missing or incomplete."""
+        fp = corpus.fingerprint()
+        key = self.key(corpus, fp)
+        target = self.path(corpus, fp)
+        if not rebuild:
+            store = self._open_valid(target, key)
+            if store is not None:
+                return store
+        return self._build(corpus, fp, key, target)
+
+    def _open_valid(self, target: Path, key: str) -> FeatureStore | None:
+        if not target.is_dir():
+            return None
+        try:
+            with open(target / "index.json", encoding="utf-8") as fh:
+                index = json.load(fh)
+            ok = index.get("format") == _FORMAT and index.get("key") == key
+            if ok:
+                arr = np.load(target / "features.npy", mmap_mode="r")
+                ok = list(arr.shape) == index["shape"] and str(arr.dtype) == index["dtype"]
+            if ok:
+                return FeatureStore(target)
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"feature cache entry {target} is unreadable ({exc}); rebuilding",
+                          stacklevel=3)
+            return None
+        warnings.warn(f"feature cache entry {target} is incomplete; rebuilding", stacklevel=3)
+        return None
+
+    def _check_location(self, corpus: Corpus) -> None:
+        cache = self.cache_dir.resolve()
+        root = Path(corpus.root).resolve()
+        if cache == root or root in cache.parents:
+            raise ValueError(
+                f"feature cache {cache} is inside the data folder {root}; data folders are "
+                "read-only: pick another cache_dir (or set $METAVOX_CACHE)"
+            )
+
+    def _clean_stale(self) -> None:
+        now = time.time()
+        for entry in self.cache_dir.glob(".tmp-*"):
+            try:
+                if now - entry.stat().st_mtime > _STALE_TMP_S:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                pass
+
+    def _decoded(self, corpus: Corpus) -> Iterator[tuple[int, np.ndarray | None, str]]:
+        cfg = self.config
+        tasks = [(i, u.path, cfg.sample_rate, cfg.duration, cfg.trim)
+                 for i, u in enumerate(corpus)]
+        n_workers = self.workers
+        if n_workers is None:
+            n_workers = min(8, os.cpu_count() or 1) if len(tasks) >= 64 else 0
+        if n_workers <= 1:
+            yield from map(_decode, tasks)
+            return
+        with _pool_context().Pool(n_workers) as pool:
+            yield from pool.imap(_decode, tasks, chunksize=16)
+
+    def _write(
+        self, corpus: Corpus, frontend: torch.nn.Module, dest: Path, shape: tuple[int, ...]
+    ) -> tuple[list[int], list[dict[str, str]]]:
+        """Decode every clip and write its features to ``dest`` (rows of the decoded clips
+        first, in corpus order); returns the kept corpus indices and the failures."""
+        out = np.lib.format.open_memmap(dest, mode="w+", dtype=self.dtype, shape=shape)
+        kept: list[int] = []
+        failures: list[dict[str, str]] = []
+        waves: list[np.ndarray] = []
+        written = 0
+        decoded = self._decoded(corpus)
+        if self.progress:
+            from tqdm import tqdm
+
+            decoded = tqdm(decoded, total=len(corpus), desc=f"features {corpus.name}",
+                           unit="clip")
+        for i, wave, reason in decoded:
+            if wave is None:
+                if self.on_error == "raise":
+                    raise audio_io.AudioError(corpus[i].path, reason)
+                failures.append({"path": corpus.relpath(corpus[i]), "reason": reason})
+            else:
+                kept.append(i)
+                waves.append(wave)
+            if waves and (len(waves) >= _BATCH or i == len(corpus) - 1):
+                with torch.inference_mode():
+                    feats = frontend(torch.from_numpy(np.stack(waves))).numpy()
+                if feats.shape[1:] != shape[1:]:
+                    raise RuntimeError(f"front-end gave {feats.shape[1:]}, expected {shape[1:]}")
+                out[written : written + len(waves)] = feats.astype(self.dtype, copy=False)
+                written += len(waves)
+                waves.clear()
+        out.flush()
+        del out
+        return kept, failures
+
+    def _build(self, corpus: Corpus, fp: str, key: str, target: Path) -> FeatureStore:
+        if not len(corpus):
+            raise ValueError(f"corpus {corpus.name!r} is empty: nothing to cache")
+        self._check_location(corpus)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_stale()
+        cfg = self.config
+        frontend = build_frontend(cfg).eval()
+        n = len(corpus)
+        shape = (n, cfg.num_features, cfg.num_frames)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=self.cache_dir))
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a shared cache should be readable
+        try:
+            kept, failures = self._write(corpus, frontend, tmp / "features.npy", shape)
+            if not kept:
+                raise ValueError(f"none of the {n} clips of {corpus.name!r} could be decoded "
+                                 f"(first failure: {failures[0]['path']}: {failures[0]['reason']})")
+            if len(kept) < n:
+                full = np.load(tmp / "features.npy", mmap_mode="r")
+                np.save(tmp / "features.part.npy", full[: len(kept)])
+                del full
+                os.replace(tmp / "features.part.npy", tmp / "features.npy")
+            index = {
+                "format": _FORMAT,
+                "version": _VERSION,
+                "key": key,
+                "frontend": cfg.to_dict(),
+                "dtype": self.dtype,
+                "crop": _CROP,
+                "shape": [len(kept), *shape[1:]],
+                "corpus": {"name": corpus.name, "root": corpus.root, "source": corpus.source,
+                           "fingerprint": fp, "clips": n},
+                "utterances": [[corpus.relpath(corpus[i]), corpus[i].label, corpus[i].speaker]
+                               for i in kept],
+                "failures": failures,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            with open(tmp / "index.json", "w", encoding="utf-8") as fh:
+                json.dump(index, fh, ensure_ascii=False)
+            if target.exists():  # an incomplete or stale entry under the same name
+                shutil.rmtree(target)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process finished the same entry first
+                store = self._open_valid(target, key)
+                if store is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                return store
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if failures:
+            warnings.warn(
+                f"{len(failures)} of {n} clips of {corpus.name!r} could not be decoded and are "
+                f"left out of the feature store (first: {failures[0]['path']}: "
+                f"{failures[0]['reason']})",
+                stacklevel=3,
+            )
+        return FeatureStore(target)
+
+
+def build_feature_store(
+    corpus: Corpus,
+    frontend_config: FrontendConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    dtype: DType = "float32",
+    workers: int | None = None,
+    on_error: OnError = "skip",
+    progress: bool = False,
+    rebuild: bool = False,
+) -> FeatureStore:
+    """Open the cached features of ``corpus`` under ``frontend_config``, computing them
+    once if needed (see :class:`FeatureCache`)."""
+    cache = FeatureCache(cache_dir, frontend_config, dtype=dtype, workers=workers,
+                         on_error=on_error, progress=progress)
+    return cache.get(corpus, rebuild=rebuild)
