@@ -34,7 +34,7 @@ from metavox.data.corpus import Corpus, Utterance
 _FORMAT = "metavox-features"
 _VERSION = 1
 _CROP = "center"
-_BATCH = 256
+_BATCH = 64
 _STALE_TMP_S = 24 * 3600
 
 DType = Literal["float32", "float16"]
