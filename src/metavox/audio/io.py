@@ -98,7 +98,10 @@ def _check_riff(path: str) -> None:
 
 
 def _open_error(path: str, exc: Exception) -> AudioError:
-    return AudioError(path, f"not a readable audio file ({str(exc).strip() or type(exc).__name__})")
+    reason = str(exc).strip() or type(exc).__name__
+    if reason.startswith("Error opening") and "': " in reason:
+        reason = reason.split("': ", 1)[1]  # soundfile repeats the path; keep its reason
+    return AudioError(path, f"not a readable audio file ({reason})")
 
 
 def audio_info(path: PathLike) -> AudioInfo:
