@@ -1,5 +1,48 @@
 """Corpora, splits, feature cache and episode samplers: corpus -> episode batches."""
 
 from metavox.data.batch import EpisodeBatch
+from metavox.data.cache import FeatureCache, FeatureStore, build_feature_store, default_cache_dir
+from metavox.data.corpus import (
+    PRESETS,
+    Corpus,
+    CorpusError,
+    ScanReport,
+    Utterance,
+    compile_pattern,
+    detect_corpus,
+    load_corpus,
+    scan_corpus,
+)
+from metavox.data.episodes import (
+    ClassEpisodeSampler,
+    EpisodeDataset,
+    EpisodeError,
+    EpisodeSampler,
+    SpeakerEpisodeSampler,
+)
+from metavox.data.splits import Split, SplitPart, make_split
 
-__all__ = ["EpisodeBatch"]
+__all__ = [
+    "EpisodeBatch",
+    "PRESETS",
+    "Corpus",
+    "CorpusError",
+    "ScanReport",
+    "Utterance",
+    "compile_pattern",
+    "detect_corpus",
+    "load_corpus",
+    "scan_corpus",
+    "Split",
+    "SplitPart",
+    "make_split",
+    "FeatureCache",
+    "FeatureStore",
+    "build_feature_store",
+    "default_cache_dir",
+    "ClassEpisodeSampler",
+    "SpeakerEpisodeSampler",
+    "EpisodeSampler",
+    "EpisodeDataset",
+    "EpisodeError",
+]

@@ -1,0 +1,330 @@
+"""N-way K-shot episodes over cached features: tasks by class or by speaker.
+
+Episode ``i`` of a sampler with seed ``s`` is a pure function of ``(s, i)`` (its generator
+is ``np.random.default_rng([s, i])``), so batches are identical in any DataLoader worker,
+in any order, and can be sharded by index across ranks. Batch ``b`` of ``T`` tasks holds
+episodes ``b*T .. b*T+T-1``.
+
+Inside a task the support and the query are grouped by class (label ``0`` first), and the
+``N`` classes get the labels ``0..N-1`` in a random order drawn per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from metavox.data.batch import EpisodeBatch
+from metavox.data.cache import FeatureStore
+
+#: ``augment(features [n, F, frames], rng) -> features``, applied per task.
+Augment = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
+
+_MAX_TRIES = 200
+
+
+class EpisodeError(ValueError):
+    """The store cannot give the requested episodes (too few classes, clips or speakers)."""
+
+
+def _check_sizes(ways: int, shots: int, queries: int) -> None:
+    for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _kth_largest(values: Sequence[int], k: int) -> int:
+    """The ``k``-th largest value (0 when there are fewer than ``k``)."""
+    ordered = sorted(values, reverse=True)
+    return ordered[k - 1] if len(ordered) >= k else 0
+
+
+def _can_split(counts: Sequence[int], shots: int, queries: int) -> bool:
+    """Whether whole speakers (clip ``counts``) can be split into >= shots and >= queries."""
+    total = sum(counts)
+    if total < shots + queries:
+        return False
+    reach = 1  # bit s set: some subset of speakers has s clips
+    for c in counts:
+        reach |= reach << c
+    window = reach >> shots
+    return window & ((1 << (total - queries - shots + 1)) - 1) != 0
+
+
+class EpisodeSampler:
+    """Base of the samplers: seeding, feature gathering, batching, augmentation."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        ways: int,
+        shots: int,
+        queries: int,
+        *,
+        seed: int,
+        channel_dim: bool,
+        augment: Augment | None,
+    ) -> None:
+        _check_sizes(ways, shots, queries)
+        self.store = store
+        self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
+        self.seed = int(seed)
+        self.channel_dim = channel_dim
+        self.augment = augment
+
+    def _draw(
+        self, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Support rows ``[N, K]``, query rows ``[N, Q]`` and the class names, in label order."""
+        raise NotImplementedError
+
+    def episode_rows(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Store rows of episode ``index``: support ``[N, K]``, query ``[N, Q]``, classes."""
+        return self._draw(np.random.default_rng([self.seed, int(index)]))
+
+    def sample(self, meta_batch: int = 1, index: int = 0) -> EpisodeBatch:
+        """Batch ``index`` of ``meta_batch`` tasks (episodes ``index*meta_batch + t``)."""
+        if meta_batch < 1:
+            raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
+        N, K, Q = self.ways, self.shots, self.queries
+        first = int(index) * meta_batch
+        sup_rows, qry_rows, classes, speakers = [], [], [], []
+        for t in range(meta_batch):
+            sup, qry, names = self.episode_rows(first + t)
+            sup_rows.append(sup.reshape(-1))
+            qry_rows.append(qry.reshape(-1))
+            classes.append(names)
+            used = {self.store.speakers[r] for r in (*sup_rows[-1], *qry_rows[-1])}
+            speakers.append(sorted(s for s in used if s is not None))
+        shape = self.store.shape[1:]
+        support_x = torch.from_numpy(self.store.take(np.concatenate(sup_rows)))
+        support_x = support_x.reshape(meta_batch, N * K, *shape)
+        query_x = torch.from_numpy(self.store.take(np.concatenate(qry_rows)))
+        query_x = query_x.reshape(meta_batch, N * Q, *shape)
+        if self.augment is not None:
+            aug_s, aug_q = [], []
+            for t in range(meta_batch):
+                rng = np.random.default_rng([self.seed, first + t, 1])
+                aug_s.append(self.augment(support_x[t], rng))
+                aug_q.append(self.augment(query_x[t], rng))
+            support_x, query_x = torch.stack(aug_s), torch.stack(aug_q)
+        if self.channel_dim:
+            support_x, query_x = support_x.unsqueeze(2), query_x.unsqueeze(2)
+        labels = torch.arange(N, dtype=torch.int64)
+        support_y = labels.repeat_interleave(K).expand(meta_batch, -1).contiguous()
+        query_y = labels.repeat_interleave(Q).expand(meta_batch, -1).contiguous()
+        return EpisodeBatch(support_x, support_y, query_x, query_y, classes, speakers)
+
+    def dataset(self, meta_batch: int, length: int, *, start: int = 0) -> EpisodeDataset:
+        """An :class:`EpisodeDataset` of ``length`` batches over this sampler."""
+        return EpisodeDataset(self, meta_batch, length, start=start)
+
+
+class ClassEpisodeSampler(EpisodeSampler):
+    """N-way K-shot Q-query tasks over classes of a feature store.
+
+    ``labels`` restricts the classes. With ``speaker_disjoint`` no speaker of a task's
+    query is heard in its support (clips with no speaker are left out). A class with fewer
+    than ``shots + queries`` clips is an error (``too_few="raise"``) or is left out
+    (``"drop"``). ``augment(x, rng)`` is applied to each task's support and query.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        ways: int,
+        shots: int,
+        queries: int,
+        *,
+        labels: Sequence[str] | None = None,
+        speaker_disjoint: bool = False,
+        too_few: Literal["raise", "drop"] = "raise",
+        seed: int = 0,
+        channel_dim: bool = True,
+        augment: Augment | None = None,
+    ) -> None:
+        super().__init__(store, ways, shots, queries, seed=seed, channel_dim=channel_dim,
+                         augment=augment)
+        if too_few not in ("raise", "drop"):
+            raise ValueError(f"too_few must be 'raise' or 'drop', got {too_few!r}")
+        self.speaker_disjoint = speaker_disjoint
+        by_label = store.by_label()
+        names = list(by_label) if labels is None else list(dict.fromkeys(labels))
+        unknown = [x for x in names if x not in by_label]
+        if unknown:
+            raise EpisodeError(f"labels {unknown[:5]} are not in the store; it has "
+                               f"{len(by_label)}: {', '.join(list(by_label)[:12])}")
+        need = self.shots + self.queries
+        rows: dict[str, np.ndarray] = {}
+        ok: dict[str, bool] = {}
+        for name in names:
+            idx = by_label[name]
+            if speaker_disjoint:
+                idx = idx[store.speaker_ids[idx] >= 0]
+                per_spk = np.bincount(store.speaker_ids[idx]) if len(idx) else np.zeros(0)
+                ok[name] = _can_split([int(c) for c in per_spk if c], self.shots, self.queries)
+            else:
+                ok[name] = len(idx) >= need
+            rows[name] = idx
+        short = [x for x in names if not ok[x]]
+        good = [x for x in names if ok[x]]
+        if short and (too_few == "raise" or len(good) < self.ways):
+            raise EpisodeError(self._too_few_message(short, good, rows, too_few))
+        self.classes = good
+        self._rows = [rows[x] for x in good]
+        if speaker_disjoint:
+            self._spk = [store.speaker_ids[r] for r in self._rows]
+            self._n_spk = len(store.speaker_names)
+            self._p = float(np.clip(self.shots / need, 0.1, 0.9))
+        if len(good) < self.ways:
+            raise EpisodeError(f"{self.ways}-way episodes need {self.ways} classes; only "
+                               f"{len(good)} given: {good}")
+
+    def _too_few_message(
+        self, short: list[str], good: list[str], rows: dict[str, np.ndarray], too_few: str
+    ) -> str:
+        N, K, Q = self.ways, self.shots, self.queries
+        counts = {x: len(r) for x, r in rows.items()}
+        per = ("clips per class, from speakers that split into support and query"
+               if self.speaker_disjoint else "clips per class")
+        listed = ", ".join(f"{x!r} ({counts[x]})" for x in short[:6])
+        listed += " ..." if len(short) > 6 else ""
+        qualify = f"{len(good)} of {len(rows)} classes qualify"
+        if too_few == "raise" and len(good) >= N:
+            msg = (f"class {short[0]!r} has {counts[short[0]]} clips; {K}-shot {Q}-query "
+                   f"episodes need {K + Q} {per} (short: {listed}); {qualify}")
+            if not self.speaker_disjoint:
+                msg += (f"; shots+queries <= {min(counts.values())} works with all "
+                        f"{len(rows)} classes")
+            return msg + ". Pass too_few='drop' to leave short classes out, choose labels, or " \
+                "lower shots/queries"
+        msg = (f"{N}-way {K}-shot {Q}-query episodes need {N} classes with {K + Q} {per}; "
+               f"{qualify} (short: {listed})")
+        if not self.speaker_disjoint:
+            best = _kth_largest(list(counts.values()), N)
+            msg += f"; with {N} ways the most shots+queries is {best}"
+        msg += f". Lower shots/queries, or ways to at most {len(good)}"
+        return msg + (", or turn speaker_disjoint off" if self.speaker_disjoint else "")
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        N, K, Q = self.ways, self.shots, self.queries
+        if not self.speaker_disjoint:
+            picked = rng.choice(len(self.classes), N, replace=False)
+            sup = np.empty((N, K), dtype=np.int64)
+            qry = np.empty((N, Q), dtype=np.int64)
+            for j, c in enumerate(picked):
+                r = self._rows[c]
+                take = r[rng.choice(len(r), K + Q, replace=False)]
+                sup[j], qry[j] = take[:K], take[K:]
+            return sup, qry, [self.classes[c] for c in picked]
+        for _ in range(_MAX_TRIES):
+            picked = rng.choice(len(self.classes), N, replace=False)
+            side = rng.random(self._n_spk) < self._p  # True: the speaker is support-only
+            sides = [side[self._spk[c]] for c in picked]
+            if all(s.sum() >= K and (~s).sum() >= Q for s in sides):
+                break
+        else:
+            raise EpisodeError(
+                f"no speaker-disjoint {N}-way {K}-shot {Q}-query task found in {_MAX_TRIES} "
+                "draws: too few speakers per class; lower shots/queries or ways"
+            )
+        sup = np.empty((N, K), dtype=np.int64)
+        qry = np.empty((N, Q), dtype=np.int64)
+        for j, (c, s) in enumerate(zip(picked, sides, strict=True)):
+            r = self._rows[c]
+            sup[j] = rng.choice(r[s], K, replace=False)
+            qry[j] = rng.choice(r[~s], Q, replace=False)
+        return sup, qry, [self.classes[c] for c in picked]
+
+
+class SpeakerEpisodeSampler(EpisodeSampler):
+    """Tasks of one speaker each: ``N`` words that speaker said at least ``K + Q`` times,
+    support and query both from that speaker (speaker-as-task adaptation)."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        ways: int,
+        shots: int,
+        queries: int,
+        *,
+        labels: Sequence[str] | None = None,
+        speakers: Sequence[str] | None = None,
+        seed: int = 0,
+        channel_dim: bool = True,
+        augment: Augment | None = None,
+    ) -> None:
+        super().__init__(store, ways, shots, queries, seed=seed, channel_dim=channel_dim,
+                         augment=augment)
+        need = self.shots + self.queries
+        lab_ok = None if labels is None else set(labels)
+        spk_ok = None if speakers is None else set(speakers)
+        table: dict[str, dict[str, np.ndarray]] = {}
+        for spk, idx in store.by_speaker().items():
+            if spk_ok is not None and spk not in spk_ok:
+                continue
+            words: dict[str, np.ndarray] = {}
+            for lab in np.unique(store.label_ids[idx]):
+                name = store.label_names[lab]
+                if lab_ok is None or name in lab_ok:
+                    words[name] = idx[store.label_ids[idx] == lab]
+            table[spk] = words
+        if not table:
+            raise EpisodeError("the store has no clips with a known speaker (after filters)")
+        self._tasks: list[tuple[str, list[str], list[np.ndarray]]] = []
+        for spk, words in table.items():
+            names = [w for w, r in words.items() if len(r) >= need]
+            if len(names) >= self.ways:
+                self._tasks.append((spk, names, [words[w] for w in names]))
+        if not self._tasks:
+            best = max(table, key=lambda s: (sum(len(r) >= need for r in table[s].values()),
+                                            _kth_largest([len(r) for r in table[s].values()],
+                                                         self.ways)))
+            n_best = sum(len(r) >= need for r in table[best].values())
+            counts = [len(r) for r in table[best].values()]
+            top = max((_kth_largest([len(r) for r in w.values()], self.ways)
+                       for w in table.values()), default=0)
+            raise EpisodeError(
+                f"no speaker said {self.ways} words at least shots+queries = {need} times each; "
+                f"best: speaker {best!r} has {n_best} such words (clips per word: "
+                f"{sorted(counts, reverse=True)[:10]}); with {self.ways} ways the most "
+                f"shots+queries any speaker allows is {top}"
+            )
+        self.speakers = [t[0] for t in self._tasks]
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        N, K, Q = self.ways, self.shots, self.queries
+        _spk, names, rows = self._tasks[int(rng.integers(len(self._tasks)))]
+        picked = rng.choice(len(names), N, replace=False)
+        sup = np.empty((N, K), dtype=np.int64)
+        qry = np.empty((N, Q), dtype=np.int64)
+        for j, c in enumerate(picked):
+            take = rng.choice(rows[c], K + Q, replace=False)
+            sup[j], qry[j] = take[:K], take[K:]
+        return sup, qry, [names[c] for c in picked]
+
+
+class EpisodeDataset(Dataset):
+    """``length`` batches of ``meta_batch`` tasks; item ``b`` is ``sampler.sample(meta_batch,
+    start + b)``. Use with ``DataLoader(dataset, batch_size=None, num_workers=k)``: every
+    worker count gives the same batches."""
+
+    def __init__(self, sampler: EpisodeSampler, meta_batch: int, length: int, *, start: int = 0):
+        if meta_batch < 1 or length < 0:
+            raise ValueError(f"need meta_batch >= 1 and length >= 0, got {meta_batch}, {length}")
+        self.sampler = sampler
+        self.meta_batch = int(meta_batch)
+        self.length = int(length)
+        self.start = int(start)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, b: int) -> EpisodeBatch:
+        if not 0 <= b < self.length:
+            raise IndexError(f"batch {b} out of range for {self.length} batches")
+        return self.sampler.sample(self.meta_batch, self.start + b)
