@@ -287,3 +287,20 @@ def test_truncated_flac(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(AudioError, match="cut.flac"):
         load_audio(path)
+
+
+def test_audio_error_forms_and_pickling() -> None:
+    import pickle
+
+    err = AudioError("clips/a.wav", "contains NaN or infinite samples")
+    assert str(err) == "clips/a.wav: contains NaN or infinite samples"
+    back = pickle.loads(pickle.dumps(err))  # e.g. raised in a worker process
+    assert (type(back), str(back), back.path, back.problem) == (
+        AudioError,
+        str(err),
+        "clips/a.wav",
+        err.problem,
+    )
+    plain = AudioError("b.wav: something")  # one-argument form
+    assert str(plain) == "b.wav: something" and plain.path is None
+    assert str(pickle.loads(pickle.dumps(plain))) == "b.wav: something"

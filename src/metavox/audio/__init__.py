@@ -3,6 +3,15 @@
 This layer imports nothing else from metavox; corpora, caches and models build on it.
 """
 
+from metavox.audio.augment import (
+    AugmentConfig,
+    NoiseBank,
+    WaveAugment,
+    add_noise,
+    random_gain,
+    spec_augment,
+    time_shift,
+)
 from metavox.audio.features import MFCC, FrontendConfig, LogMel, build_frontend, mel_filterbank
 from metavox.audio.io import (
     AudioError,
@@ -31,4 +40,11 @@ __all__ = [
     "LogMel",
     "MFCC",
     "build_frontend",
+    "spec_augment",
+    "add_noise",
+    "time_shift",
+    "random_gain",
+    "NoiseBank",
+    "AugmentConfig",
+    "WaveAugment",
 ]

@@ -14,6 +14,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -35,12 +36,27 @@ PathLike = str | os.PathLike[str]
 
 
 class AudioError(ValueError):
-    """A file that cannot give usable audio; the message names the file and the problem."""
+    """A file that cannot give usable audio; the message names the file and the problem.
 
-    def __init__(self, path: PathLike | None, problem: str) -> None:
-        self.path: str | None = None if path is None else os.fspath(path)
+    ``AudioError(path, problem)`` gives ``"<path>: <problem>"`` and sets ``.path`` and
+    ``.problem``; ``AudioError(message)`` is a plain message with ``.path = None``.
+    Survives pickling (worker processes) with its attributes.
+    """
+
+    def __init__(self, path: PathLike | str | None, problem: str | None = None) -> None:
+        if problem is None:  # one-argument form: a ready message
+            self.path: str | None = None
+            self.problem = "" if path is None else str(path)
+            super().__init__(self.problem)
+            return
+        self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(problem if self.path is None else f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.path is None:
+            return (type(self), (self.problem,))
+        return (type(self), (self.path, self.problem))
 
 
 @dataclass(frozen=True)
