@@ -2,6 +2,133 @@
 
 from __future__ import annotations
 
+import json
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
+if TYPE_CHECKING:
+    from metavox.data.corpus import ScanReport
+
 data_app = typer.Typer(help="Inspect and generate speech corpora.", no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+@data_app.command()
+def scan(
+    path: Path = typer.Argument(..., help="Corpus root folder (or a .csv manifest)."),
+    pattern: str | None = typer.Option(
+        None, "--pattern", "-p",
+        help="Path pattern under PATH, e.g. '{label}/{speaker}_nohash_{n}.wav'.",
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Known layout: speech-commands or fsdd."
+    ),
+    manifest: Path | None = typer.Option(
+        None, "--manifest", "-m", help="CSV with path,label,speaker (paths relative to PATH)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    check_audio: bool = typer.Option(
+        True, "--audio/--no-audio", help="Read every file header (durations, sample rates)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Threads reading headers."),
+) -> None:
+    """Summarise a corpus: clips, labels, speakers, durations, sample rates, bad files.
+
+    Without --pattern/--preset/--manifest the layout is detected from the presets.
+    """
+    import warnings
+
+    from metavox.data.corpus import Corpus, CorpusError, detect_corpus, scan_corpus
+
+    if sum(x is not None for x in (pattern, preset, manifest)) > 1:
+        raise _fail("give at most one of --pattern, --preset, --manifest")
+    try:
+        if manifest is not None:
+            corpus = Corpus.from_manifest(manifest, root=path)
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            corpus = Corpus.from_manifest(path)
+        elif pattern is not None:
+            corpus = Corpus.from_pattern(path, pattern)
+        elif preset is not None:
+            corpus = Corpus.from_preset(preset, path)
+        else:
+            corpus = detect_corpus(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unreadable files are listed in the report
+            report = scan_corpus(corpus, check_audio=check_audio, workers=workers)
+    except CorpusError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    _print_report(report)
+
+
+def _print_report(r: ScanReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=f"corpus {r.name}", show_header=False, title_justify="left")
+    summary.add_column("what", style="bold")
+    summary.add_column("value")
+    summary.add_row("root", r.root)
+    summary.add_row("source", r.source)
+    summary.add_row("clips", str(r.clips))
+    summary.add_row("labels", str(r.labels))
+    spk = str(r.speakers)
+    if r.unknown_speaker_clips:
+        spk += f" ({r.unknown_speaker_clips} clips without speaker)"
+    summary.add_row("speakers", spk)
+    if r.clips_per_speaker:
+        counts = list(r.clips_per_speaker.values())
+        summary.add_row("clips/speaker", f"min {min(counts)}, median "
+                        f"{statistics.median(counts):g}, max {max(counts)}")
+    if r.duration_min is not None:
+        summary.add_row("duration (s)", f"min {r.duration_min:.3f}, median "
+                        f"{r.duration_median:.3f}, max {r.duration_max:.3f}")
+        summary.add_row("total", f"{r.total_hours:.2f} h")
+        summary.add_row("sample rates", ", ".join(f"{k} Hz x{v}" for k, v in
+                                                  r.sample_rates.items()))
+        summary.add_row("formats", ", ".join(f"{k} x{v}" for k, v in r.formats.items()))
+        summary.add_row("channels", ", ".join(f"{k} x{v}" for k, v in r.channels.items()))
+    summary.add_row("unreadable", str(len(r.unreadable)) if r.audio_checked
+                    else "not checked (--no-audio)")
+    console.print(summary)
+
+    labels = Table(title="clips per label", title_justify="left")
+    labels.add_column("label")
+    labels.add_column("clips", justify="right")
+    labels.add_column("speakers", justify="right")
+    for name, n in r.clips_per_label.items():
+        labels.add_row(name, str(n), str(r.speakers_per_label.get(name, 0)))
+    console.print(labels)
+
+    if r.clips_per_speaker:
+        top = list(r.clips_per_speaker.items())[:10]
+        title = "clips per speaker" + (f" (top 10 of {r.speakers})" if r.speakers > 10 else "")
+        speakers = Table(title=title, title_justify="left")
+        speakers.add_column("speaker")
+        speakers.add_column("clips", justify="right")
+        for name, n in top:
+            speakers.add_row(name, str(n))
+        console.print(speakers)
+
+    if r.unreadable:
+        bad = Table(title=f"unreadable files ({len(r.unreadable)}, skipped)",
+                    title_justify="left")
+        bad.add_column("path")
+        bad.add_column("reason")
+        for p, why in r.unreadable[:20]:
+            bad.add_row(p, why)
+        console.print(bad)

@@ -165,18 +165,23 @@ def _walk_audio(root: str, max_depth: int | None) -> tuple[list[str], int]:
     return found, n_files
 
 
-def suggest_pattern(relpath: str) -> str:
-    """A plausible pattern for a corpus whose files look like ``relpath``: the parent folder
-    as the label when there is one, else the first ``_``/``-`` token of the file name."""
-    parts = relpath.split("/")
+def suggest_pattern(relpaths: Sequence[str]) -> str:
+    """A plausible pattern for files like ``relpaths``: when they lie in several folders,
+    the parent folder is the label; when all share one folder, the file name's first
+    ``_``/``-`` token is the label and the second the speaker."""
+    if isinstance(relpaths, str):
+        relpaths = [relpaths]
+    example = relpaths[len(relpaths) // 2]
+    parts = example.split("/")
     stem, _, ext = parts[-1].rpartition(".")
     tokens = re.split(r"[_-]", stem)
     seps = re.findall(r"[_-]", stem)
-    if len(parts) > 1:
+    one_folder = len({p.rpartition("/")[0] for p in relpaths}) == 1
+    if len(parts) > 1 and not one_folder:
         lead = ["{_}"] * (len(parts) - 2) + ["{label}"]
         name = "{speaker}" + (seps[0] + "{_}" if len(tokens) > 1 else "")
     else:
-        lead = []
+        lead = parts[:-1]
         if len(tokens) >= 3:
             name = "{label}" + seps[0] + "{speaker}" + seps[1] + "{_}"
         elif len(tokens) == 2:
@@ -398,9 +403,8 @@ def _no_match_message(
         return (f"{head}: it holds no audio files ({'/'.join(AUDIO_EXTENSIONS)}) at all "
                 f"({n_files} other files seen at {depth})")
     pool = files or anywhere
-    example = pool[len(pool) // 2]
     return (f"{head}: {len(files)} audio files at {depth}, {len(anywhere)} at any depth, e.g. "
-            f"{example!r}; try the pattern {suggest_pattern(example)!r}")
+            f"{pool[len(pool) // 2]!r}; try the pattern {suggest_pattern(pool)!r}")
 
 
 def detect_corpus(root: str | os.PathLike[str]) -> Corpus:
@@ -418,8 +422,8 @@ def detect_corpus(root: str | os.PathLike[str]) -> Corpus:
         raise CorpusError(f"no audio files ({'/'.join(AUDIO_EXTENSIONS)}) under {root_s} "
                           f"({n_files} other files); nothing to load")
     raise CorpusError(
-        f"{root_s} matches no preset ({tried}); {len(files)} audio files, e.g. {files[0]!r}; "
-        f"give a pattern such as {suggest_pattern(files[0])!r}"
+        f"{root_s} matches no preset ({tried}); {len(files)} audio files, e.g. "
+        f"{files[len(files) // 2]!r}; give a pattern such as {suggest_pattern(files)!r}"
     )
 
 
@@ -482,6 +486,7 @@ class ScanReport:
     channels: dict[int, int] = field(default_factory=dict)
     formats: dict[str, int] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    audio_checked: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (sample-rate and channel keys as strings)."""
@@ -535,6 +540,7 @@ def scan_corpus(
     )
     if not check_audio or not len(corpus):
         return report
+    report.audio_checked = True
     n_workers = workers if workers is not None else min(8, (os.cpu_count() or 1) * 2)
     paths = [u.path for u in corpus]
     if n_workers <= 1:
