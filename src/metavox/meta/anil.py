@@ -112,7 +112,7 @@ class ANIL(MetaAlgorithm):
         with torch.no_grad():
             feats = body(support_x)
         head_params = {k: v.detach() for k, v in meta_parameters(self.head).items()}
-        with self.norm_context(), torch.enable_grad():
+        with torch.enable_grad():
             fast = adapt(
                 self.head, head_params, feats, support_y,
                 steps=steps, lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn,

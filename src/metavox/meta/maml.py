@@ -221,7 +221,7 @@ class MAML(MetaAlgorithm):
         """Fine-tune a copy of the model on one support set and return it as a learner."""
         steps = self.eval_steps if steps is None else int(steps)
         params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
-        with self.norm_context(), torch.enable_grad():
+        with torch.enable_grad():
             fast = params
             for fast in inner_loop(  # noqa: B007
                 self.model,

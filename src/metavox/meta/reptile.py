@@ -86,7 +86,7 @@ class Reptile(MetaAlgorithm):
         """Fine-tune a copy of the model on the support set with plain SGD."""
         steps = self.eval_steps if steps is None else int(steps)
         params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
-        with self.norm_context(), torch.enable_grad():
+        with torch.enable_grad():
             fast = adapt(self.model, params, support_x, support_y, steps=steps,
                          lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn)
         return Learner(export_module(self.model, fast, support_x), classes)
