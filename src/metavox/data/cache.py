@@ -81,10 +81,18 @@ class FeatureStore:
     It pickles by path (DataLoader workers reopen the memmap, never copy it).
     """
 
-    def __init__(self, path: str | os.PathLike[str], rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        rows: np.ndarray | None = None,
+        *,
+        index: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
-        with open(self.path / "index.json", encoding="utf-8") as fh:
-            self.index: dict[str, Any] = json.load(fh)
+        if index is None:
+            with open(self.path / "index.json", encoding="utf-8") as fh:
+                index = json.load(fh)
+        self.index: dict[str, Any] = index
         self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self._open()
 
@@ -190,7 +198,7 @@ class FeatureStore:
         ]
         base = np.asarray(keep, dtype=np.int64)
         rows = base if self._rows is None else self._rows[base]
-        return FeatureStore(self.path, rows)
+        return FeatureStore(self.path, rows, index=self.index)
 
 
 # ----------------------------------------------------------------------------- building

@@ -143,10 +143,15 @@ def _walk_audio(root: str, max_depth: int | None) -> tuple[list[str], int]:
     files seen. Hidden entries are skipped; folders deeper than ``max_depth`` are pruned."""
     found: list[str] = []
     n_files = 0
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders: no symlink loops
     stack: list[tuple[str, str, int]] = [(root, "", 0)]
     while stack:
         folder, rel, depth = stack.pop()
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(folder))
         except OSError:
             continue
