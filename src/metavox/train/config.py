@@ -1,0 +1,314 @@
+"""Run configuration: typed sections with defaults, read from TOML, checked strictly.
+
+A config names everything a run needs — corpus, split, front-end, episodes, backbone,
+algorithm, optimiser, validation, evaluation — so that the resolved config stored beside a
+checkpoint or report reproduces it. Unknown keys and wrong types are errors that name the
+key and what is accepted; ``--set section.key=value`` overrides parse values as TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from metavox.audio.features import FrontendConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class DataConfig:
+    """Which corpus, how it is split, where features are cached."""
+
+    corpus: str = "synth"  # preset name, pattern, manifest (.csv), folder, or "synth"
+    root: str = ""  # the corpus folder for a preset or a pattern
+    split: str = "class"  # "class", "speaker" or "both"
+    split_file: str = ""  # load this saved split instead of making one
+    test_labels: list[str] = field(default_factory=list)  # fixed meta-test classes
+    val_labels: list[str] = field(default_factory=list)  # fixed validation classes
+    test_speakers: list[str] = field(default_factory=list)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    cache_dir: str = ""  # default: $METAVOX_CACHE or ~/.cache/metavox
+    workers: int = 0  # DataLoader workers for episodes
+
+
+@dataclass
+class EpisodeConfig:
+    """N-way K-shot tasks: by class ("class") or one speaker per task ("speaker")."""
+
+    protocol: str = "class"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    meta_batch: int = 4
+    speaker_disjoint: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """A registered backbone and its options (see ``metavox.models``)."""
+
+    name: str = "conv4"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlgorithmConfig:
+    """A meta-learning algorithm (see ``metavox.meta.ALGORITHMS``) and its options."""
+
+    name: str = "maml"
+    inner_lr: float = 0.4
+    steps: int = 5
+    eval_steps: int = 10
+    first_order: bool = False
+    strategy: str = "auto"
+    chunk_size: int = 0  # 0: the strategy's default
+    options: dict[str, Any] = field(default_factory=dict)  # algorithm-specific extras
+
+
+@dataclass
+class OptimConfig:
+    """Adam meta-optimiser with linear warm-up then cosine decay, gradient clipping."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    iterations: int = 2000
+    warmup: int = 100
+    min_lr_ratio: float = 0.01
+    clip_norm: float = 10.0  # 0 disables clipping
+
+
+@dataclass
+class ValidationConfig:
+    """Validation on held-out classes during training; the best checkpoint is kept."""
+
+    every: int = 100
+    episodes: int = 100
+    checkpoint_every: int = 100
+
+
+@dataclass
+class EvaluationConfig:
+    """Meta-test: episodes, shots, inner-step sweep, baselines run on the same episodes."""
+
+    episodes: int = 600
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    max_steps: int = 10
+    baselines: list[str] = field(default_factory=lambda: ["protonet", "finetune", "scratch"])
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs."""
+
+    seed: int = 0
+    out: str = "runs/metavox"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    frontend: dict[str, Any] = field(default_factory=dict)  # FrontendConfig overrides
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def frontend_config(self) -> FrontendConfig:
+        """The front-end these settings describe (defaults filled in)."""
+        try:
+            return FrontendConfig.from_dict(self.frontend)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"[frontend]: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON/TOML-ready), every default filled in."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints are accepted for floats)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got a boolean {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(
+            f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        place = f"[{where}]" if where else "the top level"
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {place}; "
+            f"accepted: {', '.join(sorted(known))}"
+        )
+    kwargs = {
+        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from plain data (unknown keys are errors)."""
+    cfg = _build(RunConfig, data)
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: RunConfig) -> None:
+    from metavox.meta import ALGORITHMS
+    from metavox.models import REGISTRY
+
+    problems = []
+    if cfg.algorithm.name not in ALGORITHMS:
+        problems.append(
+            f"algorithm.name {cfg.algorithm.name!r} is not one of {sorted(ALGORITHMS)}"
+        )
+    if cfg.model.name not in REGISTRY:
+        problems.append(f"model.name {cfg.model.name!r} is not one of {sorted(REGISTRY)}")
+    if cfg.episodes.protocol not in ("class", "speaker"):
+        problems.append(f"episodes.protocol must be 'class' or 'speaker', got "
+                        f"{cfg.episodes.protocol!r}")
+    if cfg.data.split not in ("class", "speaker", "both"):
+        problems.append(f"data.split must be 'class', 'speaker' or 'both', got {cfg.data.split!r}")
+    for name in ("ways", "shots", "queries", "meta_batch"):
+        if getattr(cfg.episodes, name) < 1:
+            problems.append(f"episodes.{name} must be >= 1")
+    if cfg.optim.iterations < 0 or cfg.optim.warmup < 0:
+        problems.append("optim.iterations and optim.warmup must be >= 0")
+    if cfg.optim.lr <= 0:
+        problems.append(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.validation.every < 1 or cfg.validation.checkpoint_every < 1:
+        problems.append("validation.every and validation.checkpoint_every must be >= 1")
+    if cfg.algorithm.steps < 1 or cfg.algorithm.eval_steps < 0:
+        problems.append("algorithm.steps must be >= 1 and algorithm.eval_steps >= 0")
+    bad = set(cfg.evaluation.baselines) - {"protonet", "finetune", "scratch"}
+    if bad:
+        problems.append(f"evaluation.baselines: unknown {sorted(bad)}; "
+                        "choose from protonet, finetune, scratch")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    cfg.frontend_config()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 0.0003); the value is read as TOML,
+    falling back to a plain string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with each ``key=value`` override set (tables created as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a table")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML config (or start from defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{p}: not valid TOML ({err})") from None
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write plain config data as TOML (scalars, lists and nested tables)."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + "}"
+        raise ConfigError(f"cannot write {v!r} to TOML")
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        plain = {k: v for k, v in d.items() if not (isinstance(v, dict) and _is_section(prefix, k))}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        lines.extend(f"{k} = {scalar(v)}" for k, v in plain.items())
+        for k, v in d.items():
+            if k not in plain:
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_section(prefix: str, key: str) -> bool:
+    """Nested dataclass sections become TOML tables; free-form dicts stay inline."""
+    return prefix == "" and key in {f.name for f in dataclasses.fields(RunConfig)}

@@ -1,0 +1,87 @@
+"""Meta-training from a config, end to end: data, model, algorithm, trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from metavox.audio.features import FrontendConfig
+from metavox.meta import MetaAlgorithm
+from metavox.train.checkpoint import CheckpointError, load_checkpoint
+from metavox.train.config import RunConfig, config_from_dict, to_toml
+from metavox.train.loop import Trainer, TrainState
+from metavox.train.setup import (
+    RunData,
+    build_algorithm,
+    build_model,
+    build_run_data,
+    make_sampler,
+    resolve_device,
+)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    state: TrainState
+    out: Path
+    data: RunData
+    algo: MetaAlgorithm
+
+
+def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Meta-train as ``cfg`` says; checkpoints and logs go to ``cfg.out``."""
+    out = Path(cfg.out)
+    if resume and not (out / "latest.safetensors").is_file():
+        raise CheckpointError(f"--resume: no checkpoint to resume from in {out}")
+    data = build_run_data(cfg, progress=progress)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, data.input_shape, cfg.episodes.ways)
+    algo = build_algorithm(cfg, model)
+    train_s = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train")
+    val_s = None
+    if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
+        val_s = make_sampler(data.parts["val"], cfg.episodes, seed=cfg.seed, stream="val")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml(cfg.to_dict()), encoding="utf-8")
+    data.split.save(out / "split.json")
+    meta = {"classes": {k: sorted(set(v.labels)) for k, v in data.parts.items()},
+            "ways": cfg.episodes.ways, "input_shape": list(data.input_shape)}
+    trainer = Trainer(cfg, algo, train_s, val_s, out=out, meta=meta, device=device,
+                      progress=progress)
+    state = trainer.fit(resume=resume, stop_after=stop_after)
+    return TrainResult(state, out, data, trainer.algo)
+
+
+@dataclass
+class LoadedModel:
+    """A meta-trained algorithm rebuilt from a checkpoint, with its settings."""
+
+    algo: MetaAlgorithm
+    config: RunConfig
+    frontend: FrontendConfig
+    meta: dict
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the algorithm stored in a checkpoint (file or run folder)."""
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = config_from_dict(ckpt.meta["config"])
+        frontend = FrontendConfig.from_dict(ckpt.meta["frontend"])
+        ways = int(ckpt.meta["ways"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: checkpoint metadata incomplete or incompatible "
+                              f"({err})") from None
+    model = build_model(cfg, (frontend.num_features, frontend.num_frames), ways)
+    algo = build_algorithm(cfg, model)
+    try:
+        algo.load_state_dict(ckpt.section("algo"))
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({err})") from None
+    return LoadedModel(algo.to(device).eval(), cfg, frontend, ckpt.meta)

@@ -1,0 +1,160 @@
+"""From a config to the objects a run needs: corpus, split, feature stores, samplers,
+backbone and algorithm. Shared by training, evaluation and the CLI."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from metavox.audio.features import FrontendConfig
+from metavox.data import (
+    ClassEpisodeSampler,
+    Corpus,
+    FeatureStore,
+    SpeakerEpisodeSampler,
+    Split,
+    build_feature_store,
+    load_corpus,
+    make_split,
+)
+from metavox.data.episodes import EpisodeSampler
+from metavox.meta import ALGORITHMS, MetaAlgorithm
+from metavox.models import create_model
+from metavox.train.config import ConfigError, EpisodeConfig, RunConfig
+
+#: Seed offsets so train, validation and test episodes never share a stream.
+STREAM = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_run_corpus(cfg: RunConfig) -> Corpus:
+    """The corpus the config names; ``"synth"`` builds the built-in corpus if needed."""
+    spec = cfg.data.corpus
+    if spec == "synth":
+        from metavox.data.synth import ensure_default_corpus
+
+        root = Path(cfg.data.root) if cfg.data.root else None
+        folder = ensure_default_corpus(root) if root else ensure_default_corpus()
+        return load_corpus(str(Path(folder) / "manifest.csv"))
+    return load_corpus(spec, cfg.data.root or None)
+
+
+def synth_roles(corpus: Corpus) -> dict[str, dict[str, list[str]]] | None:
+    """The built-in corpus's reserved words and speakers per part, when it has them."""
+    import json
+
+    root = Path(corpus.root)
+    f = root / "splits.json"
+    if not f.is_file():
+        return None
+    data = json.loads(f.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else None
+
+
+def make_run_split(cfg: RunConfig, corpus: Corpus) -> Split:
+    """The saved split the config points to, else one made from its settings."""
+    d = cfg.data
+    if d.split_file:
+        return Split.load(d.split_file)
+    fractions = {"train": 1.0 - d.val_fraction - d.test_fraction, "val": d.val_fraction,
+                 "test": d.test_fraction}
+    labels, speakers = {}, {}
+    if d.test_labels:
+        labels["test"] = list(d.test_labels)
+    if d.val_labels:
+        labels["val"] = list(d.val_labels)
+    if d.test_speakers:
+        speakers["test"] = list(d.test_speakers)
+    try:
+        return make_split(corpus, d.split, fractions, labels=labels or None,
+                          speakers=speakers or None, seed=cfg.seed)
+    except ValueError as err:
+        raise ConfigError(f"[data] split: {err}") from None
+
+
+@dataclass
+class RunData:
+    """A corpus's features, split into parts."""
+
+    corpus: Corpus
+    split: Split
+    frontend: FrontendConfig
+    store: FeatureStore
+    parts: dict[str, FeatureStore]
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return (self.frontend.num_features, self.frontend.num_frames)
+
+
+def build_run_data(cfg: RunConfig, *, progress: bool = False) -> RunData:
+    """Corpus, split and cached features for each part of the split."""
+    corpus = load_run_corpus(cfg)
+    split = make_run_split(cfg, corpus)
+    frontend = cfg.frontend_config()
+    store = build_feature_store(corpus, frontend, cfg.data.cache_dir or None, progress=progress)
+    parts = {}
+    for name in split.names:
+        part = split.part(name)
+        parts[name] = store.filter(labels=part.labels, speakers=part.speakers)
+    return RunData(corpus, split, frontend, store, parts)
+
+
+def make_sampler(
+    store: FeatureStore,
+    episodes: EpisodeConfig,
+    *,
+    seed: int,
+    stream: str,
+    shots: int | None = None,
+    ways: int | None = None,
+) -> EpisodeSampler:
+    """An episode sampler of the configured protocol over ``store``."""
+    ways = episodes.ways if ways is None else ways
+    shots = episodes.shots if shots is None else shots
+    s = seed + STREAM[stream]
+    if episodes.protocol == "speaker":
+        return SpeakerEpisodeSampler(store, ways, shots, episodes.queries, seed=s)
+    return ClassEpisodeSampler(store, ways, shots, episodes.queries, seed=s,
+                               speaker_disjoint=episodes.speaker_disjoint)
+
+
+def build_model(cfg: RunConfig, input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """The configured backbone with ``num_classes`` outputs."""
+    try:
+        return create_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
+                            **cfg.model.options)
+    except TypeError as err:
+        raise ConfigError(f"[model] options: {err}") from None
+
+
+def build_algorithm(cfg: RunConfig, model: nn.Module) -> MetaAlgorithm:
+    """The configured algorithm around ``model``; common options are passed where the
+    algorithm takes them, ``algorithm.options`` always."""
+    a = cfg.algorithm
+    factory = ALGORITHMS[a.name]
+    common = {"inner_lr": a.inner_lr, "steps": a.steps, "eval_steps": a.eval_steps,
+              "first_order": a.first_order, "strategy": a.strategy,
+              "chunk_size": a.chunk_size or None}
+    target = {"fomaml": ALGORITHMS["maml"]}.get(a.name, factory)
+    accepted = set(inspect.signature(target).parameters)
+    if "kwargs" in accepted:  # subclasses forward to MAML
+        accepted |= set(inspect.signature(ALGORITHMS["maml"]).parameters)
+    kwargs = {k: v for k, v in common.items() if k in accepted}
+    if a.name == "fomaml":
+        kwargs.pop("first_order", None)
+    kwargs.update(a.options)
+    try:
+        return factory(model, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"[algorithm] {a.name}: {err}") from None

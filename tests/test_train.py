@@ -1,0 +1,98 @@
+"""Meta-training: runs end to end on real speech, checkpoints, resumes exactly."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from train_helpers import fsdd_manifest, tiny_config
+
+from metavox.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metavox.train.run import load_trained, train
+
+
+@pytest.fixture(scope="module")
+def manifest(shared_data, tmp_path_factory):
+    return fsdd_manifest(shared_data, tmp_path_factory.mktemp("fsdd_slice"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+def test_train_writes_checkpoints_logs_and_config(manifest, cache, tmp_path):
+    cfg = tiny_config(manifest, tmp_path / "run", cache)
+    result = train(cfg, progress=False)
+    out = result.out
+    assert result.state.iteration == 6
+    for name in ("latest.safetensors", "best.safetensors", "metrics.csv", "config.toml",
+                 "split.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["val_accuracy"] != "" and rows[0]["val_accuracy"] == ""
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < lrs[1]  # warm-up
+    assert lrs[-1] < lrs[2]  # cosine decay
+    ckpt = load_checkpoint(out / "latest.safetensors")
+    assert ckpt.meta["state"]["iteration"] == 6
+    assert ckpt.meta["frontend"]["n_mels"] == 20
+    assert ckpt.meta["classes"]["test"] == ["6", "7"]
+    loaded = load_trained(out)
+    assert type(loaded.algo).__name__ == "MAML" and loaded.frontend.n_mels == 20
+
+
+def test_resume_continues_exactly(manifest, cache, tmp_path):
+    straight = train(tiny_config(manifest, tmp_path / "a", cache), progress=False)
+    cfg_b = tiny_config(manifest, tmp_path / "b", cache)
+    part = train(cfg_b, progress=False, stop_after=3)  # "crash" after iteration 3
+    assert part.state.iteration == 3
+    resumed = train(cfg_b, progress=False, resume=True)
+    assert resumed.state.iteration == 6
+    a = straight.algo.state_dict()
+    b = resumed.algo.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader((tmp_path / "b" / "metrics.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "reptile", "anil", "protonet", "metasgd",
+                                       "mamlpp"])
+def test_every_algorithm_trains_from_config(manifest, cache, tmp_path, algorithm):
+    cfg = tiny_config(manifest, tmp_path / algorithm, cache,
+                      algorithm__name=algorithm, optim__iterations=2,
+                      validation={"every": 2, "episodes": 2, "checkpoint_every": 2})
+    result = train(cfg, progress=False)
+    assert result.state.iteration == 2
+    assert type(load_trained(result.out).algo).__name__ == type(result.algo).__name__
+
+
+def test_resume_without_checkpoint_and_broken_checkpoints(manifest, cache, tmp_path):
+    cfg = tiny_config(manifest, tmp_path / "none", cache)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(cfg, progress=False, resume=True)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from metavox.train import checkpoint as ck
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, ck.Checkpoint({"w": torch.ones(3)}, {"note": "old"}))
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, ck.Checkpoint({"w": torch.zeros(3)}, {"note": "new"}))
+    kept = load_checkpoint(path)  # the old checkpoint is intact, no temp files left
+    assert kept.meta["note"] == "old" and torch.equal(kept.tensors["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
