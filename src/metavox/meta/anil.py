@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from metavox.meta.base import Learner, MetaAlgorithm, accuracy, export_module, is_classification
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
-from metavox.meta.inner import LossFn, adapt
+from metavox.meta.inner import LossFn, adapt, inner_loop
 
 
 def split_body_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -79,23 +79,27 @@ class ANIL(MetaAlgorithm):
                 metrics["loss_before"] = self.loss_fn(out0, query_y)
                 if classify:
                     metrics["accuracy_before"] = accuracy(out0, query_y)
-        fast = adapt(
-            self.head,
-            head_params,
-            fs,
-            support_y,
-            steps=self.steps if self.training else self.eval_steps,
-            lr=self.inner_lr,
-            first_order=self.first_order,
-            loss_fn=self.loss_fn,
-            buffers=head_buffers,
-        )
+        steps = self.steps if self.training else self.eval_steps
+        record = self.record_steps and not self.training and classify
+        if record and "accuracy_before" in metrics:
+            metrics["accuracy@0"] = metrics["accuracy_before"]
+        fast = head_params
+        trajectory = inner_loop(self.head, head_params, fs, support_y, steps=steps,
+                                lr=self.inner_lr, first_order=self.first_order,
+                                loss_fn=self.loss_fn, buffers=head_buffers)
+        for s, fast in enumerate(trajectory, start=1):
+            if record and s < steps:
+                with torch.no_grad():
+                    out_s = forward(self.head, fast, fq, head_buffers)
+                metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)
         out = forward(self.head, fast, fq, head_buffers)
         loss = self.loss_fn(out, query_y)
         metrics["loss"] = loss
         metrics["query_loss"] = loss.detach()
         if classify:
             metrics["accuracy"] = accuracy(out.detach(), query_y)
+            if record:
+                metrics[f"accuracy@{steps}"] = metrics["accuracy"]
         return metrics
 
     def adapt(

@@ -64,6 +64,9 @@ class MetaAlgorithm(nn.Module):
         self.chunk_size = chunk_size
         self._batch_norm = has_batch_norm(model)
         self._ways: int | None = None
+        #: in eval mode, also report ``accuracy@s`` after every inner step s (where the
+        #: algorithm has an inner loop): the accuracy-against-steps curve in one pass
+        self.record_steps = False
 
     # -- to implement -------------------------------------------------------------
     def task_objective(

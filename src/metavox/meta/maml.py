@@ -197,7 +197,14 @@ class MAML(MetaAlgorithm):
         if steps == 0:
             loss, out = self._query_terms(params, 0, query_x, query_y, buffers)
             objective = loss
+        record = self.record_steps and not self.training
+        if record and "accuracy_before" in metrics:
+            metrics["accuracy@0"] = metrics["accuracy_before"]
         for s, fast in enumerate(trajectory, start=1):
+            if record and s < steps and classify:
+                with torch.no_grad():
+                    _, out_s = self._query_terms(fast, s, query_x, query_y, buffers)
+                metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)
             if weights is None and s < steps:
                 continue
             loss, out = self._query_terms(fast, s, query_x, query_y, buffers)
@@ -207,6 +214,8 @@ class MAML(MetaAlgorithm):
         metrics["query_loss"] = loss.detach()
         if classify:
             metrics["accuracy"] = accuracy(out.detach(), query_y)
+            if record:
+                metrics[f"accuracy@{steps}"] = metrics["accuracy"]
         return metrics
 
     # -- deployment ---------------------------------------------------------------------

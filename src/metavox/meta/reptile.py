@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from metavox.meta.base import Learner, MetaAlgorithm, accuracy, export_module, is_classification
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
-from metavox.meta.inner import LossFn, adapt
+from metavox.meta.inner import LossFn, adapt, inner_loop
 
 
 class Reptile(MetaAlgorithm):
@@ -60,13 +60,24 @@ class Reptile(MetaAlgorithm):
         steps = self.steps if self.training else self.eval_steps
         opts = dict(steps=steps, lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn,
                     buffers=buffers)
-        fast = {k: v.detach() for k, v in adapt(
-            self.model, params, support_x, support_y, **opts).items()}
+        record = self.record_steps and not self.training and classify
+        if record and "accuracy_before" in metrics:
+            metrics["accuracy@0"] = metrics["accuracy_before"]
+        fast = params
+        for s, fast in enumerate(inner_loop(self.model, params, support_x, support_y, **opts),
+                                 start=1):
+            if record and s < steps:
+                with torch.no_grad():
+                    out_s = forward(self.model, fast, query_x, buffers)
+                metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)
+        fast = {k: v.detach() for k, v in fast.items()}
         with torch.no_grad():
             out = forward(self.model, fast, query_x, buffers)
             metrics["query_loss"] = self.loss_fn(out, query_y)
             if classify:
                 metrics["accuracy"] = accuracy(out, query_y)
+                if record:
+                    metrics[f"accuracy@{steps}"] = metrics["accuracy"]
         if self.train_on_query and self.training:
             x = torch.cat([support_x, query_x])
             y = torch.cat([support_y, query_y])

@@ -107,6 +107,12 @@ class EvaluationConfig:
     shots: list[int] = field(default_factory=lambda: [1, 5])
     max_steps: int = 10
     baselines: list[str] = field(default_factory=lambda: ["protonet", "finetune", "scratch"])
+    pretrain_iterations: int = 500  # the classifier behind the fine-tune baselines
+    finetune_steps: int = 100  # head-only fine-tuning steps per episode
+    finetune_all_steps: int = 20  # whole-network fine-tuning (and from-scratch) steps
+    finetune_lr: float = 0.5  # step size of the new head (on scaled, normalised features)
+    finetune_body_lr: float = 0.01  # step size of the pre-trained body
+    scratch_lr: float = 0.05  # step size of an untrained body
 
 
 @dataclass

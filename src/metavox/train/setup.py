@@ -125,8 +125,10 @@ def make_sampler(
     s = seed + STREAM[stream]
     if episodes.protocol == "speaker":
         return SpeakerEpisodeSampler(store, ways, shots, episodes.queries, seed=s)
+    # meta-training may skip classes too small for K+Q; meta-test must not
+    too_few = "raise" if stream == "test" else "drop"
     return ClassEpisodeSampler(store, ways, shots, episodes.queries, seed=s,
-                               speaker_disjoint=episodes.speaker_disjoint)
+                               speaker_disjoint=episodes.speaker_disjoint, too_few=too_few)
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, int], num_classes: int) -> nn.Module:

@@ -1,0 +1,104 @@
+"""Evaluation reports: a Markdown page, JSON metrics and plots in one folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from metavox.train.evaluate import EvalReport
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def results_table(report: EvalReport) -> str:
+    """A Markdown table: one row per method, one column per number of shots."""
+    shots = sorted({s.shots for s in report.scores})
+    methods = list(dict.fromkeys(s.method for s in report.scores))
+    cell = {(s.method, s.shots): s for s in report.scores}
+    head = "| method | " + " | ".join(f"{report.ways}-way {k}-shot" for k in shots) + " |"
+    sep = "|---|" + "---|" * len(shots)
+    rows = [head, sep]
+    for m in methods:
+        vals = []
+        for k in shots:
+            s = cell.get((m, k))
+            vals.append(f"{100 * s.accuracy:.1f} ± {100 * s.ci95:.1f}" if s else "–")
+        rows.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(rows)
+
+
+def plot_report(report: EvalReport, folder: Path) -> list[Path]:
+    """Accuracy against inner steps and against shots, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    curves = [s for s in report.scores if s.by_step]
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for s in curves:
+            steps = sorted(s.by_step)
+            m = [100 * s.by_step[t][0] for t in steps]
+            c = [100 * s.by_step[t][1] for t in steps]
+            ax.errorbar(steps, m, yerr=c, marker="o", capsize=2,
+                        label=f"{s.method}, {s.shots}-shot")
+        ax.set_xlabel("inner steps at test time")
+        ax.set_ylabel("query accuracy (%)")
+        ax.set_title(f"{report.ways}-way accuracy against adaptation steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(folder / "accuracy_vs_steps.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    shots = sorted({s.shots for s in report.scores})
+    if len(shots) > 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m in dict.fromkeys(s.method for s in report.scores):
+            pts = sorted((s.shots, s.accuracy, s.ci95) for s in report.scores if s.method == m)
+            ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts],
+                        yerr=[100 * p[2] for p in pts], marker="o", capsize=2, label=m)
+        ax.set_xlabel("shots (examples per class)")
+        ax.set_ylabel("query accuracy (%)")
+        ax.set_xticks(shots)
+        ax.set_title(f"{report.ways}-way accuracy against shots")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(folder / "accuracy_vs_shots.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def write_report(report: EvalReport, folder: str | Path, *, title: str = "metavox evaluation",
+                 notes: str = "") -> Path:
+    """Write ``report.md``, ``metrics.json`` and the plots into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / "metrics.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    plots = plot_report(report, folder)
+    lines = [
+        f"# {title}", "",
+        f"Checkpoint `{report.checkpoint}`, meta-test data {report.data}: "
+        f"{len(report.labels)} classes ({', '.join(report.labels)}).",
+        f"{report.ways}-way, {report.queries} queries per class, {report.episodes} episodes "
+        f"per cell, seed {report.seed}. Accuracy in % as mean ± 95% interval "
+        "(1.96·σ/√n over episodes); every method saw the same episodes.", "",
+        results_table(report), "",
+    ]
+    if notes:
+        lines += [notes, ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    _atomic_write(folder / "report.md", "\n".join(lines))
+    return folder / "report.md"

@@ -1,0 +1,67 @@
+"""Evaluation: the meta-trained model and the baselines on the same episodes, a report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_helpers import fsdd_manifest, tiny_config
+
+from metavox.train.evaluate import evaluate
+from metavox.train.loop import confidence_interval
+from metavox.train.report import results_table, write_report
+from metavox.train.run import train
+
+TINY_EVAL = {"episodes": 6, "shots": [1, 2], "max_steps": 3, "pretrain_iterations": 5,
+             "finetune_steps": 5, "finetune_all_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def run_dir(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    manifest = fsdd_manifest(shared_data, root / "data")
+    cfg = tiny_config(manifest, root / "run", root / "cache", evaluation=TINY_EVAL)
+    train(cfg, progress=False)
+    return root / "run"
+
+
+def test_confidence_interval():
+    mean, ci = confidence_interval([0.0, 1.0] * 50)
+    assert mean == pytest.approx(0.5)
+    assert ci == pytest.approx(1.96 * 0.50252 / 10, rel=1e-3)
+
+
+def test_evaluate_runs_baselines_on_the_same_episodes(run_dir, tmp_path):
+    report = evaluate(run_dir)
+    methods = {s.method for s in report.scores}
+    assert methods == {"maml", "protonet", "finetune-head", "finetune-all", "scratch"}
+    assert {s.shots for s in report.scores} == {1, 2}
+    assert all(s.episodes == 6 and 0 <= s.accuracy <= 1 for s in report.scores)
+    maml = next(s for s in report.scores if s.method == "maml" and s.shots == 1)
+    assert sorted(maml.by_step) == [0, 1, 2, 3]  # the accuracy-against-steps curve
+    assert maml.accuracy == pytest.approx(maml.by_step[2][0])  # headline: eval_steps = 2
+    assert report.labels == ["6", "7"]
+    # baselines were trained once and cached in the run folder
+    assert (run_dir / "baselines" / "pretrained.safetensors").is_file()
+    assert (run_dir / "baselines" / "protonet" / "best.safetensors").is_file()
+    again = evaluate(run_dir, shots=[1], baselines=["protonet"])
+    p1 = next(s for s in report.scores if s.method == "protonet" and s.shots == 1)
+    p2 = next(s for s in again.scores if s.method == "protonet")
+    assert p1.accuracy == p2.accuracy  # same episodes, same cached baseline
+    md = write_report(report, tmp_path / "report")
+    text = md.read_text()
+    assert "| maml |" in text and "±" in text and "6 episodes" in text
+    assert (tmp_path / "report" / "accuracy_vs_steps.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "accuracy_vs_shots.png").is_file()
+    data = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert len(data["scores"]) == 10
+    assert results_table(report).count("\n") == 6
+
+
+def test_evaluate_on_another_corpus_with_named_labels(run_dir, shared_data):
+    report = evaluate(run_dir, data="fsdd", root=str(shared_data / "fsdd"),
+                      labels=["8", "9"], shots=[1], episodes=4, baselines=[], max_steps=0)
+    assert report.labels == ["8", "9"] and [s.method for s in report.scores] == ["maml"]
+    with pytest.raises(ValueError, match="not in"):
+        evaluate(run_dir, data="fsdd", root=str(shared_data / "fsdd"), labels=["eleven"],
+                 baselines=[])
