@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from metavox.cli import run
 from metavox.cli.data import data_app
 
 app = typer.Typer(
@@ -13,6 +14,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.command("train")(run.train_command)
+app.command("evaluate")(run.evaluate_command)
+app.command("adapt")(run.adapt_command)
+app.command("predict")(run.predict_command)
+app.command("models")(run.models_command)
 
 
 @app.command()

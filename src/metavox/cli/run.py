@@ -1,0 +1,166 @@
+"""``metavox train``, ``evaluate``, ``adapt``, ``predict``, ``models``: the pipeline commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from metavox.cli.common import fail, print_table, user_errors
+
+
+def train_command(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML config file (defaults for anything it leaves out)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a setting, e.g. --set optim.lr=3e-4 (repeatable)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (overrides `out`)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/latest.safetensors."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Meta-train a model on a speech corpus.
+
+    Examples:
+
+      metavox train --config configs/speech_commands.toml
+
+      metavox train -c configs/speech_commands.toml --set algorithm.name=fomaml
+
+      metavox train -c run.toml --resume
+    """
+    from metavox.train.config import load_config
+    from metavox.train.run import train
+
+    with user_errors():
+        cfg = load_config(config, list(overrides) + ([f'out="{out}"'] if out else []))
+        result = train(cfg, resume=resume, progress=progress)
+    st = result.state
+    typer.echo(f"trained {cfg.algorithm.name} for {st.iteration} iterations; "
+               f"best validation accuracy {st.best_val:.3f} at iteration {st.best_iteration}")
+    typer.echo(f"checkpoints and logs in {result.out}")
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise fail(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _str_list(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    data: str | None = typer.Option(
+        None, "--data", "-d",
+        help="Meta-test corpus (preset, pattern, manifest or folder); default: the run's "
+             "own test split.",
+    ),
+    root: str | None = typer.Option(None, "--root", help="Root folder for a preset or pattern."),
+    labels: str | None = typer.Option(None, "--labels", help="Comma-separated test classes."),
+    ways: int | None = typer.Option(None, "--ways", help="Classes per episode."),
+    shots: str | None = typer.Option(None, "--shots", help="Comma-separated, e.g. 1,5."),
+    queries: int | None = typer.Option(None, "--queries", help="Queries per class."),
+    episodes: int | None = typer.Option(None, "--episodes", help="Episodes per cell (>= 600 "
+                                        "for published numbers)."),
+    max_steps: int | None = typer.Option(None, "--max-steps",
+                                         help="Inner steps for the accuracy-vs-steps curve."),
+    baselines: str | None = typer.Option(
+        None, "--baselines", help="Comma-separated: protonet,finetune,scratch ('' for none)."
+    ),
+    report: Path | None = typer.Option(None, "--report", "-r",
+                                       help="Report folder (default RUN/report)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Few-shot accuracy (mean ± 95% CI) of a model and the baselines on the same episodes.
+
+    Also writes accuracy-vs-steps and accuracy-vs-shots plots and a Markdown report.
+
+    Examples:
+
+      metavox evaluate runs/sc-maml --ways 5 --shots 1,5 --episodes 600
+
+      metavox evaluate runs/demo --data speech-commands:DIR --labels eight,five,nine
+    """
+    from metavox.train.evaluate import evaluate
+    from metavox.train.report import results_table, write_report
+
+    with user_errors():
+        rep = evaluate(checkpoint, data=data, root=root, labels=_str_list(labels), ways=ways,
+                       shots=_int_list(shots), queries=queries, episodes=episodes,
+                       max_steps=max_steps, baselines=_str_list(baselines), progress=progress)
+        run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        folder = report or run_dir / "report"
+        md = write_report(rep, folder)
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    typer.echo(results_table(rep))
+    typer.echo(f"\nreport: {md}")
+
+
+def adapt_command(
+    checkpoint: Path = typer.Argument(..., help="Meta-trained run folder or checkpoint."),
+    examples: Path = typer.Option(..., "--examples", "-e",
+                                  help="Folder with {word}/*.wav, 1-10 clips per word."),
+    out: Path = typer.Option(Path("adapted.safetensors"), "--out", "-o",
+                             help="Where to save the adapted model."),
+    steps: int | None = typer.Option(None, "--steps", help="Inner steps (default: the "
+                                     "model's evaluation steps)."),
+) -> None:
+    """Teach a meta-trained model your own words from a few recordings.
+
+    Example:
+
+      metavox adapt runs/demo --examples my_words/ --out my_words.safetensors
+    """
+    from metavox.train.enroll import enroll, save_adapted
+    from metavox.train.run import load_trained
+
+    with user_errors():
+        loaded = load_trained(checkpoint)
+        adapted = enroll(loaded, examples, steps=steps)
+        path = save_adapted(out, adapted, loaded)
+    typer.echo(f"adapted to {len(adapted.classes)} words ({', '.join(adapted.classes)}); "
+               f"saved {path}")
+
+
+def predict_command(
+    adapted: Path = typer.Argument(..., help="A model saved by `metavox adapt`."),
+    files: list[Path] = typer.Argument(..., help="Audio files to classify."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
+) -> None:
+    """Print the recognised word and each word's probability for every file.
+
+    Example:
+
+      metavox predict my_words.safetensors clip1.wav clip2.flac
+    """
+    from metavox.train.enroll import load_adapted
+
+    with user_errors():
+        model = load_adapted(adapted)
+        results = model.predict_files(list(files))
+    if as_json:
+        for f, (word, probs) in zip(files, results, strict=True):
+            typer.echo(json.dumps({"file": str(f), "word": word, "probabilities": probs}))
+        return
+    rows = [[str(f), word, f"{probs[word]:.3f}",
+             "  ".join(f"{k}:{v:.2f}" for k, v in probs.items())]
+            for f, (word, probs) in zip(files, results, strict=True)]
+    print_table("predictions", ["file", "word", "p", "all words"], rows)
+
+
+def models_command() -> None:
+    """List the registered backbones."""
+    from metavox.models import list_models
+
+    print_table("backbones", ["name", "description"], [[k, v] for k, v in list_models().items()])
