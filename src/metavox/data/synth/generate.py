@@ -207,9 +207,11 @@ def _log_freqs(n: int, sr: int) -> np.ndarray:
 
 
 def _coloured_noise(rng: np.random.Generator, n: int, beta: float, sr: int) -> np.ndarray:
-    """Unit-RMS Gaussian noise with power spectrum ~ 1/f**beta."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    spec *= np.exp(_log_freqs(n, sr) * (-beta / 2.0))
+    """Unit-RMS Gaussian noise with power spectrum ~ 1/f**beta, drawn in the frequency
+    domain (complex Gaussian bins, shaped, one inverse FFT)."""
+    bins = rng.standard_normal((2, n // 2 + 1))
+    spec = (bins[0] + 1j * bins[1]) * np.exp(_log_freqs(n, sr) * (-beta / 2.0))
+    spec[0] = 0.0  # no DC offset
     noise = np.fft.irfft(spec, n)
     return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
 
