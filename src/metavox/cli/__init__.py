@@ -14,6 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.command("demo")(run.demo_command)
 app.command("train")(run.train_command)
 app.command("evaluate")(run.evaluate_command)
 app.command("adapt")(run.adapt_command)

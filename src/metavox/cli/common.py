@@ -19,12 +19,13 @@ def user_errors() -> Iterator[None]:
     """Turn the library's input errors into a one-line message and exit status 1."""
     from metavox.audio.io import AudioError
     from metavox.data import CorpusError, EpisodeError
+    from metavox.data.synth import SynthError
     from metavox.train.checkpoint import CheckpointError
     from metavox.train.config import ConfigError
 
     try:
         yield
-    except (ConfigError, CheckpointError, CorpusError, EpisodeError, AudioError,
+    except (ConfigError, CheckpointError, CorpusError, EpisodeError, AudioError, SynthError,
             FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:

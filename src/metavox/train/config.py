@@ -37,7 +37,8 @@ class DataConfig:
     split_file: str = ""  # load this saved split instead of making one
     test_labels: list[str] = field(default_factory=list)  # fixed meta-test classes
     val_labels: list[str] = field(default_factory=list)  # fixed validation classes
-    test_speakers: list[str] = field(default_factory=list)
+    test_speakers: list[str] = field(default_factory=list)  # fixed meta-test speakers
+    val_speakers: list[str] = field(default_factory=list)
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     cache_dir: str = ""  # default: $METAVOX_CACHE or ~/.cache/metavox

@@ -43,22 +43,14 @@ def load_run_corpus(cfg: RunConfig) -> Corpus:
     if spec == "synth":
         from metavox.data.synth import ensure_default_corpus
 
-        root = Path(cfg.data.root) if cfg.data.root else None
-        folder = ensure_default_corpus(root) if root else ensure_default_corpus()
-        return load_corpus(str(Path(folder) / "manifest.csv"))
+        if cfg.data.root:  # a synthetic corpus made elsewhere (any settings): read it
+            manifest = Path(cfg.data.root) / "manifest.csv"
+            if not manifest.is_file():
+                raise ConfigError(f"data.root {cfg.data.root} holds no synthetic corpus "
+                                  "(no manifest.csv); run `metavox data synth` first")
+            return load_corpus(str(manifest))
+        return load_corpus(str(Path(ensure_default_corpus()) / "manifest.csv"))
     return load_corpus(spec, cfg.data.root or None)
-
-
-def synth_roles(corpus: Corpus) -> dict[str, dict[str, list[str]]] | None:
-    """The built-in corpus's reserved words and speakers per part, when it has them."""
-    import json
-
-    root = Path(corpus.root)
-    f = root / "splits.json"
-    if not f.is_file():
-        return None
-    data = json.loads(f.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else None
 
 
 def make_run_split(cfg: RunConfig, corpus: Corpus) -> Split:
@@ -75,6 +67,8 @@ def make_run_split(cfg: RunConfig, corpus: Corpus) -> Split:
         labels["val"] = list(d.val_labels)
     if d.test_speakers:
         speakers["test"] = list(d.test_speakers)
+    if d.val_speakers:
+        speakers["val"] = list(d.val_speakers)
     try:
         return make_split(corpus, d.split, fractions, labels=labels or None,
                           speakers=speakers or None, seed=cfg.seed)
