@@ -67,10 +67,11 @@ def test_native_batchnorm_in_the_loop_equals_the_explicit_form():
     assert rel_err(flat_grad(algo), g_native) < 1e-10
 
 
-def test_auto_strategy_is_loop_on_cpu_and_vmap_on_cuda():
+def test_auto_strategy_is_loop_on_cpu_for_convnets_and_vmap_otherwise():
     from metavox.meta import resolve_strategy
 
     assert resolve_strategy("auto", torch.device("cpu"), None) == ("loop", None)
+    assert resolve_strategy("auto", torch.device("cpu"), 4, convolutional=False) == ("vmap", 4)
     assert resolve_strategy("auto", torch.device("cuda"), None)[0] == "vmap"
     with pytest.raises(ValueError, match="strategy"):
         resolve_strategy("fast", torch.device("cpu"), None)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from metavox.data.batch import EpisodeBatch
-from metavox.meta.batching import map_tasks, resolve_strategy
+from metavox.meta.batching import is_convolutional, map_tasks, resolve_strategy
 from metavox.meta.functional import TaskBatchNorm, has_batch_norm
 from metavox.meta.inner import LossFn, default_loss
 
@@ -63,6 +63,7 @@ class MetaAlgorithm(nn.Module):
         self.strategy = strategy
         self.chunk_size = chunk_size
         self._batch_norm = has_batch_norm(model)
+        self._convolutional = is_convolutional(model)
         self._ways: int | None = None
         #: in eval mode, also report ``accuracy@s`` after every inner step s (where the
         #: algorithm has an inner loop): the accuracy-against-steps curve in one pass
@@ -113,7 +114,8 @@ class MetaAlgorithm(nn.Module):
             )
         if is_classification(sy):
             self._ways = int(torch.maximum(sy.max(), qy.max()).item()) + 1
-        strategy, chunk = resolve_strategy(self.strategy, sx.device, self.chunk_size)
+        strategy, chunk = resolve_strategy(self.strategy, sx.device, self.chunk_size,
+                                           convolutional=self._convolutional)
         with self.norm_context(strategy):
             per_task = map_tasks(
                 self.task_objective, tensors, strategy=strategy, chunk_size=chunk
