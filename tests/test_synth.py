@@ -103,6 +103,31 @@ def test_speakers_curated_and_balanced() -> None:
     assert select_speakers(8) == SPEAKERS[:8]
 
 
+def _formant_factors(variant: str) -> tuple[int, ...]:
+    import re
+
+    loader = pytest.importorskip("espeakng_loader")
+    factors = dict.fromkeys(range(1, 6), 100)
+    text = (Path(loader.get_data_path()) / "voices" / "!v" / variant).read_text(errors="replace")
+    for line in text.splitlines():
+        m = re.match(r"\s*formant\s+([1-5])\s+(-?\d+)", line)
+        if m:
+            factors[int(m.group(1))] = int(m.group(2))
+    return tuple(factors.values())
+
+
+@needs_engine
+def test_held_out_voices_differ_from_every_training_voice() -> None:
+    """Each val/test variant differs from each training variant by >= 10 % in at least one
+    of the formant frequencies F1-F5 set in eSpeak NG's voice files."""
+    train = {s.variant for s in SPEAKERS if s.split == "train"}
+    for held in {s.variant for s in SPEAKERS if s.split != "train"}:
+        mine = _formant_factors(held)
+        for other in train:
+            gap = max(abs(a - b) for a, b in zip(mine, _formant_factors(other), strict=True))
+            assert gap >= 10, (held, other, gap)
+
+
 def test_plan_is_a_pure_function_of_seed_speaker_word_rep() -> None:
     s = SPEAKERS[3]
     a, b = plan_clip(s, "seven", 1, 0), plan_clip(s, "seven", 1, 0)
