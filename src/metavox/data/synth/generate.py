@@ -149,15 +149,19 @@ def clip_seed(seed: int, speaker_id: str, word: str, rep: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, int(value)))
+
+
 def plan_clip(speaker: Speaker, word: str, rep: int, seed: int) -> ClipPlan:
     """Draw the per-clip parameters of ``word`` by ``speaker``, repetition ``rep``."""
     cs = clip_seed(seed, speaker.id, word, rep)
     rng = np.random.default_rng([cs, 0])
-    pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), 0, 100))
-    prange = int(np.clip(speaker.pitch_range + rng.integers(-RANGE_JITTER, RANGE_JITTER + 1),
-                         0, 100))
-    rate = int(np.clip(round(speaker.rate * (1 + rng.uniform(-RATE_JITTER, RATE_JITTER))),
-                       80, 450))
+    pitch = _clamp(speaker.pitch + int(rng.integers(-PITCH_JITTER, PITCH_JITTER + 1)), 0, 100)
+    prange = _clamp(speaker.pitch_range + int(rng.integers(-RANGE_JITTER, RANGE_JITTER + 1)),
+                    0, 100)
+    rate = _clamp(round(speaker.rate * (1 + float(rng.uniform(-RATE_JITTER, RATE_JITTER)))),
+                  80, 450)
     return ClipPlan(
         word=word,
         speaker=speaker,
