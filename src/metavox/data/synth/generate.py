@@ -631,8 +631,7 @@ def synthesize_corpus(
         "last_run": {"seconds": round(seconds, 1), "workers": workers,
                      "worker_cpu_s": round(stats["worker_cpu_s"], 1),
                      "clips_written": stats["written"], "speakers_run": len(todo)},
-        "license": "clips synthesised with eSpeak NG (GPL-3.0-or-later); the audio it "
-                   "outputs is not covered by the GPL",
+        "synthesiser": "eSpeak NG (GPL-3.0-or-later), from the espeakng-loader wheel",
     })
     _atomic_text(out_p / INFO, json.dumps(info, indent=1) + "\n")
     return SynthResult(out_p, out_p / MANIFEST, len(rows), stats["written"], len(spk), len(wl),
