@@ -459,8 +459,8 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
         old = info.get("config", {})
         diff = sorted(k for k in set(config) | set(old) if config.get(k) != old.get(k))
         raise SynthError(f"{out} holds a synthetic corpus made with other settings "
-                         f"({', '.join(diff)} differ): choose another folder or overwrite it "
-                         "(overwrite=True, --overwrite)")
+                         f"(different {', '.join(diff)}): choose another folder or overwrite "
+                         "it (overwrite=True, --overwrite)")
     for name in (_CLIPS, _PARTS):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in (MANIFEST, SPLITS, INFO):
