@@ -580,11 +580,11 @@ def synthesize_corpus(
         raise SynthError(f"seed must be in [0, 2**63), got {seed}")
     out_p = Path(out if out is not None else default_corpus_dir()).expanduser()
     config = _config(wl, reps, seed)
-    _prepare_folder(out_p, config, overwrite)
-    todo = [s for s in spk if not _speaker_done(out_p, s, wl, reps)]
-    if todo and not engine_available():
+    if not engine_available() and not all(_speaker_done(out_p, s, wl, reps) for s in spk):
         raise SynthError("generating the synthetic corpus needs eSpeak NG, an optional "
                          "extra: pip install 'metavox[synth]'")
+    _prepare_folder(out_p, config, overwrite)
+    todo = [s for s in spk if not _speaker_done(out_p, s, wl, reps)]
     if workers is None:
         try:
             workers = len(os.sched_getaffinity(0))
