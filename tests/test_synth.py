@@ -178,6 +178,15 @@ def test_unwritable_or_foreign_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
+def test_missing_engine_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metavox.data.synth import engine
+
+    monkeypatch.setattr(engine, "engine_available", lambda: False)
+    with pytest.raises(SynthError, match=r"pip install 'metavox\[synth\]'"):
+        synthesize_corpus(tmp_path / "out", **TINY)
+    assert not (tmp_path / "out").exists()
+
+
 def test_default_dir_and_ensure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAVOX_CACHE", str(tmp_path / "cache"))
     assert default_corpus_dir() == tmp_path / "cache" / "synth-v1"
