@@ -40,6 +40,8 @@ def test_train_writes_checkpoints_logs_and_config(manifest, cache, tmp_path):
     assert ckpt.meta["state"]["iteration"] == 6
     assert ckpt.meta["frontend"]["n_mels"] == 20
     assert ckpt.meta["classes"]["test"] == ["6", "7"]
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0  # TensorBoard scalars
     loaded = load_trained(out)
     assert type(loaded.algo).__name__ == "MAML" and loaded.frontend.n_mels == 20
 

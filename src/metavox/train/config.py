@@ -106,6 +106,7 @@ class EvaluationConfig:
 
     episodes: int = 600
     shots: list[int] = field(default_factory=lambda: [1, 5])
+    queries: int = 15  # per class, at meta-test (training uses episodes.queries)
     max_steps: int = 10
     baselines: list[str] = field(default_factory=lambda: ["protonet", "finetune", "scratch"])
     pretrain_iterations: int = 500  # the classifier behind the fine-tune baselines

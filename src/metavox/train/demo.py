@@ -51,17 +51,17 @@ def demo_config(out: str | Path, corpus: str | Path, *, quick: bool = False,
         "episodes": {"ways": 5, "shots": 1, "queries": 5, "meta_batch": 4},
         "model": {"name": "conv4", "options": {"channels": 32}},
         "algorithm": {"name": "maml", "inner_lr": 0.4, "steps": 1, "eval_steps": 5},
-        "optim": {"iterations": 600, "warmup": 50, "lr": 2e-3},
-        "validation": {"every": 100, "episodes": 40, "checkpoint_every": 100},
-        "evaluation": {"episodes": 600, "shots": [1, 5], "max_steps": 10,
-                       "pretrain_iterations": 300},
+        "optim": {"iterations": 200, "warmup": 20, "lr": 2e-3},
+        "validation": {"every": 50, "episodes": 40, "checkpoint_every": 50},
+        "evaluation": {"episodes": 300, "shots": [1, 5], "queries": 5, "max_steps": 5,
+                       "pretrain_iterations": 200, "finetune_all_steps": 10},
     }
     if quick:
         data["episodes"] = {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2}
         data["model"] = {"name": "conv4", "options": {"channels": 8}}
         data["optim"] = {"iterations": 20, "warmup": 2, "lr": 2e-3}
         data["validation"] = {"every": 10, "episodes": 6, "checkpoint_every": 10}
-        data["evaluation"] = {"episodes": 12, "shots": [1], "max_steps": 3,
+        data["evaluation"] = {"episodes": 12, "shots": [1], "queries": 2, "max_steps": 3,
                               "pretrain_iterations": 20, "finetune_steps": 10,
                               "finetune_all_steps": 3}
     return config_from_dict(data)

@@ -63,6 +63,24 @@ class EvalReport:
                 for s in self.scores]
 
 
+def _bar(enabled: bool, desc: str):
+    """A ``progress(done, total)`` callback drawing a tqdm bar, or None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
+        state["bar"].update(done - state["bar"].n)
+        if done >= total:
+            state["bar"].close()
+
+    return update
+
+
 def _score(name: str, shots: int, per: dict[str, Any]) -> Score:
     mean, ci = confidence_interval(per["accuracy"])
     steps = {}
@@ -177,7 +195,7 @@ def evaluate(
     cfg: RunConfig = loaded.config
     e = cfg.evaluation
     ways = ways or cfg.episodes.ways
-    queries = queries or cfg.episodes.queries
+    queries = queries or e.queries
     episodes = episodes or e.episodes
     shots = shots or list(e.shots)
     max_steps = e.max_steps if max_steps is None else max_steps
@@ -198,7 +216,9 @@ def evaluate(
         for name, algo in methods.items():
             if algo is loaded.algo and headline_steps is not None and max_steps:
                 algo.eval_steps = max(headline_steps, max_steps)
-            per = evaluate_episodes(algo, sampler, episodes, meta_batch=cfg.episodes.meta_batch)
+            bar = _bar(progress, f"evaluate {name} {k}-shot")
+            per = evaluate_episodes(algo, sampler, episodes, meta_batch=cfg.episodes.meta_batch,
+                                    progress=bar)
             if algo is loaded.algo and headline_steps is not None and max_steps:
                 algo.eval_steps = headline_steps
                 per["accuracy"] = per.get(f"accuracy@{headline_steps}", per["accuracy"])
