@@ -72,3 +72,20 @@ def test_anil_and_protonet_use_the_body_head_split():
         ANIL(torch.nn.Linear(3, 2))
     with pytest.raises(ValueError, match="unknown model"):
         create_model("vgg", num_classes=2, input_shape=(4, 4))
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile", "anil", "metasgd"])
+def test_record_steps_gives_the_accuracy_curve_in_one_pass(name):
+    torch.manual_seed(0)
+    algo = ALGORITHMS[name](TinyNet(), eval_steps=3).eval()
+    algo.record_steps = True
+    batch = tiny_episodes(tasks=2, dtype=torch.float32)
+    with torch.no_grad():
+        out = algo(batch)
+    assert [f"accuracy@{s}" in out.metrics for s in range(4)] == [True] * 4
+    assert out.metrics["accuracy@0"] == out.metrics["accuracy_before"]
+    assert out.metrics["accuracy@3"] == out.metrics["accuracy"]
+    algo.eval_steps = 2  # the curve's points are the accuracies of shorter adaptations
+    with torch.no_grad():
+        short = algo(batch)
+    assert short.metrics["accuracy"] == pytest.approx(out.metrics["accuracy@2"])

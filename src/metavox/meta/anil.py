@@ -80,18 +80,13 @@ class ANIL(MetaAlgorithm):
                 if classify:
                     metrics["accuracy_before"] = accuracy(out0, query_y)
         steps = self.steps if self.training else self.eval_steps
-        record = self.record_steps and not self.training and classify
-        if record and "accuracy_before" in metrics:
-            metrics["accuracy@0"] = metrics["accuracy_before"]
-        fast = head_params
+        record = self.start_recording(metrics, classify)
         trajectory = inner_loop(self.head, head_params, fs, support_y, steps=steps,
                                 lr=self.inner_lr, first_order=self.first_order,
                                 loss_fn=self.loss_fn, buffers=head_buffers)
-        for s, fast in enumerate(trajectory, start=1):
-            if record and s < steps:
-                with torch.no_grad():
-                    out_s = forward(self.head, fast, fq, head_buffers)
-                metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)
+        fast = self.follow(trajectory, head_params, record_until=steps if record else 0,
+                           query_logits=lambda p: forward(self.head, p, fq, head_buffers),
+                           query_y=query_y, metrics=metrics)
         out = forward(self.head, fast, fq, head_buffers)
         loss = self.loss_fn(out, query_y)
         metrics["loss"] = loss

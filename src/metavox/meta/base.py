@@ -81,6 +81,33 @@ class MetaAlgorithm(nn.Module):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------
+    def start_recording(self, metrics: dict[str, Tensor], classify: bool) -> bool:
+        """Whether to record ``accuracy@s`` for this task (eval mode, ``record_steps``,
+        classification); if so, step 0 is the accuracy before adaptation."""
+        record = self.record_steps and not self.training and classify
+        if record and "accuracy_before" in metrics:
+            metrics["accuracy@0"] = metrics["accuracy_before"]
+        return record
+
+    @staticmethod
+    def follow(
+        trajectory,
+        start: dict[str, Tensor],
+        *,
+        record_until: int,
+        query_logits,
+        query_y: Tensor,
+        metrics: dict[str, Tensor],
+    ) -> dict[str, Tensor]:
+        """Run an inner-loop trajectory to its end and return the last parameters,
+        recording the query accuracy after each step ``s < record_until``."""
+        fast = start
+        for s, fast in enumerate(trajectory, start=1):
+            if s < record_until:
+                with torch.no_grad():
+                    metrics[f"accuracy@{s}"] = accuracy(query_logits(fast), query_y)
+        return fast
+
     def norm_context(self, strategy: str = "vmap"):
         """Explicit per-task batch normalisation, needed under vmap only.
 

@@ -101,10 +101,9 @@ class FineTune(MetaAlgorithm):
                                     first_order=True)
             net_buffers = functional_buffers(net)
             run = lambda p: forward(net, p, query_x, net_buffers)  # noqa: E731
-        fast = start
-        for s, fast in enumerate(trajectory, start=1):
-            if self.record_steps:
-                metrics[f"accuracy@{s}"] = accuracy(run(fast).detach(), query_y)
+        record = self.start_recording(metrics, True)
+        fast = self.follow(trajectory, start, record_until=self.steps + 1 if record else 0,
+                           query_logits=run, query_y=query_y, metrics=metrics)
         out = run(fast).detach()
         loss = F.cross_entropy(out, query_y)
         metrics.update({"loss": loss, "query_loss": loss, "accuracy": accuracy(out, query_y)})

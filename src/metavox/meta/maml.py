@@ -197,11 +197,9 @@ class MAML(MetaAlgorithm):
         if steps == 0:
             loss, out = self._query_terms(params, 0, query_x, query_y, buffers)
             objective = loss
-        record = self.record_steps and not self.training
-        if record and "accuracy_before" in metrics:
-            metrics["accuracy@0"] = metrics["accuracy_before"]
+        record = self.start_recording(metrics, classify)
         for s, fast in enumerate(trajectory, start=1):
-            if record and s < steps and classify:
+            if record and s < steps:
                 with torch.no_grad():
                     _, out_s = self._query_terms(fast, s, query_x, query_y, buffers)
                 metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)

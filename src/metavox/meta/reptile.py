@@ -60,16 +60,11 @@ class Reptile(MetaAlgorithm):
         steps = self.steps if self.training else self.eval_steps
         opts = dict(steps=steps, lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn,
                     buffers=buffers)
-        record = self.record_steps and not self.training and classify
-        if record and "accuracy_before" in metrics:
-            metrics["accuracy@0"] = metrics["accuracy_before"]
-        fast = params
-        for s, fast in enumerate(inner_loop(self.model, params, support_x, support_y, **opts),
-                                 start=1):
-            if record and s < steps:
-                with torch.no_grad():
-                    out_s = forward(self.model, fast, query_x, buffers)
-                metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)
+        record = self.start_recording(metrics, classify)
+        trajectory = inner_loop(self.model, params, support_x, support_y, **opts)
+        fast = self.follow(trajectory, params, record_until=steps if record else 0,
+                           query_logits=lambda p: forward(self.model, p, query_x, buffers),
+                           query_y=query_y, metrics=metrics)
         fast = {k: v.detach() for k, v in fast.items()}
         with torch.no_grad():
             out = forward(self.model, fast, query_x, buffers)
