@@ -20,7 +20,7 @@ def trained(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     manifest = fsdd_manifest(shared_data, root / "data")
     cfg = tiny_config(manifest, root / "run", root / "cache",
-                      evaluation={"episodes": 4, "shots": [1], "max_steps": 2,
+                      evaluation={"episodes": 4, "shots": [1], "queries": 2, "max_steps": 2,
                                   "baselines": ["scratch"], "finetune_all_steps": 2})
     path = root / "run.toml"
     path.write_text(to_toml(cfg.to_dict()))

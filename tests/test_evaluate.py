@@ -12,7 +12,7 @@ from metavox.train.loop import confidence_interval
 from metavox.train.report import results_table, write_report
 from metavox.train.run import train
 
-TINY_EVAL = {"episodes": 6, "shots": [1, 2], "max_steps": 3, "pretrain_iterations": 5,
+TINY_EVAL = {"episodes": 6, "shots": [1, 2], "queries": 2, "max_steps": 3, "pretrain_iterations": 5,
              "finetune_steps": 5, "finetune_all_steps": 3}
 
 
@@ -65,3 +65,22 @@ def test_evaluate_on_another_corpus_with_named_labels(run_dir, shared_data):
     with pytest.raises(ValueError, match="not in"):
         evaluate(run_dir, data="fsdd", root=str(shared_data / "fsdd"), labels=["eleven"],
                  baselines=[])
+
+
+def test_speaker_protocol_with_no_adaptation_baseline(shared_data, tmp_path):
+    manifest = fsdd_manifest(shared_data, tmp_path / "data")
+    cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache",
+                      data={"corpus": str(manifest), "split": "speaker",
+                            "test_speakers": ["theo"], "val_fraction": 0.0,
+                            "cache_dir": str(tmp_path / "cache")},
+                      episodes={"protocol": "speaker", "ways": 3, "shots": 1, "queries": 2,
+                                "meta_batch": 2},
+                      optim={"iterations": 2, "warmup": 1},
+                      validation={"every": 2, "episodes": 0, "checkpoint_every": 2},
+                      evaluation={**TINY_EVAL, "shots": [1], "queries": 2,
+                                  "baselines": ["noadapt"]})
+    train(cfg, progress=False)
+    report = evaluate(tmp_path / "run")
+    methods = [s.method for s in report.scores]
+    assert methods == ["maml", "no adaptation"]
+    assert all(0 <= s.accuracy <= 1 and s.episodes == 6 for s in report.scores)

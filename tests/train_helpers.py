@@ -38,7 +38,7 @@ def tiny_config(manifest: Path, out: Path, cache: Path, **overrides):
         "algorithm": {"name": "maml", "steps": 1, "eval_steps": 2, "inner_lr": 0.3},
         "optim": {"iterations": 6, "warmup": 2, "lr": 0.01},
         "validation": {"every": 3, "episodes": 4, "checkpoint_every": 3},
-        "evaluation": {"episodes": 6, "shots": [1], "max_steps": 2},
+        "evaluation": {"episodes": 6, "shots": [1], "queries": 2, "max_steps": 2},
     }
     for key, value in overrides.items():
         section, _, name = key.partition("__")

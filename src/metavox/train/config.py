@@ -238,10 +238,10 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("validation.every and validation.checkpoint_every must be >= 1")
     if cfg.algorithm.steps < 1 or cfg.algorithm.eval_steps < 0:
         problems.append("algorithm.steps must be >= 1 and algorithm.eval_steps >= 0")
-    bad = set(cfg.evaluation.baselines) - {"protonet", "finetune", "scratch"}
+    bad = set(cfg.evaluation.baselines) - {"protonet", "finetune", "scratch", "noadapt"}
     if bad:
         problems.append(f"evaluation.baselines: unknown {sorted(bad)}; "
-                        "choose from protonet, finetune, scratch")
+                        "choose from protonet, finetune, scratch, noadapt")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     cfg.frontend_config()

@@ -57,7 +57,7 @@ def demo_config(out: str | Path, corpus: str | Path, *, quick: bool = False,
         "algorithm": {"name": "maml", "inner_lr": 0.05, "steps": 1, "eval_steps": 5},
         "optim": {"iterations": 300, "warmup": 20, "lr": 2e-3},
         "validation": {"every": 50, "episodes": 40, "checkpoint_every": 50},
-        "evaluation": {"episodes": 200, "shots": [1, 5], "queries": 5, "max_steps": 5,
+        "evaluation": {"episodes": 100, "shots": [1, 5], "queries": 5, "max_steps": 5,
                        "pretrain_iterations": 200, "finetune_all_steps": 10},
     }
     if quick:

@@ -14,18 +14,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from metavox.data import FeatureStore, load_corpus
 from metavox.meta import MetaAlgorithm
 from metavox.meta.baselines import FineTune
+from metavox.train.checkpoint import load_checkpoint
 from metavox.train.config import RunConfig
 from metavox.train.loop import confidence_interval, evaluate_episodes
 from metavox.train.pretrain import load_pretrained, pretrain_classifier, save_pretrained
 from metavox.train.run import LoadedModel, load_trained, train
 from metavox.train.setup import build_feature_store, build_model, build_run_data, make_sampler
 
-BASELINES = ("protonet", "finetune", "scratch")
+BASELINES = ("protonet", "finetune", "scratch", "noadapt")
 
 
 @dataclass
@@ -131,8 +133,6 @@ def _pretrained_classifier(loaded: LoadedModel, run_dir: Path, progress: bool):
     path = run_dir / "baselines" / "pretrained.safetensors"
     run = None
     if path.is_file():
-        from metavox.train.checkpoint import load_checkpoint
-
         classes = load_checkpoint(path).meta["pretrain_classes"]
         model = build_model(cfg, _input_shape(loaded), len(classes))
         return load_pretrained(path, model)
@@ -175,6 +175,35 @@ def build_baselines(loaded: LoadedModel, names: list[str], run_dir: Path,
     return out
 
 
+class NoAdaptation:
+    """The pre-trained classifier applied as it is, without looking at the support set.
+
+    Only meaningful when the test classes are classes it was trained on (speaker
+    adaptation: the same words, a new speaker). Each task's logits are restricted to the
+    task's classes, found by name.
+    """
+
+    def __init__(self, model: torch.nn.Module, classes: list[str]) -> None:
+        self.model = model.eval()
+        self.column = {c: i for i, c in enumerate(classes)}
+
+    def covers(self, labels: list[str]) -> bool:
+        return set(labels) <= set(self.column)
+
+    def evaluate(self, sampler, episodes: int, meta_batch: int) -> dict[str, np.ndarray]:
+        accs: list[float] = []
+        b = 0
+        with torch.no_grad():
+            while len(accs) < episodes:
+                batch = sampler.sample(meta_batch, b)
+                for t in range(batch.num_tasks):
+                    cols = [self.column[c] for c in batch.classes[t]]
+                    logits = self.model(batch.query_x[t])[:, cols]
+                    accs.append(float((logits.argmax(-1) == batch.query_y[t]).float().mean()))
+                b += 1
+        return {"accuracy": np.asarray(accs[:episodes])}
+
+
 def evaluate(
     checkpoint: str | Path,
     *,
@@ -204,8 +233,16 @@ def evaluate(
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     store, desc = test_store(loaded, data, root, labels, cache_dir)
 
-    methods: dict[str, MetaAlgorithm] = {cfg.algorithm.name: loaded.algo}
-    methods.update(build_baselines(loaded, names, run_dir, progress))
+    methods: dict[str, MetaAlgorithm | NoAdaptation] = {cfg.algorithm.name: loaded.algo}
+    methods.update(build_baselines(loaded, [n for n in names if n != "noadapt"], run_dir,
+                                   progress))
+    if "noadapt" in names:
+        pre = _pretrained_classifier(loaded, run_dir, progress)
+        classes = load_checkpoint(run_dir / "baselines" / "pretrained.safetensors").meta[
+            "pretrain_classes"]
+        noadapt = NoAdaptation(pre, classes)
+        if noadapt.covers(sorted(set(store.labels))):
+            methods["no adaptation"] = noadapt
     if max_steps and hasattr(loaded.algo, "eval_steps"):
         loaded.algo.record_steps = True
     headline_steps = getattr(loaded.algo, "eval_steps", None)
@@ -216,6 +253,10 @@ def evaluate(
         for name, algo in methods.items():
             if algo is loaded.algo and headline_steps is not None and max_steps:
                 algo.eval_steps = max(headline_steps, max_steps)
+            if isinstance(algo, NoAdaptation):
+                scores.append(_score(name, k, algo.evaluate(sampler, episodes,
+                                                            cfg.episodes.meta_batch)))
+                continue
             bar = _bar(progress, f"evaluate {name} {k}-shot")
             per = evaluate_episodes(algo, sampler, episodes, meta_batch=cfg.episodes.meta_batch,
                                     progress=bar)
