@@ -98,3 +98,21 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     kept = load_checkpoint(path)  # the old checkpoint is intact, no temp files left
     assert kept.meta["note"] == "old" and torch.equal(kept.tensors["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_spec_augment_applies_to_training_episodes_only(manifest, cache, tmp_path):
+    from metavox.train.setup import build_run_data, make_sampler
+
+    cfg = tiny_config(manifest, tmp_path / "aug", cache,
+                      augment={"spec_augment": True, "freq_masks": 2, "freq_width": 6})
+    data = build_run_data(cfg)
+    plain = make_sampler(data.parts["train"], cfg.episodes, seed=0, stream="train")
+    aug = make_sampler(data.parts["train"], cfg.episodes, seed=0, stream="train",
+                       augment=cfg.augment)
+    a, b = plain.sample(2, 0), aug.sample(2, 0)
+    assert torch.equal(a.support_y, b.support_y) and not torch.equal(a.support_x, b.support_x)
+    assert torch.equal(aug.sample(2, 0).support_x, b.support_x)  # seeded
+    val = make_sampler(data.parts["val"], cfg.episodes, seed=0, stream="val",
+                       augment=cfg.augment)
+    assert val.augment is None
+    assert train(cfg, progress=False).state.iteration == 6

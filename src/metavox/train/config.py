@@ -58,6 +58,21 @@ class EpisodeConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Feature-level augmentation of meta-training episodes (never of validation or test).
+
+    SpecAugment works on the cached features, so training never decodes audio again;
+    waveform augmentations (noise, shift, gain) are in ``metavox.audio.augment``.
+    """
+
+    spec_augment: bool = False
+    freq_masks: int = 2
+    freq_width: int = 8
+    time_masks: int = 2
+    time_width: int = 10
+
+
+@dataclass
 class ModelConfig:
     """A registered backbone and its options (see ``metavox.models``)."""
 
@@ -127,6 +142,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     frontend: dict[str, Any] = field(default_factory=dict)  # FrontendConfig overrides
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -43,7 +43,8 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
     device = resolve_device(cfg.device)
     model = build_model(cfg, data.input_shape, cfg.episodes.ways)
     algo = build_algorithm(cfg, model)
-    train_s = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train")
+    train_s = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train",
+                           augment=cfg.augment)
     val_s = None
     if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
         val_s = make_sampler(data.parts["val"], cfg.episodes, seed=cfg.seed, stream="val")

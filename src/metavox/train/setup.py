@@ -24,7 +24,7 @@ from metavox.data import (
 from metavox.data.episodes import EpisodeSampler
 from metavox.meta import ALGORITHMS, MetaAlgorithm
 from metavox.models import create_model
-from metavox.train.config import ConfigError, EpisodeConfig, RunConfig
+from metavox.train.config import AugmentConfig, ConfigError, EpisodeConfig, RunConfig
 
 #: Seed offsets so train, validation and test episodes never share a stream.
 STREAM = {"train": 0, "val": 1_000_003, "test": 2_000_003}
@@ -104,6 +104,19 @@ def build_run_data(cfg: RunConfig, *, progress: bool = False) -> RunData:
     return RunData(corpus, split, frontend, store, parts)
 
 
+def spec_augmenter(cfg: AugmentConfig):
+    """``augment(x, rng)`` for a sampler, or None when SpecAugment is off."""
+    if not cfg.spec_augment:
+        return None
+    from metavox.audio.augment import spec_augment
+
+    def augment(x, rng):
+        return spec_augment(x, freq_masks=cfg.freq_masks, freq_width=cfg.freq_width,
+                            time_masks=cfg.time_masks, time_width=cfg.time_width, generator=rng)
+
+    return augment
+
+
 def make_sampler(
     store: FeatureStore,
     episodes: EpisodeConfig,
@@ -112,17 +125,21 @@ def make_sampler(
     stream: str,
     shots: int | None = None,
     ways: int | None = None,
+    augment: AugmentConfig | None = None,
 ) -> EpisodeSampler:
-    """An episode sampler of the configured protocol over ``store``."""
+    """An episode sampler of the configured protocol over ``store``; ``augment`` applies to
+    the training stream only."""
     ways = episodes.ways if ways is None else ways
     shots = episodes.shots if shots is None else shots
     s = seed + STREAM[stream]
+    aug = spec_augmenter(augment) if augment is not None and stream == "train" else None
     if episodes.protocol == "speaker":
-        return SpeakerEpisodeSampler(store, ways, shots, episodes.queries, seed=s)
+        return SpeakerEpisodeSampler(store, ways, shots, episodes.queries, seed=s, augment=aug)
     # meta-training may skip classes too small for K+Q; meta-test must not
     too_few = "raise" if stream == "test" else "drop"
     return ClassEpisodeSampler(store, ways, shots, episodes.queries, seed=s,
-                               speaker_disjoint=episodes.speaker_disjoint, too_few=too_few)
+                               speaker_disjoint=episodes.speaker_disjoint, too_few=too_few,
+                               augment=aug)
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, int], num_classes: int) -> nn.Module:
