@@ -89,13 +89,8 @@ class ANIL(MetaAlgorithm):
                            query_y=query_y, metrics=metrics)
         out = forward(self.head, fast, fq, head_buffers)
         loss = self.loss_fn(out, query_y)
-        metrics["loss"] = loss
-        metrics["query_loss"] = loss.detach()
-        if classify:
-            metrics["accuracy"] = accuracy(out.detach(), query_y)
-            if record:
-                metrics[f"accuracy@{steps}"] = metrics["accuracy"]
-        return metrics
+        return self.finish(metrics, loss, loss, out, query_y, classify=classify,
+                           record_step=steps if record else None)
 
     def adapt(
         self,

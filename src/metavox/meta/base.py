@@ -90,6 +90,27 @@ class MetaAlgorithm(nn.Module):
         return record
 
     @staticmethod
+    def finish(
+        metrics: dict[str, Tensor],
+        objective: Tensor,
+        query_loss: Tensor,
+        logits: Tensor,
+        query_y: Tensor,
+        *,
+        classify: bool,
+        record_step: int | None,
+    ) -> dict[str, Tensor]:
+        """Add the task's objective, final query loss and accuracy (also as
+        ``accuracy@record_step`` when recording) to ``metrics``."""
+        metrics["loss"] = objective
+        metrics["query_loss"] = query_loss.detach()
+        if classify:
+            metrics["accuracy"] = accuracy(logits.detach(), query_y)
+            if record_step is not None:
+                metrics[f"accuracy@{record_step}"] = metrics["accuracy"]
+        return metrics
+
+    @staticmethod
     def follow(
         trajectory,
         start: dict[str, Tensor],

@@ -208,13 +208,8 @@ class MAML(MetaAlgorithm):
             loss, out = self._query_terms(fast, s, query_x, query_y, buffers)
             term = loss if weights is None else weights[s - 1] * loss
             objective = term if s == 1 or weights is None else objective + term
-        metrics["loss"] = objective
-        metrics["query_loss"] = loss.detach()
-        if classify:
-            metrics["accuracy"] = accuracy(out.detach(), query_y)
-            if record:
-                metrics[f"accuracy@{steps}"] = metrics["accuracy"]
-        return metrics
+        return self.finish(metrics, objective, loss, out, query_y, classify=classify,
+                           record_step=steps if record else None)
 
     # -- deployment ---------------------------------------------------------------------
     def adapt(
