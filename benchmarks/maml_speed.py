@@ -1,0 +1,426 @@
+"""Meta-training speed of metavox against learn2learn 0.2.0 and higher 0.2.1.
+
+First a gradient check: for every algorithm, the float64 meta-gradient of each
+implementation is compared with learn2learn's for the same parameters and episode, and a
+variant whose relative error ``||g - g_l2l|| / ||g_l2l||`` is not below 1e-8 is not timed.
+Then each variant is timed in a fresh subprocess (so peak RSS is its own), the variants
+alternating within each repeat, on the same model, data and seed:
+
+    python benchmarks/maml_speed.py --quick                       # smoke run, ~1 min
+    python benchmarks/maml_speed.py --workload speech-full --repeats 5
+    python benchmarks/maml_speed.py --workload sinusoid --algo maml2 fomaml --impl \\
+        metavox-vmap learn2learn
+    python benchmarks/maml_speed.py --check-only --impl metavox-loop metavox-vmap \\
+        learn2learn higher                                        # correctness only
+
+Install the anchors first with ``bash benchmarks/install_anchors.sh``. Columns are
+explained in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from metavox.meta import ANIL, MAML, Reptile
+from metavox.meta.inner import default_loss
+from metavox.models import MLP, Conv4
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _anchors import ANCHORS, load_higher, load_learn2learn  # noqa: E402
+
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
+Step = Callable[[Batch], None]
+
+ALGOS = ("maml2", "fomaml", "reptile", "anil")
+ALGO_NAMES = {"maml2": "MAML (2nd order)", "fomaml": "first-order MAML", "reptile": "Reptile",
+              "anil": "ANIL"}
+IMPLS = ("metavox-loop", "metavox-vmap", "learn2learn", "higher")
+REFERENCE = "learn2learn"
+TOLERANCE = 1e-8
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model and an episode shape."""
+
+    kind: str  # "speech" (Conv-4 on log-mel) or "sinusoid" (1-40-40-1 MLP)
+    meta_batch: int
+    steps: int
+    inner_lr: float
+    shots: int
+    queries: int
+    ways: int = 1
+    channels: int = 0
+    input_shape: tuple[int, int] = (0, 0)
+
+    def describe(self) -> str:
+        if self.kind == "speech":
+            h, w = self.input_shape
+            return (f"Conv-4 ({self.channels} ch) on {h}x{w}, {self.ways}-way {self.shots}-shot "
+                    f"{self.queries} queries, meta-batch {self.meta_batch}, {self.steps} inner "
+                    f"steps at lr {self.inner_lr}")
+        return (f"MLP 1-40-40-1, K={self.shots} support + {self.queries} query points, "
+                f"meta-batch {self.meta_batch}, {self.steps} inner step(s) at lr {self.inner_lr}")
+
+
+WORKLOADS = {
+    "speech-full": Workload("speech", 8, 5, 0.4, 5, 15, ways=5, channels=64,
+                            input_shape=(40, 101)),
+    "speech-small": Workload("speech", 8, 5, 0.4, 5, 15, ways=5, channels=32,
+                             input_shape=(40, 51)),
+    "sinusoid": Workload("sinusoid", 25, 1, 0.01, 10, 10),
+}
+
+
+# -- model, data, steps ---------------------------------------------------------------
+
+
+def make_model(w: Workload, seed: int) -> nn.Module:
+    """The workload's network, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    if w.kind == "speech":
+        return Conv4(w.ways, w.input_shape, channels=w.channels)
+    return MLP(1, 1, hidden=(40, 40))
+
+
+def make_batch(w: Workload, seed: int, tasks: int, dtype: torch.dtype,
+               device: torch.device) -> Batch:
+    """A meta-batch from ``seed``: random log-mel-shaped inputs with balanced labels, or
+    sinusoid points (amplitude U[0.1, 5], phase U[0, pi], x U[-5, 5])."""
+    g = torch.Generator().manual_seed(seed + 1)
+    if w.kind == "speech":
+        h, wd = w.input_shape
+        sx = torch.randn(tasks, w.ways * w.shots, 1, h, wd, generator=g)
+        qx = torch.randn(tasks, w.ways * w.queries, 1, h, wd, generator=g)
+        sy = torch.arange(w.ways).repeat_interleave(w.shots).repeat(tasks, 1)
+        qy = torch.arange(w.ways).repeat_interleave(w.queries).repeat(tasks, 1)
+    else:
+        amp = 0.1 + 4.9 * torch.rand(tasks, 1, 1, generator=g)
+        phase = math.pi * torch.rand(tasks, 1, 1, generator=g)
+        x = 10.0 * torch.rand(tasks, w.shots + w.queries, 1, generator=g) - 5.0
+        y = amp * torch.sin(x - phase)
+        sx, qx, sy, qy = x[:, : w.shots], x[:, w.shots :], y[:, : w.shots], y[:, w.shots :]
+    out = []
+    for t in (sx, sy, qx, qy):
+        t = t.to(dtype) if torch.is_floating_point(t) else t
+        out.append(t.to(device))
+    return tuple(out)
+
+
+def metavox_algorithm(algo: str, model: nn.Module, w: Workload, strategy: str) -> nn.Module:
+    """The metavox meta-learner for ``algo``; ``track_before=False`` so that it does the
+    same work as the anchors (no extra pre-adaptation forward pass)."""
+    opts = dict(inner_lr=w.inner_lr, steps=w.steps, track_before=False, strategy=strategy)
+    if algo in ("maml2", "fomaml"):
+        return MAML(model, first_order=algo == "fomaml", **opts)
+    if algo == "anil":
+        return ANIL(model, **opts)
+    if algo == "reptile":
+        return Reptile(model, **opts)
+    raise ValueError(f"unknown algorithm {algo!r}")
+
+
+def build_step(impl: str, algo: str, model: nn.Module, w: Workload) -> Step:
+    """One meta-gradient computation (no optimiser step): leaves ``.grad`` on ``model``."""
+    if impl.startswith("metavox-"):
+        learner = metavox_algorithm(algo, model, w, impl.removeprefix("metavox-")).train()
+        params = list(model.parameters())
+
+        def step(batch: Batch) -> None:
+            for p in params:
+                p.grad = None
+            learner(batch).loss.backward()
+
+        return step
+    model.train()
+    make = ANCHORS[impl][algo]
+    return make(model, w.inner_lr, w.steps, algo == "fomaml", default_loss)
+
+
+def available_impls() -> dict[str, str | None]:
+    """Implementation -> None when it loads, else the reason it does not."""
+    out: dict[str, str | None] = {"metavox-loop": None, "metavox-vmap": None}
+    for name, load in (("learn2learn", load_learn2learn), ("higher", load_higher)):
+        try:
+            load()
+            out[name] = None
+        except Exception as exc:  # noqa: BLE001 - report any failure to load
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+# -- gradient check -------------------------------------------------------------------
+
+
+def meta_gradient(impl: str, algo: str, model: nn.Module, w: Workload, batch: Batch) -> Tensor:
+    """The flattened meta-gradient of ``impl`` on a private copy of ``model``."""
+    model = copy.deepcopy(model)
+    build_step(impl, algo, model, w)(batch)
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in model.parameters()])
+
+
+def gradient_check(w: Workload, algo: str, impls: list[str], seed: int, tasks: int,
+                   device: torch.device) -> dict[str, float]:
+    """Relative error of each implementation's float64 meta-gradient against learn2learn's."""
+    model = make_model(w, seed).double().to(device)
+    batch = make_batch(w, seed, tasks, torch.float64, device)
+    ref = meta_gradient(REFERENCE, algo, model, w, batch)
+    errors = {REFERENCE: 0.0}
+    for impl in impls:
+        if impl != REFERENCE:
+            g = meta_gradient(impl, algo, model, w, batch)
+            errors[impl] = float((g - ref).norm() / ref.norm())
+    return errors
+
+
+# -- measurement ----------------------------------------------------------------------
+
+
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def worker(spec: dict) -> dict:
+    """Time ``spec["timed"]`` meta-gradient steps of one variant (in its own process)."""
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    w = Workload(**{**spec["workload"], "input_shape": tuple(spec["workload"]["input_shape"])})
+    model = make_model(w, spec["seed"]).to(device)
+    batch = make_batch(w, spec["seed"], w.meta_batch, torch.float32, device)
+    step = build_step(spec["impl"], spec["algo"], model, w)
+    _sync(device)
+    rss_setup = _status_mb("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(spec["warmup"]):
+        step(batch)
+    _sync(device)
+    times = []
+    for _ in range(spec["timed"]):
+        start = time.perf_counter()
+        step(batch)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    out = {"times": times, "rss_setup_mb": rss_setup, "peak_rss_mb": _status_mb("VmHWM")}
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run_worker(spec: dict) -> dict:
+    """Run :func:`worker` in a fresh Python process and return its report."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        print(f"worker {spec['algo']}/{spec['impl']} failed: {last}", file=sys.stderr)
+        return {"failed": last}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def flops_per_task(w: Workload, algo: str, seed: int, device: torch.device) -> float:
+    """Matmul and convolution FLOPs of one task's meta-gradient (forward and backward),
+    counted by ``FlopCounterMode`` on metavox's loop strategy."""
+    model = make_model(w, seed).to(device)
+    batch = make_batch(w, seed, 1, torch.float32, device)
+    step = build_step("metavox-loop", algo, model, w)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(batch)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, n: int, reps: int = 3) -> float:
+    """Best float32 FLOP/s of an ``n x n`` matmul on ``device``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    best = 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def print_table(rows: list[dict], device: torch.device) -> None:
+    mem = "CUDA max alloc MB" if device.type == "cuda" else "peak RSS MB"
+    head = ["algorithm", "implementation", "grad rel err", "tasks/s (median)", "min-max",
+            "x l2l", mem, "+RSS in steps MB", "GFLOP/s", "% of peak"]
+    table = [head]
+    for r in rows:
+        table.append([
+            ALGO_NAMES[r["algo"]], r["impl"],
+            "reference" if r["impl"] == REFERENCE else _fmt(r.get("error"), ".1e"),
+            _fmt(r.get("rate"), ".2f"),
+            f"{r['lo']:.2f}-{r['hi']:.2f}" if "lo" in r else "-",
+            _fmt(r.get("ratio"), ".2f"),
+            _fmt(r.get("mem"), ".0f"), _fmt(r.get("rss_delta"), ".0f"),
+            _fmt(r.get("gflops"), ".1f"), _fmt(r.get("pct_peak"), ".1f"),
+        ] + ([r["note"]] if r.get("note") else []))
+    widths = [max(len(row[i]) for row in table if i < len(row)) for i in range(len(head))]
+    for i, row in enumerate(table):
+        cells = [c.ljust(widths[j]) if j < len(widths) else c for j, c in enumerate(row)]
+        print("| " + " | ".join(cells) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--workload", nargs="+", choices=sorted(WORKLOADS),
+                    default=["speech-small", "speech-full", "sinusoid"])
+    ap.add_argument("--algo", nargs="+", choices=ALGOS, default=list(ALGOS))
+    ap.add_argument("--impl", nargs="+", choices=IMPLS, default=None,
+                    help="default: all four, except metavox-vmap for convolutional models on "
+                         "CPU (where metavox's own 'auto' picks the loop)")
+    ap.add_argument("--repeats", type=int, default=5, help="subprocesses per variant")
+    ap.add_argument("--steps", type=int, default=5, help="timed meta-steps per subprocess")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed meta-steps first")
+    ap.add_argument("--meta-batch", type=int, default=None, help="override the workload's")
+    ap.add_argument("--check-tasks", type=int, default=2,
+                    help="tasks in the float64 gradient-check episode")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--matmul-n", type=int, default=None,
+                    help="peak-FLOP/s matmul size (default 2048 on CPU, 8192 on CUDA)")
+    ap.add_argument("--check-only", action="store_true",
+                    help="run the gradient check and stop (no timing)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: speech-small, MAML 2nd order, meta-batch 2, one "
+                         "subprocess per variant with one warm-up and one timed step, one thread, "
+                         "a 1-task gradient check, a 1024-size matmul for the peak")
+    args = ap.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.quick:
+        args.workload, args.algo = ["speech-small"], ["maml2"]
+        args.repeats, args.steps, args.warmup = 1, 1, 1
+        args.meta_batch = args.meta_batch or 2
+        args.check_tasks, args.threads = 1, args.threads or 1
+        args.matmul_n = args.matmul_n or 1024
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    loaded = available_impls()
+    if loaded[REFERENCE] is not None:
+        sys.exit(f"learn2learn does not load ({loaded[REFERENCE]}); it is the reference. "
+                 "Run: bash benchmarks/install_anchors.sh")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+    matmul_n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
+    peak = float("nan") if args.check_only else matmul_peak(device, matmul_n)
+    if not args.check_only:
+        print(f"measured peak: {peak / 1e9:.1f} GFLOP/s (float32 {matmul_n}x{matmul_n} matmul, "
+              "best of 3)")
+
+    for name in args.workload:
+        w = WORKLOADS[name]
+        if args.meta_batch:
+            w = replace(w, meta_batch=args.meta_batch)
+        conv = w.kind == "speech"
+        impls = args.impl or [i for i in IMPLS
+                              if not (i == "metavox-vmap" and conv and device.type == "cpu")]
+        skipped = {i: loaded[i] for i in impls if loaded[i] is not None}
+        impls = [i for i in impls if loaded[i] is None]
+        if REFERENCE not in impls:
+            impls.append(REFERENCE)
+        print(f"\n## {name}: {w.describe()}")
+        for i, why in skipped.items():
+            print(f"{i}: not run, does not load ({why})")
+
+        rows: list[dict] = []
+        for algo in args.algo:
+            start = time.perf_counter()
+            errors = gradient_check(w, algo, impls, args.seed, args.check_tasks, device)
+            print(f"gradient check {algo} (float64, {args.check_tasks} task(s), "
+                  f"{time.perf_counter() - start:.1f} s): "
+                  + ", ".join(f"{i} {e:.1e}" for i, e in errors.items() if i != REFERENCE))
+            for impl in impls:
+                row = {"algo": algo, "impl": impl, "error": errors[impl]}
+                if errors[impl] >= TOLERANCE or not math.isfinite(errors[impl]):
+                    row["note"] = "NOT TIMED: meta-gradient differs from learn2learn's"
+                rows.append(row)
+        if args.check_only:
+            continue
+
+        timed = [r for r in rows if "note" not in r]
+        reports: dict[tuple[str, str], list[dict]] = {(r["algo"], r["impl"]): [] for r in timed}
+        for rep in range(args.repeats):
+            order = timed[rep % len(timed):] + timed[: rep % len(timed)] if timed else []
+            for r in order:
+                spec = {"workload": w.__dict__, "algo": r["algo"], "impl": r["impl"],
+                        "seed": args.seed, "threads": args.threads, "device": str(device),
+                        "warmup": args.warmup, "timed": args.steps}
+                reports[(r["algo"], r["impl"])].append(run_worker(spec))
+
+        for algo in args.algo:
+            flops = flops_per_task(w, algo, args.seed, device) if conv else None
+            ref_rate = None
+            for r in (r for r in timed if r["algo"] == algo):
+                reps = [x for x in reports[(algo, r["impl"])] if "failed" not in x]
+                if not reps:
+                    r["note"] = "worker failed: " + reports[(algo, r["impl"])][0]["failed"]
+                    continue
+                rates = [w.meta_batch / statistics.median(x["times"]) for x in reps]
+                r.update(rate=statistics.median(rates), lo=min(rates), hi=max(rates))
+                key = "cuda_peak_mb" if device.type == "cuda" else "peak_rss_mb"
+                r["mem"] = max(x[key] for x in reps)
+                r["rss_delta"] = max(x["peak_rss_mb"] - x["rss_setup_mb"] for x in reps)
+                if flops is not None:
+                    r["gflops"] = flops * r["rate"] / 1e9
+                    r["pct_peak"] = 100 * flops * r["rate"] / peak
+                if r["impl"] == REFERENCE:
+                    ref_rate = r["rate"]
+            for r in (r for r in timed if r["algo"] == algo and "rate" in r):
+                r["ratio"] = r["rate"] / ref_rate if ref_rate else None
+            if flops is not None:
+                print(f"{algo}: {flops / 1e9:.2f} GFLOP per task (matmul + conv, fwd + bwd)")
+        print(f"\n{args.repeats} subprocess(es) per variant, alternating; each: {args.warmup} "
+              f"warm-up + {args.steps} timed meta-step(s) of {w.meta_batch} tasks, float32\n")
+        print_table(rows, device)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
