@@ -33,6 +33,7 @@ from metavox.meta.functional import (
 from metavox.meta.inner import (
     LossFn,
     StepSize,
+    adapt,
     constant_lr,
     inner_loop,
     per_parameter_lr,
@@ -224,20 +225,10 @@ class MAML(MetaAlgorithm):
         steps = self.eval_steps if steps is None else int(steps)
         params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
         with torch.enable_grad():
-            fast = params
-            for fast in inner_loop(  # noqa: B007
-                self.model,
-                params,
-                support_x,
-                support_y,
-                steps=steps,
-                lr=self._step_size(),
-                first_order=True,
-                loss_fn=self.loss_fn,
-                adapt_names=self._adapt_names(),
-                overrides=self._overrides if self.bn_names else None,
-            ):
-                pass
+            fast = adapt(self.model, params, support_x, support_y, steps=steps,
+                         lr=self._step_size(), first_order=True, loss_fn=self.loss_fn,
+                         adapt_names=self._adapt_names(),
+                         overrides=self._overrides if self.bn_names else None)
         final = {k: v.detach() for k, v in {**fast, **self._overrides(steps)}.items()}
         return Learner(export_module(self.model, final, support_x), classes)
 
