@@ -68,6 +68,9 @@ class MetaAlgorithm(nn.Module):
         #: in eval mode, also report ``accuracy@s`` after every inner step s (where the
         #: algorithm has an inner loop): the accuracy-against-steps curve in one pass
         self.record_steps = False
+        #: recompute inner steps in the outer backward instead of storing them (set by
+        #: algorithms with a differentiable inner loop; needs the per-task loop)
+        self.inner_checkpoint = False
 
     # -- to implement -------------------------------------------------------------
     def task_objective(
@@ -164,6 +167,11 @@ class MetaAlgorithm(nn.Module):
             self._ways = int(torch.maximum(sy.max(), qy.max()).item()) + 1
         strategy, chunk = resolve_strategy(self.strategy, sx.device, self.chunk_size,
                                            convolutional=self._convolutional)
+        if self.inner_checkpoint and strategy == "vmap" and torch.is_grad_enabled():
+            if self.strategy != "auto":
+                raise ValueError("inner_checkpoint does not compose with torch.vmap: use "
+                                 "strategy='loop' or 'auto'")
+            strategy, chunk = "loop", None
         with self.norm_context(strategy):
             per_task = map_tasks(
                 self.task_objective, tensors, strategy=strategy, chunk_size=chunk

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from metavox.meta.functional import Params, forward, functional_buffers
@@ -63,6 +64,7 @@ def inner_loop(
     adapt_names: Sequence[str] | None = None,
     overrides: Callable[[int], Params] | None = None,
     buffers: Mapping[str, Tensor | None] | None = None,
+    checkpoint: bool = False,
 ) -> Iterator[Params]:
     """Yield the full parameter dict after each of ``steps`` SGD steps on the support loss.
 
@@ -70,7 +72,9 @@ def inner_loop(
     stay fixed. ``overrides(step)`` supplies parameters that replace entries of ``params``
     in the forward pass at that step without being adapted (MAML++ per-step BatchNorm
     weights). ``first_order`` detaches the inner gradients, so the outer gradient treats
-    them as constants.
+    them as constants. ``checkpoint`` recomputes each step during the outer backward
+    instead of storing its activations, so second-order memory stops growing with the
+    number of steps (per-task loop only: it does not compose with ``torch.vmap``).
     """
     lr_fn = constant_lr(lr) if isinstance(lr, (int, float)) else lr
     if buffers is None:
@@ -81,16 +85,71 @@ def inner_loop(
 
     for step in range(steps):
         extra = overrides(step) if overrides is not None else {}
-
-        def support_loss(adapted: Params, extra: Params = extra) -> Tensor:
-            out = forward(model, {**fixed, **adapted, **extra}, support_x, buffers)
-            return loss_fn(out, support_y)
-
-        grads = torch.func.grad(support_loss)(fast)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        fast = {k: fast[k] - lr_fn(k, step) * grads[k] for k in names}
+        lrs = [lr_fn(k, step) for k in names]
+        parts = (model, buffers, loss_fn, fixed, extra, support_x, support_y, lrs)
+        if checkpoint and not first_order and torch.is_grad_enabled():
+            fast = _checkpointed_step(fast, *parts)
+        else:
+            fast = _sgd_step(fast, *parts, first_order=first_order)
         yield {**fixed, **fast}
+
+
+def _sgd_step(
+    fast: Params,
+    model: nn.Module,
+    buffers: Mapping[str, Tensor | None],
+    loss_fn: LossFn,
+    fixed: Params,
+    extra: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    lrs: Sequence[Tensor | float],
+    *,
+    first_order: bool = False,
+) -> Params:
+    """One SGD step of ``fast`` on the support loss."""
+
+    def support_loss(adapted: Params) -> Tensor:
+        out = forward(model, {**fixed, **adapted, **extra}, support_x, buffers)
+        return loss_fn(out, support_y)
+
+    grads = torch.func.grad(support_loss)(fast)
+    if first_order:
+        grads = {k: g.detach() for k, g in grads.items()}
+    return {k: fast[k] - lr * grads[k] for k, lr in zip(fast, lrs, strict=True)}
+
+
+def _checkpointed_step(
+    fast: Params,
+    model: nn.Module,
+    buffers: Mapping[str, Tensor | None],
+    loss_fn: LossFn,
+    fixed: Params,
+    extra: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    lrs: Sequence[Tensor | float],
+) -> Params:
+    """:func:`_sgd_step` under activation checkpointing: only the step's inputs are kept
+    for the outer backward, which recomputes the step (support forward and inner
+    gradient) when it reaches it. Every tensor the step depends on is passed explicitly,
+    because the reentrant checkpoint (the kind that composes with ``torch.func.grad``)
+    sends gradients only to its explicit inputs."""
+    groups = [list(fast), list(fixed), list(extra)]
+    sizes = [len(g) for g in groups]
+    flat = [*fast.values(), *fixed.values(), *extra.values(), support_x, *lrs]
+
+    def step(*args):
+        a, b, c = sizes
+        f = dict(zip(groups[0], args[:a], strict=True))
+        fx = dict(zip(groups[1], args[a : a + b], strict=True))
+        ex = dict(zip(groups[2], args[a + b : a + b + c], strict=True))
+        sx, step_lrs = args[a + b + c], args[a + b + c + 1 :]
+        new = _sgd_step(f, model, buffers, loss_fn, fx, ex, sx, support_y, step_lrs)
+        return tuple(new.values())
+
+    out = torch.utils.checkpoint.checkpoint(step, *flat, use_reentrant=True)
+    return dict(zip(fast, out, strict=True))
 
 
 def adapt(

@@ -75,6 +75,9 @@ class MAML(MetaAlgorithm):
         lr: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_step"`` (MAML++ LSLR).
         multi_step_loss, msl_iterations, per_step_bn, first_order_iterations: MAML++.
         track_before: also report query loss and accuracy before adaptation.
+        inner_checkpoint: recompute each inner step in the outer backward instead of
+            storing it, so second-order memory does not grow with ``steps`` (about one
+            more support forward and backward per step; runs tasks in a loop).
         strategy, chunk_size: task batching (see :mod:`metavox.meta.batching`).
     """
 
@@ -95,8 +98,10 @@ class MAML(MetaAlgorithm):
         loss_fn: LossFn | None = None,
         strategy: str = "auto",
         chunk_size: int | None = None,
+        inner_checkpoint: bool = False,
     ) -> None:
         super().__init__(model, loss_fn=loss_fn, strategy=strategy, chunk_size=chunk_size)
+        self.inner_checkpoint = bool(inner_checkpoint)
         if lr not in LR_MODES:
             raise ValueError(f"lr must be one of {LR_MODES}, got {lr!r}")
         if steps < 1 or (eval_steps is not None and eval_steps < 0):
@@ -194,6 +199,7 @@ class MAML(MetaAlgorithm):
             adapt_names=self._adapt_names(),
             overrides=self._overrides if self.bn_names else None,
             buffers=buffers,
+            checkpoint=self.inner_checkpoint,
         )
         if steps == 0:
             loss, out = self._query_terms(params, 0, query_x, query_y, buffers)
