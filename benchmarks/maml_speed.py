@@ -48,7 +48,8 @@ Step = Callable[[Batch], None]
 ALGOS = ("maml2", "fomaml", "reptile", "anil")
 ALGO_NAMES = {"maml2": "MAML (2nd order)", "fomaml": "first-order MAML", "reptile": "Reptile",
               "anil": "ANIL"}
-IMPLS = ("metavox-loop", "metavox-vmap", "learn2learn", "higher")
+IMPLS = ("metavox-loop", "metavox-vmap", "metavox-ckpt", "learn2learn", "higher")
+#: metavox-ckpt: the loop with ``inner_checkpoint=True`` (memory flat in the inner steps)
 REFERENCE = "learn2learn"
 TOLERANCE = 1e-8
 
@@ -124,9 +125,11 @@ def make_batch(w: Workload, seed: int, tasks: int, dtype: torch.dtype,
 def metavox_algorithm(algo: str, model: nn.Module, w: Workload, strategy: str) -> nn.Module:
     """The metavox meta-learner for ``algo``; ``track_before=False`` so that it does the
     same work as the anchors (no extra pre-adaptation forward pass)."""
-    opts = dict(inner_lr=w.inner_lr, steps=w.steps, track_before=False, strategy=strategy)
+    ckpt = strategy == "ckpt"
+    opts = dict(inner_lr=w.inner_lr, steps=w.steps, track_before=False,
+                strategy="loop" if ckpt else strategy)
     if algo in ("maml2", "fomaml"):
-        return MAML(model, first_order=algo == "fomaml", **opts)
+        return MAML(model, first_order=algo == "fomaml", inner_checkpoint=ckpt, **opts)
     if algo == "anil":
         return ANIL(model, **opts)
     if algo == "reptile":
@@ -153,7 +156,8 @@ def build_step(impl: str, algo: str, model: nn.Module, w: Workload) -> Step:
 
 def available_impls() -> dict[str, str | None]:
     """Implementation -> None when it loads, else the reason it does not."""
-    out: dict[str, str | None] = {"metavox-loop": None, "metavox-vmap": None}
+    out: dict[str, str | None] = {"metavox-loop": None, "metavox-vmap": None,
+                                  "metavox-ckpt": None}
     for name, load in (("learn2learn", load_learn2learn), ("higher", load_higher)):
         try:
             load()
@@ -301,6 +305,48 @@ def print_table(rows: list[dict], device: torch.device) -> None:
             print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
 
 
+def steps_memory_table(args, w: Workload, impls: list[str], device: torch.device) -> None:
+    """Second-order MAML against the number of inner steps: peak memory grows linearly
+    with the steps for implementations that keep every step's graph; checkpointing the
+    inner loop keeps only the fast weights of each step."""
+    rows = []
+    for steps in args.inner_steps:
+        ws = replace(w, steps=steps)
+        errors = gradient_check(ws, "maml2", impls, args.seed, args.check_tasks, device)
+        reps: dict[str, list[dict]] = {i: [] for i in impls}
+        for rep in range(args.repeats):
+            for impl in impls[rep % len(impls):] + impls[: rep % len(impls)]:
+                if errors[impl] < TOLERANCE:
+                    spec = {"workload": ws.__dict__, "algo": "maml2", "impl": impl,
+                            "seed": args.seed, "threads": args.threads, "device": str(device),
+                            "warmup": args.warmup, "timed": args.steps}
+                    reps[impl].append(run_worker(spec))
+        for impl in impls:
+            ok = [x for x in reps[impl] if "failed" not in x]
+            row = {"steps": steps, "impl": impl, "error": errors[impl]}
+            if ok:
+                key = "cuda_peak_mb" if device.type == "cuda" else "peak_rss_mb"
+                row.update(rate=statistics.median(ws.meta_batch / statistics.median(x["times"])
+                                                  for x in ok),
+                           mem=max(x[key] for x in ok),
+                           delta=max(x["peak_rss_mb"] - x["rss_setup_mb"] for x in ok))
+            rows.append(row)
+    base = {r["impl"]: r for r in rows if r["steps"] == 5}
+    mem = "CUDA max alloc MB" if device.type == "cuda" else "peak RSS MB"
+    print(f"\nsecond-order MAML, meta-batch {w.meta_batch}, {args.repeats} subprocess(es) per "
+          f"cell; memory ratio = memory / the same implementation's memory at 5 steps\n")
+    print(f"| inner steps | implementation | grad rel err | tasks/s | {mem} | "
+          "+RSS in steps MB | memory / 5 steps |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        b = base.get(r["impl"])
+        key = "mem" if device.type == "cuda" else "delta"
+        ratio = r[key] / b[key] if b and key in r and key in b else None
+        print(f"| {r['steps']} | {r['impl']} | {_fmt(r['error'], '.1e')} | "
+              f"{_fmt(r.get('rate'), '.2f')} | {_fmt(r.get('mem'), '.0f')} | "
+              f"{_fmt(r.get('delta'), '.0f')} | {_fmt(ratio, '.2f')} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -308,8 +354,11 @@ def main() -> None:
                     default=["speech-small", "speech-full", "sinusoid"])
     ap.add_argument("--algo", nargs="+", choices=ALGOS, default=list(ALGOS))
     ap.add_argument("--impl", nargs="+", choices=IMPLS, default=None,
-                    help="default: all four, except metavox-vmap for convolutional models on "
-                         "CPU (where metavox's own 'auto' picks the loop)")
+                    help="default: all but metavox-ckpt, and without metavox-vmap for "
+                         "convolutional models on CPU (where metavox's own 'auto' picks the loop)")
+    ap.add_argument("--inner-steps", type=int, nargs="+", default=None,
+                    help="instead of the speed table: second-order MAML's peak memory and "
+                         "speed against the number of inner steps (e.g. 1 5 10 20)")
     ap.add_argument("--repeats", type=int, default=5, help="subprocesses per variant")
     ap.add_argument("--steps", type=int, default=5, help="timed meta-steps per subprocess")
     ap.add_argument("--warmup", type=int, default=2, help="untimed meta-steps first")
@@ -359,8 +408,8 @@ def main() -> None:
         if args.meta_batch:
             w = replace(w, meta_batch=args.meta_batch)
         conv = w.kind == "speech"
-        impls = args.impl or [i for i in IMPLS
-                              if not (i == "metavox-vmap" and conv and device.type == "cpu")]
+        impls = args.impl or [i for i in IMPLS if i != "metavox-ckpt"
+                              and not (i == "metavox-vmap" and conv and device.type == "cpu")]
         skipped = {i: loaded[i] for i in impls if loaded[i] is not None}
         impls = [i for i in impls if loaded[i] is None]
         if REFERENCE not in impls:
@@ -368,6 +417,10 @@ def main() -> None:
         print(f"\n## {name}: {w.describe()}")
         for i, why in skipped.items():
             print(f"{i}: not run, does not load ({why})")
+        if args.inner_steps:
+            steps_memory_table(args, w, args.impl or ["learn2learn", "metavox-loop",
+                                                      "metavox-ckpt"], device)
+            continue
 
         rows: list[dict] = []
         for algo in args.algo:

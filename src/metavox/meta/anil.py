@@ -101,15 +101,21 @@ class ANIL(MetaAlgorithm):
         classes: list[str] | None = None,
     ) -> Learner:
         """Adapt the head on the body's features of the support set."""
-        steps = self.eval_steps if steps is None else int(steps)
         body = export_module(self.body, {}, support_x)
         with torch.no_grad():
             feats = body(support_x)
+        return Learner(nn.Sequential(body, self.adapt_head(feats, support_y, steps=steps)),
+                       classes)
+
+    def adapt_head(self, features: Tensor, support_y: Tensor, *,
+                   steps: int | None = None) -> nn.Module:
+        """The head adapted to support ``features`` already computed by the body: the
+        fast path when enrolled clips are embedded once and the head is re-fit often."""
+        steps = self.eval_steps if steps is None else int(steps)
         head_params = {k: v.detach() for k, v in meta_parameters(self.head).items()}
         with torch.enable_grad():
             fast = adapt(
-                self.head, head_params, feats, support_y,
+                self.head, head_params, features, support_y,
                 steps=steps, lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn,
             )
-        head = export_module(self.head, fast, feats)
-        return Learner(nn.Sequential(body, head), classes)
+        return export_module(self.head, fast, features)
