@@ -90,8 +90,14 @@ class EpisodeSampler:
         """Batch ``index`` of ``meta_batch`` tasks (episodes ``index*meta_batch + t``)."""
         if meta_batch < 1:
             raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
+        return self.sample_range(int(index) * meta_batch, meta_batch)
+
+    def sample_range(self, first: int, meta_batch: int) -> EpisodeBatch:
+        """Episodes ``first .. first + meta_batch - 1`` as one batch (a rank's slice of a
+        global batch in distributed training)."""
+        if meta_batch < 1 or first < 0:
+            raise ValueError(f"need first >= 0 and meta_batch >= 1, got {first}, {meta_batch}")
         N, K, Q = self.ways, self.shots, self.queries
-        first = int(index) * meta_batch
         sup_rows, qry_rows, classes, speakers = [], [], [], []
         for t in range(meta_batch):
             sup, qry, names = self.episode_rows(first + t)
@@ -119,9 +125,11 @@ class EpisodeSampler:
         query_y = labels.repeat_interleave(Q).expand(meta_batch, -1).contiguous()
         return EpisodeBatch(support_x, support_y, query_x, query_y, classes, speakers)
 
-    def dataset(self, meta_batch: int, length: int, *, start: int = 0) -> EpisodeDataset:
-        """An :class:`EpisodeDataset` of ``length`` batches over this sampler."""
-        return EpisodeDataset(self, meta_batch, length, start=start)
+    def dataset(self, meta_batch: int, length: int, *, start: int = 0, rank: int = 0,
+                world: int = 1) -> EpisodeDataset:
+        """An :class:`EpisodeDataset` of ``length`` batches over this sampler (rank
+        ``rank``'s share of them when ``world`` ranks train together)."""
+        return EpisodeDataset(self, meta_batch, length, start=start, rank=rank, world=world)
 
 
 class ClassEpisodeSampler(EpisodeSampler):
@@ -311,15 +319,26 @@ class SpeakerEpisodeSampler(EpisodeSampler):
 class EpisodeDataset(Dataset):
     """``length`` batches of ``meta_batch`` tasks; item ``b`` is ``sampler.sample(meta_batch,
     start + b)``. Use with ``DataLoader(dataset, batch_size=None, num_workers=k)``: every
-    worker count gives the same batches."""
+    worker count gives the same batches.
 
-    def __init__(self, sampler: EpisodeSampler, meta_batch: int, length: int, *, start: int = 0):
+    With ``world`` ranks, rank ``r`` gets its slice of each global batch: ``meta_batch /
+    world`` consecutive episodes starting at ``r * meta_batch / world``, so the ranks
+    together see exactly the tasks of one process with the whole meta-batch.
+    """
+
+    def __init__(self, sampler: EpisodeSampler, meta_batch: int, length: int, *, start: int = 0,
+                 rank: int = 0, world: int = 1):
         if meta_batch < 1 or length < 0:
             raise ValueError(f"need meta_batch >= 1 and length >= 0, got {meta_batch}, {length}")
+        if world < 1 or not 0 <= rank < world or meta_batch % world:
+            raise ValueError(f"meta-batch {meta_batch} cannot be split evenly over {world} "
+                             f"ranks (rank {rank}): make it a multiple of the number of ranks")
         self.sampler = sampler
         self.meta_batch = int(meta_batch)
         self.length = int(length)
         self.start = int(start)
+        self.share = self.meta_batch // world
+        self.offset = rank * self.share
 
     def __len__(self) -> int:
         return self.length
@@ -327,4 +346,5 @@ class EpisodeDataset(Dataset):
     def __getitem__(self, b: int) -> EpisodeBatch:
         if not 0 <= b < self.length:
             raise IndexError(f"batch {b} out of range for {self.length} batches")
-        return self.sampler.sample(self.meta_batch, self.start + b)
+        first = (self.start + b) * self.meta_batch + self.offset
+        return self.sampler.sample_range(first, self.share)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,14 @@ from metavox.train.checkpoint import (
     save_checkpoint,
 )
 from metavox.train.config import RunConfig
+from metavox.train.distributed import (
+    SINGLE,
+    Dist,
+    all_reduce_gradients,
+    average_metrics,
+    broadcast_state,
+    gather_batches,
+)
 
 LOG_FIELDS = ["iteration", "lr", "loss", "accuracy", "accuracy_before", "grad_norm",
               "val_accuracy", "val_ci95", "seconds"]
@@ -65,25 +74,29 @@ def evaluate_episodes(
     meta_batch: int = 4,
     device: torch.device | str = "cpu",
     progress: Any = None,
+    dist: Dist = SINGLE,
 ) -> dict[str, np.ndarray]:
     """Per-episode metrics of ``algo`` (eval mode, no outer graph) on episodes
-    ``0..episodes-1`` of ``sampler``."""
+    ``0..episodes-1`` of ``sampler``. With several ranks each evaluates every
+    ``world``-th batch and all get the merged result, the same as one process's."""
     was_training = algo.training
     algo.eval()
-    per: dict[str, list[np.ndarray]] = {}
+    local: dict[int, dict[str, np.ndarray]] = {}
     batches = math.ceil(episodes / meta_batch)
+    mine = range(dist.rank, batches, dist.world)
     try:
         with torch.no_grad():
-            for b in range(batches):
+            for n, b in enumerate(mine, start=1):
                 batch = sampler.sample(meta_batch, b).to(device)
                 out = algo(batch)
-                for k, v in out.per_task.items():
-                    per.setdefault(k, []).append(v.cpu().numpy())
+                local[b] = {k: v.cpu().numpy() for k, v in out.per_task.items()}
                 if progress is not None:
-                    progress(b + 1, batches)
+                    progress(n, len(mine))
     finally:
         algo.train(was_training)
-    return {k: np.concatenate(v)[:episodes] for k, v in per.items()}
+    ordered = gather_batches(local, dist)
+    keys = ordered[0].keys() if ordered else ()
+    return {k: np.concatenate([part[k] for part in ordered])[:episodes] for k in keys}
 
 
 @dataclass
@@ -115,9 +128,12 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        dist: Dist = SINGLE,
     ) -> None:
         self.cfg = cfg
+        self.dist = dist
         self.algo = algo.to(device)
+        broadcast_state(self.algo, dist)
         self.train_sampler, self.val_sampler = train, val
         self.out = Path(out)
         self.meta = dict(meta or {})
@@ -155,7 +171,9 @@ class Trainer:
         return Checkpoint(tensors, meta)
 
     def save(self, name: str) -> Path:
-        return save_checkpoint(self.out / name, self.checkpoint())
+        """Write a checkpoint (rank 0 only: the ranks hold the same state)."""
+        path = self.out / name
+        return save_checkpoint(path, self.checkpoint()) if self.dist.main else path
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load the training state from ``path`` (default ``out/latest.safetensors``)."""
@@ -197,7 +215,8 @@ class Trainer:
             return float("nan"), float("nan")
         v = self.cfg.validation
         per = evaluate_episodes(self.algo, self.val_sampler, v.episodes,
-                                meta_batch=self.cfg.episodes.meta_batch, device=self.device)
+                                meta_batch=self.cfg.episodes.meta_batch, device=self.device,
+                                dist=self.dist)
         key = "accuracy" if "accuracy" in per else "query_loss"
         return confidence_interval(per[key])
 
@@ -209,18 +228,21 @@ class Trainer:
         simulate an interruption).
         """
         cfg = self.cfg
+        d = self.dist
         start = self.resume() if resume else 0
         total = cfg.optim.iterations
-        f, writer, tb = self._open_logs(start)
+        if resume and d.main:
+            print(f"resumed from iteration {start} of {total} ({self.out})", file=sys.stderr)
+        f, writer, tb = self._open_logs(start) if d.main else (None, None, None)
         dataset = self.train_sampler.dataset(cfg.episodes.meta_batch, max(total - start, 0),
-                                             start=start)
+                                             start=start, rank=d.rank, world=d.world)
         # its own generator: creating the loader must not consume the global torch RNG,
         # or a resumed run would diverge from an uninterrupted one
         loader = DataLoader(dataset, batch_size=None, shuffle=False,
                             num_workers=cfg.data.workers,
                             generator=torch.Generator().manual_seed(cfg.seed))
         bar = None
-        if self.show_progress:
+        if self.show_progress and d.main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, initial=start, desc=f"meta-train {cfg.algorithm.name}",
@@ -235,6 +257,8 @@ class Trainer:
                 out = self.algo(batch.to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                all_reduce_gradients(self.algo.parameters(), d)
+                metrics = average_metrics(out.metrics, d)
                 clip = cfg.optim.clip_norm
                 params = [p for p in self.algo.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -244,9 +268,9 @@ class Trainer:
                 self.schedule.step()
                 self.state.iteration = i + 1
                 row: dict[str, Any] = {
-                    "iteration": i + 1, "lr": lr, "loss": out.metrics["loss"],
-                    "accuracy": out.metrics.get("accuracy", ""),
-                    "accuracy_before": out.metrics.get("accuracy_before", ""),
+                    "iteration": i + 1, "lr": lr, "loss": metrics["loss"],
+                    "accuracy": metrics.get("accuracy", ""),
+                    "accuracy_before": metrics.get("accuracy_before", ""),
                     "grad_norm": grad_norm, "val_accuracy": "", "val_ci95": "",
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
@@ -257,8 +281,9 @@ class Trainer:
                     if not math.isnan(val) and val > self.state.best_val:
                         self.state.best_val, self.state.best_iteration = val, i + 1
                         self.save("best.safetensors")
-                writer.writerow(row)
-                f.flush()
+                if writer is not None:
+                    writer.writerow(row)
+                    f.flush()
                 if tb is not None:
                     for k in ("loss", "accuracy", "accuracy_before", "lr", "grad_norm",
                               "val_accuracy"):
@@ -268,9 +293,9 @@ class Trainer:
                 if (i + 1) % cfg.validation.checkpoint_every == 0 or last:
                     self.save("latest.safetensors")
                 if bar is not None:
-                    post = {"loss": f"{out.metrics['loss']:.3f}"}
-                    if "accuracy" in out.metrics:
-                        post["acc"] = f"{out.metrics['accuracy']:.3f}"
+                    post = {"loss": f"{metrics['loss']:.3f}"}
+                    if "accuracy" in metrics:
+                        post["acc"] = f"{metrics['accuracy']:.3f}"
                     if self.state.best_val >= 0:
                         post["val"] = f"{self.state.best_val:.3f}"
                     bar.set_postfix(post)
@@ -279,7 +304,8 @@ class Trainer:
                 if stop_after is not None and done >= stop_after:
                     break
         finally:
-            f.close()
+            if f is not None:
+                f.close()
             if tb is not None:
                 tb.close()
             if bar is not None:

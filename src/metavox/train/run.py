@@ -10,7 +10,8 @@ import torch
 from metavox.audio.features import FrontendConfig
 from metavox.meta import MetaAlgorithm
 from metavox.train.checkpoint import CheckpointError, load_checkpoint
-from metavox.train.config import RunConfig, config_from_dict, to_toml
+from metavox.train.config import ConfigError, RunConfig, config_from_dict, to_toml
+from metavox.train.distributed import from_environment, main_first, restarted, shutdown
 from metavox.train.loop import Trainer, TrainState
 from metavox.train.setup import (
     RunData,
@@ -34,28 +35,49 @@ class TrainResult:
 
 def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> TrainResult:
-    """Meta-train as ``cfg`` says; checkpoints and logs go to ``cfg.out``."""
+    """Meta-train as ``cfg`` says; checkpoints and logs go to ``cfg.out``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank trains on its share of every
+    meta-batch and rank 0 alone writes; after an elastic restart the group resumes from
+    the last checkpoint by itself.
+    """
     out = Path(cfg.out)
-    if resume and not (out / "latest.safetensors").is_file():
-        raise CheckpointError(f"--resume: no checkpoint to resume from in {out}")
-    data = build_run_data(cfg, progress=progress)
-    torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model = build_model(cfg, data.input_shape, cfg.episodes.ways)
-    algo = build_algorithm(cfg, model)
-    train_s = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train",
-                           augment=cfg.augment)
-    val_s = None
-    if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
-        val_s = make_sampler(data.parts["val"], cfg.episodes, seed=cfg.seed, stream="val")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(to_toml(cfg.to_dict()), encoding="utf-8")
-    data.split.save(out / "split.json")
-    meta = {"classes": {k: sorted(set(v.labels)) for k, v in data.parts.items()},
-            "ways": cfg.episodes.ways, "input_shape": list(data.input_shape)}
-    trainer = Trainer(cfg, algo, train_s, val_s, out=out, meta=meta, device=device,
-                      progress=progress)
-    state = trainer.fit(resume=resume, stop_after=stop_after)
+    d = from_environment(device.type)
+    try:
+        if d.enabled:
+            if cfg.episodes.meta_batch % d.world:
+                raise ConfigError(
+                    f"episodes.meta_batch = {cfg.episodes.meta_batch} cannot be split over "
+                    f"{d.world} processes: make it a multiple of {d.world}")
+            if device.type == "cuda":
+                device = torch.device("cuda", d.local_rank)
+                torch.cuda.set_device(device)
+            resume = resume or (restarted() and (out / "latest.safetensors").is_file())
+        if resume and not (out / "latest.safetensors").is_file():
+            raise CheckpointError(f"--resume: no checkpoint to resume from in {out}")
+        with main_first(d):  # rank 0 builds the feature cache, the others reuse it
+            data = build_run_data(cfg, progress=progress and d.main)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, data.input_shape, cfg.episodes.ways)
+        algo = build_algorithm(cfg, model)
+        train_s = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train",
+                               augment=cfg.augment)
+        val_s = None
+        if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
+            val_s = make_sampler(data.parts["val"], cfg.episodes, seed=cfg.seed, stream="val")
+        if d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.toml").write_text(to_toml(cfg.to_dict()), encoding="utf-8")
+            data.split.save(out / "split.json")
+        meta = {"classes": {k: sorted(set(v.labels)) for k, v in data.parts.items()},
+                "ways": cfg.episodes.ways, "input_shape": list(data.input_shape)}
+        trainer = Trainer(cfg, algo, train_s, val_s, out=out, meta=meta, device=device,
+                          progress=progress, dist=d)
+        state = trainer.fit(resume=resume, stop_after=stop_after)
+    finally:
+        if d.enabled:
+            shutdown()
     return TrainResult(state, out, data, trainer.algo)
 
 
