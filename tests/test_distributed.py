@@ -3,6 +3,7 @@ same parameters as one process, rank 0 alone writes, and a killed rank is surviv
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from metavox.data import EpisodeDataset
 from metavox.train.checkpoint import load_checkpoint
 from metavox.train.config import to_toml
 from metavox.train.distributed import SINGLE, _buckets, average_metrics, from_environment
+from metavox.train.evaluate import evaluate
 from metavox.train.run import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
@@ -176,3 +178,24 @@ def test_a_killed_rank_is_restarted_and_training_resumes(manifest, cache, tmp_pa
     assert torchrun(ref_config, 2).returncode == 0
     ref_params = algo_params(tmp_path / "ref" / "latest.safetensors")
     assert max_diff(final.section("algo"), ref_params) < 1e-6
+
+
+def test_sharded_evaluation_equals_one_process(manifest, cache, tmp_path):
+    """Two ranks share the meta-test episodes (rank 0 trains the baselines' cache, the
+    ranks train the ProtoNet baseline together) and report what one process reports."""
+    cfg = tiny_config(manifest, tmp_path / "run", cache, episodes__meta_batch=2)
+    train(cfg, progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+           str(free_port()), "-m", "metavox", "evaluate", str(tmp_path / "run"), "--json",
+           "--no-progress", "--episodes", "10"]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shared = json.loads(proc.stdout[proc.stdout.index("{"):])
+    alone = evaluate(tmp_path / "run", episodes=10).to_dict()
+    pick = [(s["method"], s["shots"], s["episodes"], round(s["accuracy"], 6),
+             round(s["ci95"], 6)) for s in shared["scores"]]
+    assert pick == [(s["method"], s["shots"], s["episodes"], round(s["accuracy"], 6),
+                     round(s["ci95"], 6)) for s in alone["scores"]]
+    assert {"maml", "protonet", "finetune-head"} <= {p[0] for p in pick}

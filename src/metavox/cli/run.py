@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -37,6 +38,8 @@ def train_command(
     with user_errors():
         cfg = load_config(config, list(overrides) + ([f'out="{out}"'] if out else []))
         result = train(cfg, resume=resume, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     st = result.state
     typer.echo(f"trained {cfg.algorithm.name} for {st.iteration} iterations; "
                f"best validation accuracy {st.best_val:.3f} at iteration {st.best_iteration}")
@@ -90,13 +93,20 @@ def evaluate_command(
 
       metavox evaluate runs/demo --data speech-commands:DIR --labels eight,five,nine
     """
+    from metavox.train.distributed import from_environment, shutdown
     from metavox.train.evaluate import evaluate
     from metavox.train.report import results_table, write_report
 
     with user_errors():
-        rep = evaluate(checkpoint, data=data, root=root, labels=_str_list(labels), ways=ways,
-                       shots=_int_list(shots), queries=queries, episodes=episodes,
-                       max_steps=max_steps, baselines=_str_list(baselines), progress=progress)
+        try:  # under torchrun the ranks share the episodes; rank 0 reports
+            rep = evaluate(checkpoint, data=data, root=root, labels=_str_list(labels),
+                           ways=ways, shots=_int_list(shots), queries=queries,
+                           episodes=episodes, max_steps=max_steps,
+                           baselines=_str_list(baselines), progress=progress)
+            if not from_environment().main:
+                return
+        finally:
+            shutdown()
         run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
         folder = report or run_dir / "report"
         md = write_report(rep, folder)

@@ -64,6 +64,11 @@ def from_environment(device_type: str = "cpu") -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def group_active() -> bool:
+    """Whether this process has already joined a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def restarted() -> bool:
     """Whether torchrun has restarted this group after a failure (``--max-restarts``)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
@@ -71,7 +76,7 @@ def restarted() -> bool:
 
 def shutdown() -> None:
     """Leave the process group, if one was joined."""
-    if dist.is_available() and dist.is_initialized():
+    if group_active():
         dist.destroy_process_group()
 
 

@@ -22,6 +22,7 @@ from metavox.meta import MetaAlgorithm
 from metavox.meta.baselines import FineTune
 from metavox.train.checkpoint import load_checkpoint
 from metavox.train.config import RunConfig
+from metavox.train.distributed import SINGLE, Dist, from_environment, main_first
 from metavox.train.loop import confidence_interval, evaluate_episodes
 from metavox.train.pretrain import load_pretrained, pretrain_classifier, save_pretrained
 from metavox.train.run import LoadedModel, load_trained, train
@@ -127,8 +128,15 @@ def _baseline_protonet(loaded: LoadedModel, run_dir: Path, progress: bool) -> Me
     return load_trained(out).algo
 
 
-def _pretrained_classifier(loaded: LoadedModel, run_dir: Path, progress: bool):
-    """The run's backbone trained as a plain classifier on all meta-training classes."""
+def _pretrained_classifier(loaded: LoadedModel, run_dir: Path, progress: bool,
+                           d: Dist = SINGLE):
+    """The run's backbone trained as a plain classifier on all meta-training classes
+    (by rank 0 when several ranks evaluate; the others load what it saved)."""
+    with main_first(d):
+        return _load_or_pretrain(loaded, run_dir, progress and d.main)
+
+
+def _load_or_pretrain(loaded: LoadedModel, run_dir: Path, progress: bool):
     cfg = loaded.config
     path = run_dir / "baselines" / "pretrained.safetensors"
     run = None
@@ -152,7 +160,7 @@ def _input_shape(loaded: LoadedModel) -> tuple[int, int]:
 
 
 def build_baselines(loaded: LoadedModel, names: list[str], run_dir: Path,
-                    progress: bool = False) -> dict[str, MetaAlgorithm]:
+                    progress: bool = False, d: Dist = SINGLE) -> dict[str, MetaAlgorithm]:
     """The requested baselines, trained if needed, ready to evaluate."""
     bad = sorted(set(names) - set(BASELINES))
     if bad:
@@ -162,7 +170,7 @@ def build_baselines(loaded: LoadedModel, names: list[str], run_dir: Path,
     if "protonet" in names:
         out["protonet"] = _baseline_protonet(loaded, run_dir, progress)
     if "finetune" in names:
-        pre = _pretrained_classifier(loaded, run_dir, progress)
+        pre = _pretrained_classifier(loaded, run_dir, progress, d)
         out["finetune-head"] = FineTune(pre, mode="head", steps=e.finetune_steps,
                                         lr=e.finetune_lr)
         out["finetune-all"] = FineTune(pre, mode="all", steps=e.finetune_all_steps,
@@ -219,7 +227,13 @@ def evaluate(
     cache_dir: str | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """Evaluate a checkpoint and the baselines on the same meta-test episodes."""
+    """Evaluate a checkpoint and the baselines on the same meta-test episodes.
+
+    Under ``torchrun`` the episodes are sharded across the ranks and gathered, so every
+    rank returns the single-process result (rank 0 trains any missing baseline cache).
+    """
+    d = from_environment()
+    progress = progress and d.main
     loaded = load_trained(checkpoint)
     cfg: RunConfig = loaded.config
     e = cfg.evaluation
@@ -231,13 +245,14 @@ def evaluate(
     names = list(e.baselines if baselines is None else baselines)
     run_dir = Path(checkpoint)
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
-    store, desc = test_store(loaded, data, root, labels, cache_dir)
+    with main_first(d):
+        store, desc = test_store(loaded, data, root, labels, cache_dir)
 
     methods: dict[str, MetaAlgorithm | NoAdaptation] = {cfg.algorithm.name: loaded.algo}
     methods.update(build_baselines(loaded, [n for n in names if n != "noadapt"], run_dir,
-                                   progress))
+                                   progress, d))
     if "noadapt" in names:
-        pre = _pretrained_classifier(loaded, run_dir, progress)
+        pre = _pretrained_classifier(loaded, run_dir, progress, d)
         classes = load_checkpoint(run_dir / "baselines" / "pretrained.safetensors").meta[
             "pretrain_classes"]
         noadapt = NoAdaptation(pre, classes)
@@ -259,7 +274,7 @@ def evaluate(
                 continue
             bar = _bar(progress, f"evaluate {name} {k}-shot")
             per = evaluate_episodes(algo, sampler, episodes, meta_batch=cfg.episodes.meta_batch,
-                                    progress=bar)
+                                    progress=bar, dist=d)
             if algo is loaded.algo and headline_steps is not None and max_steps:
                 algo.eval_steps = headline_steps
                 per["accuracy"] = per.get(f"accuracy@{headline_steps}", per["accuracy"])

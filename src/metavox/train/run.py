@@ -11,7 +11,13 @@ from metavox.audio.features import FrontendConfig
 from metavox.meta import MetaAlgorithm
 from metavox.train.checkpoint import CheckpointError, load_checkpoint
 from metavox.train.config import ConfigError, RunConfig, config_from_dict, to_toml
-from metavox.train.distributed import from_environment, main_first, restarted, shutdown
+from metavox.train.distributed import (
+    from_environment,
+    group_active,
+    main_first,
+    restarted,
+    shutdown,
+)
 from metavox.train.loop import Trainer, TrainState
 from metavox.train.setup import (
     RunData,
@@ -43,6 +49,7 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
     """
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
+    joined = group_active()  # a caller's group (evaluation training its baselines) stays
     d = from_environment(device.type)
     try:
         if d.enabled:
@@ -76,7 +83,7 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
                           progress=progress, dist=d)
         state = trainer.fit(resume=resume, stop_after=stop_after)
     finally:
-        if d.enabled:
+        if d.enabled and not joined:
             shutdown()
     return TrainResult(state, out, data, trainer.algo)
 
