@@ -8,6 +8,9 @@ folds' episodes: mean accuracy ± 95% interval over all of them.
 
     python examples/fsdd_speaker_adaptation.py                 # all six folds
     python examples/fsdd_speaker_adaptation.py --folds jackson --quick
+
+Trained runs and each run's scores (``fold_scores.json``) are kept under ``--out``, so an
+interrupted run picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -65,12 +68,17 @@ def main(argv: list[str] | None = None) -> dict:
                 cfg.algorithm.steps = 5
             if not (run / "best.safetensors").is_file():
                 train(cfg, progress=not args.quick)
-            baselines = None if method == "maml" else []
-            rep = evaluate(run, baselines=baselines, progress=not args.quick)
-            for s in rep.scores:
-                cells.setdefault((s.method, s.shots), []).append(
-                    {"fold": speaker, "accuracy": s.accuracy, "ci95": s.ci95,
-                     "episodes": s.episodes})
+            done = run / "fold_scores.json"  # evaluations are cached too, so it resumes
+            if not done.is_file():
+                baselines = None if method == "maml" else []
+                rep = evaluate(run, baselines=baselines, progress=not args.quick)
+                scores = [{"method": s.method, "shots": s.shots, "accuracy": s.accuracy,
+                           "ci95": s.ci95, "episodes": s.episodes} for s in rep.scores]
+                done.write_text(json.dumps(scores, indent=1) + "\n")
+            for s in json.loads(done.read_text()):
+                cells.setdefault((s["method"], s["shots"]), []).append(
+                    {"fold": speaker, "accuracy": s["accuracy"], "ci95": s["ci95"],
+                     "episodes": s["episodes"]})
     rows = []
     for (method, shots), fold_cells in cells.items():
         mean, ci, n = pooled(fold_cells)
