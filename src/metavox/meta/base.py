@@ -71,6 +71,10 @@ class MetaAlgorithm(nn.Module):
         #: recompute inner steps in the outer backward instead of storing them (set by
         #: algorithms with a differentiable inner loop; needs the per-task loop)
         self.inner_checkpoint = False
+        #: in training, take each task's (each vmapped chunk's) meta-gradient as soon as
+        #: it is computed, so only one task's graph is alive at a time; ``loss.backward()``
+        #: then delivers the stored gradient (see :class:`PrecomputedGradient`)
+        self.task_backward = True
 
     # -- to implement -------------------------------------------------------------
     def task_objective(
@@ -172,6 +176,9 @@ class MetaAlgorithm(nn.Module):
                 raise ValueError("inner_checkpoint does not compose with torch.vmap: use "
                                  "strategy='loop' or 'auto'")
             strategy, chunk = "loop", None
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.task_backward and self.training and torch.is_grad_enabled() and params:
+            return self._forward_task_backward(tensors, strategy, chunk, params)
         with self.norm_context(strategy):
             per_task = map_tasks(
                 self.task_objective, tensors, strategy=strategy, chunk_size=chunk
@@ -180,6 +187,71 @@ class MetaAlgorithm(nn.Module):
         metrics = {k: float(v.detach().mean()) for k, v in per_task.items()}
         detached = {k: v.detach() for k, v in per_task.items()}
         return MetaOutput(loss=loss, metrics=metrics, per_task=detached)
+
+
+    def _forward_task_backward(self, tensors, strategy: str, chunk: int | None,
+                               params: list[nn.Parameter]) -> MetaOutput:
+        """:meth:`forward` with the backward taken task by task (chunk by chunk under
+        vmap): the same meta-gradient, with the memory of one task's graph instead of
+        the whole meta-batch's (what learn2learn's examples get by calling
+        ``backward()`` inside their task loop)."""
+        num_tasks = tensors[0].shape[0]
+        step = 1 if strategy == "loop" else (chunk or num_tasks)
+        grads: list[Tensor | None] = [None] * len(params)
+        parts: list[dict[str, Tensor]] = []
+        for i in range(0, num_tasks, step):
+            piece = tuple(t[i : i + step] for t in tensors)
+            with self.norm_context(strategy):
+                per = map_tasks(self.task_objective, piece, strategy=strategy,
+                                chunk_size=None)
+            part = per["loss"].sum() / num_tasks
+            got = _gradients(part, params, checkpointed=self.inner_checkpoint)
+            grads = [g if a is None else (a if g is None else a + g)
+                     for a, g in zip(grads, got, strict=True)]
+            parts.append({k: v.detach() for k, v in per.items()})
+        per_task = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        value = per_task["loss"].mean()
+        loss = PrecomputedGradient.apply(value, params, grads, *params)
+        metrics = {k: float(v.mean()) for k, v in per_task.items()}
+        return MetaOutput(loss=loss, metrics=metrics, per_task=per_task)
+
+
+def _gradients(loss: Tensor, params: list[nn.Parameter], *,
+               checkpointed: bool) -> list[Tensor | None]:
+    """``d loss / d params`` (None where unused), without touching ``.grad``.
+
+    The reentrant activation checkpoint (inner-loop checkpointing) only supports
+    ``backward()``, so there the gradient is taken into ``.grad`` and moved out."""
+    if not loss.requires_grad:
+        return [None] * len(params)
+    if not checkpointed:
+        return list(torch.autograd.grad(loss, params, allow_unused=True))
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        loss.backward()
+        return [p.grad for p in params]
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+
+
+class PrecomputedGradient(torch.autograd.Function):
+    """A scalar whose gradient with respect to ``params`` is already known: ``backward``
+    returns the stored gradients times the incoming gradient. It lets an algorithm take
+    its meta-gradient task by task and still hand the caller an ordinary loss for
+    ``loss.backward()`` (once: it cannot be differentiated a second time)."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, params, grads, *inputs: Tensor) -> Tensor:
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        out = [None if g is None else grad_output * g for g in ctx.grads]
+        return (None, None, None, *out)
 
 
 class Learner:
