@@ -12,7 +12,9 @@ and nothing touches torchvision itself. gym's deprecation notice, printed on std
 
 The step functions below take a meta-batch ``(sx, sy, qx, qy)`` with a leading task
 dimension and leave the meta-gradient in ``.grad`` of the model's parameters: the loss is
-the mean over tasks, as in :class:`metavox.meta.MAML`.
+the mean over tasks, as in :class:`metavox.meta.MAML`. Each task's loss is backpropagated
+as soon as the task is done, as both libraries' own MAML examples do, so only one task's
+graph is alive at a time (the memory-friendly way to use them).
 """
 
 from __future__ import annotations
@@ -75,13 +77,12 @@ def l2l_maml(model: nn.Module, lr: float, steps: int, first_order: bool, loss_fn
     def step(batch: Batch) -> None:
         _zero(params)
         sx, sy, qx, qy = batch
-        total = 0.0
-        for t in range(sx.shape[0]):
+        num = sx.shape[0]
+        for t in range(num):  # backward per task, as learn2learn's examples do
             learner = maml.clone()
             for _ in range(steps):
                 learner.adapt(loss_fn(learner(sx[t]), sy[t]))
-            total = total + loss_fn(learner(qx[t]), qy[t])
-        (total / sx.shape[0]).backward()
+            (loss_fn(learner(qx[t]), qy[t]) / num).backward()
 
     return step
 
@@ -97,14 +98,13 @@ def l2l_anil(model: nn.Module, lr: float, steps: int, first_order: bool, loss_fn
     def step(batch: Batch) -> None:
         _zero(params)
         sx, sy, qx, qy = batch
-        total = 0.0
-        for t in range(sx.shape[0]):
+        num = sx.shape[0]
+        for t in range(num):
             fs, fq = body(sx[t]), body(qx[t])
             learner = head.clone()
             for _ in range(steps):
                 learner.adapt(loss_fn(learner(fs), sy[t]))
-            total = total + loss_fn(learner(fq), qy[t])
-        (total / sx.shape[0]).backward()
+            (loss_fn(learner(fq), qy[t]) / num).backward()
 
     return step
 
@@ -159,7 +159,6 @@ def higher_maml(model: nn.Module, lr: float, steps: int, first_order: bool,
         _zero(params)
         sx, sy, qx, qy = batch
         num = sx.shape[0]
-        total = 0.0
         for t in range(num):
             xs, xq = (model.body(sx[t]), model.body(qx[t])) if anil else (sx[t], qx[t])
             with higher.innerloop_ctx(inner, opt, copy_initial_weights=False,
@@ -174,9 +173,7 @@ def higher_maml(model: nn.Module, lr: float, steps: int, first_order: bool,
                     loss.backward()
                     _accumulate(inner_params, [f.grad for f in fast], 1.0)
                 else:
-                    total = total + loss
-        if not first_order:
-            total.backward()
+                    loss.backward()  # per task, as higher's MAML example does
 
     return step
 

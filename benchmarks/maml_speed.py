@@ -218,6 +218,9 @@ def worker(spec: dict) -> dict:
     model = make_model(w, spec["seed"]).to(device)
     batch = make_batch(w, spec["seed"], w.meta_batch, torch.float32, device)
     step = build_step(spec["impl"], spec["algo"], model, w)
+    # load torch.func's lazily imported machinery in every variant alike, so that
+    # "+RSS in steps" is the steps' memory, not a one-off import
+    torch.func.grad(lambda x: (x * x).sum())(torch.ones(2))
     _sync(device)
     rss_setup = _status_mb("VmRSS")
     if device.type == "cuda":
