@@ -60,7 +60,16 @@ def from_environment(device_type: str = "cpu") -> Dist:
     if world <= 1:
         return SINGLE
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        rank = int(os.environ["RANK"])
+        # every restart round gets its own key space in the launcher's store: otherwise a
+        # restarted group can read the dead group's addresses and fail to connect
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              world, is_master=rank == 0 and not agent_store)
+        prefix = f"metavox/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                                store=dist.PrefixStore(prefix, store), rank=rank,
+                                world_size=world)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
