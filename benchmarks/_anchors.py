@@ -65,6 +65,17 @@ def _accumulate(params: list[nn.Parameter], grads, scale: float) -> None:
         p.grad = g if p.grad is None else p.grad + g
 
 
+def _reptile_task(params: list[nn.Parameter], adapted: nn.Module, loss_fn: LossFn,
+                  qx: Tensor, qy: Tensor, num: int) -> None:
+    """Reptile's share of one task, whichever library adapted it: the query loss without
+    gradient (as metavox computes it for its metrics), then ``(θ − φ) / num`` added to
+    ``.grad``."""
+    with torch.no_grad():
+        loss_fn(adapted(qx), qy)
+        fast = [p.detach() for p in adapted.parameters()]
+        _accumulate(params, [p - f for p, f in zip(params, fast, strict=True)], 1.0 / num)
+
+
 # -- learn2learn: MAML(model, lr, first_order), clone(), adapt() ------------------------
 
 
@@ -126,11 +137,7 @@ def l2l_reptile(model: nn.Module, lr: float, steps: int, first_order: bool,
             learner = maml.clone()
             for _ in range(steps):
                 learner.adapt(loss_fn(learner(sx[t]), sy[t]))
-            with torch.no_grad():
-                loss_fn(learner(qx[t]), qy[t])
-                fast = [p.detach() for p in learner.parameters()]
-                _accumulate(params, [p - f for p, f in zip(params, fast, strict=True)],
-                            1.0 / num)
+            _reptile_task(params, learner, loss_fn, qx[t], qy[t], num)
 
     return step
 
@@ -201,11 +208,7 @@ def higher_reptile(model: nn.Module, lr: float, steps: int, first_order: bool,
                                       track_higher_grads=False) as (fmodel, diffopt):
                 for _ in range(steps):
                     diffopt.step(loss_fn(fmodel(sx[t]), sy[t]))
-                with torch.no_grad():
-                    loss_fn(fmodel(qx[t]), qy[t])
-                    fast = [p.detach() for p in fmodel.parameters()]
-                    _accumulate(params, [p - f for p, f in zip(params, fast, strict=True)],
-                                1.0 / num)
+                _reptile_task(params, fmodel, loss_fn, qx[t], qy[t], num)
 
     return step
 

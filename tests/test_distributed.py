@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import fsdd_manifest, tiny_config
+from train_helpers import tiny_config
 
 from metavox.data import EpisodeDataset
 from metavox.train.checkpoint import load_checkpoint
@@ -26,16 +26,6 @@ from metavox.train.run import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed not available")
-
-
-@pytest.fixture(scope="module")
-def manifest(shared_data, tmp_path_factory):
-    return fsdd_manifest(shared_data, tmp_path_factory.mktemp("fsdd_slice"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("feature_cache")
 
 
 def free_port() -> int:

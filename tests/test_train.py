@@ -6,20 +6,10 @@ import csv
 
 import pytest
 import torch
-from train_helpers import fsdd_manifest, tiny_config
+from train_helpers import tiny_config
 
 from metavox.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metavox.train.run import load_trained, train
-
-
-@pytest.fixture(scope="module")
-def manifest(shared_data, tmp_path_factory):
-    return fsdd_manifest(shared_data, tmp_path_factory.mktemp("fsdd_slice"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("feature_cache")
 
 
 def test_train_writes_checkpoints_logs_and_config(manifest, cache, tmp_path):
