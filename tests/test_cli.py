@@ -94,6 +94,12 @@ def test_bad_input_gets_clear_errors(trained, tmp_path):
     assert res.exit_code == 1 and "error:" in res.output
     res = runner.invoke(app, ["evaluate", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "does not exist" in res.output
+    res = runner.invoke(app, ["evaluate", str(trained / "run"), "--precision", "half",
+                              "--no-progress"])
+    assert res.exit_code == 1 and "precision" in res.output and "half" in res.output
+    res = runner.invoke(app, ["evaluate", str(trained / "run"), "--device", "gpu0",
+                              "--no-progress"])
+    assert res.exit_code == 1 and "not a device name" in res.output
     # enrollment: one word only, unreadable clips, a training checkpoint given to predict
     one = tmp_path / "one"
     (one / "hello").mkdir(parents=True)

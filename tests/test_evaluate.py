@@ -67,6 +67,21 @@ def test_evaluate_on_another_corpus_with_named_labels(run_dir, shared_data):
                  baselines=[])
 
 
+def test_bfloat16_evaluation_uses_the_same_episodes(run_dir):
+    from metavox.train.config import ConfigError
+
+    kw = dict(shots=[1], episodes=6, baselines=["finetune"], max_steps=0)
+    fp32 = evaluate(run_dir, **kw)
+    bf16 = evaluate(run_dir, precision="bfloat16", device="cpu", **kw)
+    assert [s.method for s in bf16.scores] == [s.method for s in fp32.scores]
+    for a, b in zip(fp32.scores, bf16.scores, strict=True):
+        assert a.episodes == b.episodes == 6 and 0 <= b.accuracy <= 1
+        # bfloat16 rounding may flip a few of 6 x 4 queries, not the whole result
+        assert abs(a.accuracy - b.accuracy) <= 0.25
+    with pytest.raises(ConfigError, match="precision"):
+        evaluate(run_dir, precision="int8", **kw)
+
+
 def test_speaker_protocol_with_no_adaptation_baseline(shared_data, tmp_path):
     manifest = fsdd_manifest(shared_data, tmp_path / "data")
     cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache",

@@ -106,3 +106,42 @@ def test_spec_augment_applies_to_training_episodes_only(manifest, cache, tmp_pat
                        augment=cfg.augment)
     assert val.augment is None
     assert train(cfg, progress=False).state.iteration == 6
+
+
+def test_bfloat16_precision_trains_under_autocast(manifest, cache, tmp_path):
+    from torch.nn.modules.module import register_module_forward_hook
+
+    seen: set[torch.dtype] = set()
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Conv2d):
+            seen.add(output.dtype)
+
+    cfg = tiny_config(manifest, tmp_path / "bf16", cache, precision="bfloat16",
+                      optim__iterations=2,
+                      validation={"every": 2, "episodes": 2, "checkpoint_every": 2})
+    handle = register_module_forward_hook(record)
+    try:
+        result = train(cfg, progress=False)
+    finally:
+        handle.remove()
+    assert seen == {torch.bfloat16}  # training and validation ran in bfloat16
+    assert result.state.iteration == 2 and result.state.best_val >= 0
+    # parameters and checkpoints stay float32
+    ckpt = load_checkpoint(result.out / "latest.safetensors")
+    assert {t.dtype for t in ckpt.tensors.values() if t.is_floating_point()} == {torch.float32}
+    assert load_trained(result.out).config.precision == "bfloat16"
+
+
+def test_precision_and_device_are_checked(manifest, cache, tmp_path):
+    from metavox.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="precision must be one of float32, bfloat16"):
+        tiny_config(manifest, tmp_path / "x", cache, precision="float16")
+    from metavox.train.setup import resolve_device
+
+    with pytest.raises(ConfigError, match="not a device name"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+            resolve_device("cuda")

@@ -82,6 +82,12 @@ def evaluate_command(
                                        help="Report folder (default RUN/report)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 … (default: the run's; 'auto' = CUDA when "
+                               "present)."),
+    precision: str | None = typer.Option(
+        None, "--precision", help="float32 or bfloat16 (autocast while adapting; default: "
+                                  "the run's)."),
 ) -> None:
     """Few-shot accuracy (mean ± 95% CI) of a model and the baselines on the same episodes.
 
@@ -92,6 +98,8 @@ def evaluate_command(
       metavox evaluate runs/sc-maml --ways 5 --shots 1,5 --episodes 600
 
       metavox evaluate runs/demo --data speech-commands:DIR --labels eight,five,nine
+
+      metavox evaluate runs/sc-maml --device cuda --precision bfloat16
     """
     from metavox.train.distributed import from_environment, shutdown
     from metavox.train.evaluate import evaluate
@@ -102,7 +110,8 @@ def evaluate_command(
             rep = evaluate(checkpoint, data=data, root=root, labels=_str_list(labels),
                            ways=ways, shots=_int_list(shots), queries=queries,
                            episodes=episodes, max_steps=max_steps,
-                           baselines=_str_list(baselines), progress=progress)
+                           baselines=_str_list(baselines), progress=progress,
+                           device=device, precision=precision)
             if not from_environment().main:
                 return
         finally:

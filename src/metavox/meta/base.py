@@ -37,8 +37,10 @@ def is_classification(y: Tensor) -> bool:
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    """Fraction of rows whose arg-max equals the label."""
-    return (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
+    """Fraction of rows whose arg-max equals the label (in float32 at least, also when the
+    logits are bfloat16 under autocast)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return (logits.argmax(dim=-1) == y).to(dtype).mean()
 
 
 class MetaAlgorithm(nn.Module):

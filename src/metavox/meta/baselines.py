@@ -79,7 +79,9 @@ class FineTune(MetaAlgorithm):
         if self.mode == "head":
             fs = self._features(body_params, buffers, support_x)
             fq = self._features(body_params, buffers, query_x)
-            head = _Head(fs.shape[1], ways).to(device=fs.device, dtype=fs.dtype)
+            # features are bfloat16 under autocast; the new head's weights stay float32
+            head = _Head(fs.shape[1], ways).to(
+                device=fs.device, dtype=torch.promote_types(fs.dtype, torch.float32))
             zeros = {k: torch.zeros_like(v) for k, v in head.named_parameters()}
             trajectory = inner_loop(head, zeros, fs, support_y, steps=self.steps, lr=self.lr,
                                     first_order=True)

@@ -23,6 +23,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says which key and why."""
 
@@ -139,6 +142,9 @@ class RunConfig:
     seed: int = 0
     out: str = "runs/metavox"
     device: str = "auto"
+    #: "float32", or "bfloat16": autocast for the meta-learners' forward passes and
+    #: adaptation (parameters, optimiser state and checkpoints stay float32)
+    precision: str = "float32"
     data: DataConfig = field(default_factory=DataConfig)
     frontend: dict[str, Any] = field(default_factory=dict)  # FrontendConfig overrides
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
@@ -241,6 +247,9 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.episodes.protocol not in ("class", "speaker"):
         problems.append(f"episodes.protocol must be 'class' or 'speaker', got "
                         f"{cfg.episodes.protocol!r}")
+    if cfg.precision not in PRECISIONS:
+        problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                        f"{cfg.precision!r}")
     if cfg.data.split not in ("class", "speaker", "both"):
         problems.append(f"data.split must be 'class', 'speaker' or 'both', got {cfg.data.split!r}")
     for name in ("ways", "shots", "queries", "meta_batch"):

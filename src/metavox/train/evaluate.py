@@ -26,7 +26,14 @@ from metavox.train.distributed import SINGLE, Dist, from_environment, main_first
 from metavox.train.loop import confidence_interval, evaluate_episodes
 from metavox.train.pretrain import load_pretrained, pretrain_classifier, save_pretrained
 from metavox.train.run import LoadedModel, load_trained, train
-from metavox.train.setup import build_feature_store, build_model, build_run_data, make_sampler
+from metavox.train.setup import (
+    autocast,
+    build_feature_store,
+    build_model,
+    build_run_data,
+    make_sampler,
+    resolve_device,
+)
 
 BASELINES = ("protonet", "finetune", "scratch", "noadapt")
 
@@ -198,12 +205,15 @@ class NoAdaptation:
     def covers(self, labels: list[str]) -> bool:
         return set(labels) <= set(self.column)
 
-    def evaluate(self, sampler, episodes: int, meta_batch: int) -> dict[str, np.ndarray]:
+    def evaluate(self, sampler, episodes: int, meta_batch: int, *,
+                 device: torch.device | str = "cpu",
+                 precision: str = "float32") -> dict[str, np.ndarray]:
         accs: list[float] = []
         b = 0
-        with torch.no_grad():
+        self.model.to(device)
+        with torch.no_grad(), autocast(device, precision):
             while len(accs) < episodes:
-                batch = sampler.sample(meta_batch, b)
+                batch = sampler.sample(meta_batch, b).to(device)
                 for t in range(batch.num_tasks):
                     cols = [self.column[c] for c in batch.classes[t]]
                     logits = self.model(batch.query_x[t])[:, cols]
@@ -226,16 +236,26 @@ def evaluate(
     baselines: list[str] | None = None,
     cache_dir: str | None = None,
     progress: bool = False,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint and the baselines on the same meta-test episodes.
 
-    Under ``torchrun`` the episodes are sharded across the ranks and gathered, so every
-    rank returns the single-process result (rank 0 trains any missing baseline cache).
+    ``device`` (default: the run's ``device`` setting, ``"auto"`` = CUDA when present) is
+    where every method adapts; ``precision`` (default: the run's) ``"bfloat16"`` adapts
+    under bfloat16 autocast. Under ``torchrun`` the episodes are sharded across the ranks
+    and gathered, so every rank returns the single-process result (rank 0 trains any
+    missing baseline cache).
     """
     d = from_environment()
     progress = progress and d.main
     loaded = load_trained(checkpoint)
     cfg: RunConfig = loaded.config
+    dev = resolve_device(device or cfg.device)
+    if dev.type == "cuda" and d.world > 1:
+        dev = torch.device("cuda", d.local_rank)
+    precision = precision or cfg.precision
+    autocast(dev, precision)  # an unknown precision fails here, before any work
     e = cfg.evaluation
     ways = ways or cfg.episodes.ways
     queries = queries or e.queries
@@ -269,12 +289,14 @@ def evaluate(
             if algo is loaded.algo and headline_steps is not None and max_steps:
                 algo.eval_steps = max(headline_steps, max_steps)
             if isinstance(algo, NoAdaptation):
-                scores.append(_score(name, k, algo.evaluate(sampler, episodes,
-                                                            cfg.episodes.meta_batch)))
+                scores.append(_score(name, k, algo.evaluate(
+                    sampler, episodes, cfg.episodes.meta_batch, device=dev,
+                    precision=precision)))
                 continue
             bar = _bar(progress, f"evaluate {name} {k}-shot")
-            per = evaluate_episodes(algo, sampler, episodes, meta_batch=cfg.episodes.meta_batch,
-                                    progress=bar, dist=d)
+            per = evaluate_episodes(algo.to(dev), sampler, episodes,
+                                    meta_batch=cfg.episodes.meta_batch, device=dev,
+                                    progress=bar, dist=d, precision=precision)
             if algo is loaded.algo and headline_steps is not None and max_steps:
                 algo.eval_steps = headline_steps
                 per["accuracy"] = per.get(f"accuracy@{headline_steps}", per["accuracy"])

@@ -39,6 +39,7 @@ from metavox.train.distributed import (
     broadcast_state,
     gather_batches,
 )
+from metavox.train.setup import autocast
 
 LOG_FIELDS = ["iteration", "lr", "loss", "accuracy", "accuracy_before", "grad_norm",
               "val_accuracy", "val_ci95", "seconds"]
@@ -75,10 +76,12 @@ def evaluate_episodes(
     device: torch.device | str = "cpu",
     progress: Any = None,
     dist: Dist = SINGLE,
+    precision: str = "float32",
 ) -> dict[str, np.ndarray]:
     """Per-episode metrics of ``algo`` (eval mode, no outer graph) on episodes
     ``0..episodes-1`` of ``sampler``. With several ranks each evaluates every
-    ``world``-th batch and all get the merged result, the same as one process's."""
+    ``world``-th batch and all get the merged result, the same as one process's.
+    ``precision="bfloat16"`` runs the adaptation under bfloat16 autocast."""
     was_training = algo.training
     algo.eval()
     local: dict[int, dict[str, np.ndarray]] = {}
@@ -88,7 +91,8 @@ def evaluate_episodes(
         with torch.no_grad():
             for n, b in enumerate(mine, start=1):
                 batch = sampler.sample(meta_batch, b).to(device)
-                out = algo(batch)
+                with autocast(device, precision):
+                    out = algo(batch)
                 local[b] = {k: v.cpu().numpy() for k, v in out.per_task.items()}
                 if progress is not None:
                     progress(n, len(mine))
@@ -216,7 +220,7 @@ class Trainer:
         v = self.cfg.validation
         per = evaluate_episodes(self.algo, self.val_sampler, v.episodes,
                                 meta_batch=self.cfg.episodes.meta_batch, device=self.device,
-                                dist=self.dist)
+                                dist=self.dist, precision=self.cfg.precision)
         key = "accuracy" if "accuracy" in per else "query_loss"
         return confidence_interval(per[key])
 
@@ -254,7 +258,8 @@ class Trainer:
             for i, batch in enumerate(loader, start=start):
                 if hasattr(self.algo, "set_iteration"):
                     self.algo.set_iteration(i)
-                out = self.algo(batch.to(self.device))
+                with autocast(self.device, cfg.precision):
+                    out = self.algo(batch.to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 all_reduce_gradients(self.algo.parameters(), d)

@@ -3,6 +3,7 @@ backbone and algorithm. Shared by training, evaluation and the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,26 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
+                          ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this torch sees no CUDA GPU; "
+                          "use 'cpu' or 'auto'")
+    return device
+
+
+def autocast(device: torch.device | str, precision: str = "float32"):
+    """The context the meta-learners run in: ``torch.autocast`` to bfloat16 for
+    ``precision="bfloat16"`` (matrix products and convolutions in bfloat16, losses and
+    normalisation statistics in float32), nothing for ``"float32"``."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision != "bfloat16":
+        raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def load_run_corpus(cfg: RunConfig) -> Corpus:
