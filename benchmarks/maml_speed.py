@@ -48,8 +48,11 @@ Step = Callable[[Batch], None]
 ALGOS = ("maml2", "fomaml", "reptile", "anil")
 ALGO_NAMES = {"maml2": "MAML (2nd order)", "fomaml": "first-order MAML", "reptile": "Reptile",
               "anil": "ANIL"}
-IMPLS = ("metavox-loop", "metavox-vmap", "metavox-ckpt", "learn2learn", "higher")
-#: metavox-ckpt: the loop with ``inner_checkpoint=True`` (memory flat in the inner steps)
+IMPLS = ("metavox-loop", "metavox-vmap", "metavox-ckpt", "metavox-loop-bf16",
+         "metavox-vmap-bf16", "learn2learn", "higher")
+#: metavox-ckpt: the loop with ``inner_checkpoint=True`` (memory flat in the inner steps);
+#: *-bf16: under bfloat16 autocast (float64 is never autocast, so the gradient check runs
+#: the same code; the float32 deviation is reported separately)
 REFERENCE = "learn2learn"
 TOLERANCE = 1e-8
 
@@ -122,12 +125,14 @@ def make_batch(w: Workload, seed: int, tasks: int, dtype: torch.dtype,
     return tuple(out)
 
 
-def metavox_algorithm(algo: str, model: nn.Module, w: Workload, strategy: str) -> nn.Module:
+def metavox_algorithm(algo: str, model: nn.Module, w: Workload, strategy: str,
+                      chunk: int | None = None) -> nn.Module:
     """The metavox meta-learner for ``algo``; ``track_before=False`` so that it does the
     same work as the anchors (no extra pre-adaptation forward pass)."""
     ckpt = strategy == "ckpt"
     opts = dict(inner_lr=w.inner_lr, steps=w.steps, track_before=False,
-                strategy="loop" if ckpt else strategy)
+                strategy="loop" if ckpt else strategy,
+                chunk_size=chunk if strategy == "vmap" else None)
     if algo in ("maml2", "fomaml"):
         return MAML(model, first_order=algo == "fomaml", inner_checkpoint=ckpt, **opts)
     if algo == "anil":
@@ -137,16 +142,22 @@ def metavox_algorithm(algo: str, model: nn.Module, w: Workload, strategy: str) -
     raise ValueError(f"unknown algorithm {algo!r}")
 
 
-def build_step(impl: str, algo: str, model: nn.Module, w: Workload) -> Step:
+def build_step(impl: str, algo: str, model: nn.Module, w: Workload,
+               chunk: int | None = None) -> Step:
     """One meta-gradient computation (no optimiser step): leaves ``.grad`` on ``model``."""
     if impl.startswith("metavox-"):
-        learner = metavox_algorithm(algo, model, w, impl.removeprefix("metavox-")).train()
+        strategy = impl.removeprefix("metavox-").removesuffix("-bf16")
+        learner = metavox_algorithm(algo, model, w, strategy, chunk).train()
         params = list(model.parameters())
+        device_type = params[0].device.type
+        bf16 = impl.endswith("-bf16")
 
         def step(batch: Batch) -> None:
             for p in params:
                 p.grad = None
-            learner(batch).loss.backward()
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                loss = learner(batch).loss
+            loss.backward()
 
         return step
     model.train()
@@ -156,8 +167,7 @@ def build_step(impl: str, algo: str, model: nn.Module, w: Workload) -> Step:
 
 def available_impls() -> dict[str, str | None]:
     """Implementation -> None when it loads, else the reason it does not."""
-    out: dict[str, str | None] = {"metavox-loop": None, "metavox-vmap": None,
-                                  "metavox-ckpt": None}
+    out: dict[str, str | None] = {i: None for i in IMPLS if i.startswith("metavox-")}
     for name, load in (("learn2learn", load_learn2learn), ("higher", load_higher)):
         try:
             load()
@@ -170,16 +180,17 @@ def available_impls() -> dict[str, str | None]:
 # -- gradient check -------------------------------------------------------------------
 
 
-def meta_gradient(impl: str, algo: str, model: nn.Module, w: Workload, batch: Batch) -> Tensor:
+def meta_gradient(impl: str, algo: str, model: nn.Module, w: Workload, batch: Batch,
+                  chunk: int | None = None) -> Tensor:
     """The flattened meta-gradient of ``impl`` on a private copy of ``model``."""
     model = copy.deepcopy(model)
-    build_step(impl, algo, model, w)(batch)
+    build_step(impl, algo, model, w, chunk)(batch)
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                       for p in model.parameters()])
 
 
 def gradient_check(w: Workload, algo: str, impls: list[str], seed: int, tasks: int,
-                   device: torch.device) -> dict[str, float]:
+                   device: torch.device, chunk: int | None = None) -> dict[str, float]:
     """Relative error of each implementation's float64 meta-gradient against learn2learn's."""
     model = make_model(w, seed).double().to(device)
     batch = make_batch(w, seed, tasks, torch.float64, device)
@@ -187,9 +198,34 @@ def gradient_check(w: Workload, algo: str, impls: list[str], seed: int, tasks: i
     errors = {REFERENCE: 0.0}
     for impl in impls:
         if impl != REFERENCE:
-            g = meta_gradient(impl, algo, model, w, batch)
+            g = meta_gradient(impl, algo, model, w, batch, chunk)
             errors[impl] = float((g - ref).norm() / ref.norm())
     return errors
+
+
+def bf16_deviation(w: Workload, algo: str, impl: str, seed: int, tasks: int,
+                   device: torch.device, chunk: int | None = None) -> float:
+    """Relative difference of a bfloat16-autocast variant's float32 meta-gradient from
+    learn2learn's float32 one (information only: rounding, not a bug, makes it non-zero;
+    for scale, learn2learn's own float32 and float64 gradients differ by a few percent at
+    inner lr 0.4)."""
+    model = make_model(w, seed).to(device)
+    batch = make_batch(w, seed, tasks, torch.float32, device)
+    ref = meta_gradient(REFERENCE, algo, model, w, batch)
+    g = meta_gradient(impl, algo, model, w, batch, chunk)
+    return float((g - ref).norm() / ref.norm())
+
+
+def float32_deviation(w: Workload, algo: str, seed: int, tasks: int,
+                      device: torch.device) -> float:
+    """Relative difference of learn2learn's float32 meta-gradient from its float64 one:
+    the scale against which a lower precision's deviation is read."""
+    model = make_model(w, seed).double().to(device)
+    g64 = meta_gradient(REFERENCE, algo, model, w,
+                        make_batch(w, seed, tasks, torch.float64, device))
+    g32 = meta_gradient(REFERENCE, algo, model.float(), w,
+                        make_batch(w, seed, tasks, torch.float32, device)).double()
+    return float((g32 - g64).norm() / g64.norm())
 
 
 # -- measurement ----------------------------------------------------------------------
@@ -217,7 +253,7 @@ def worker(spec: dict) -> dict:
     w = Workload(**{**spec["workload"], "input_shape": tuple(spec["workload"]["input_shape"])})
     model = make_model(w, spec["seed"]).to(device)
     batch = make_batch(w, spec["seed"], w.meta_batch, torch.float32, device)
-    step = build_step(spec["impl"], spec["algo"], model, w)
+    step = build_step(spec["impl"], spec["algo"], model, w, spec.get("chunk"))
     # load torch.func's lazily imported machinery in every variant alike, so that
     # "+RSS in steps" is the steps' memory, not a one-off import
     torch.func.grad(lambda x: (x * x).sum())(torch.ones(2))
@@ -263,10 +299,11 @@ def flops_per_task(w: Workload, algo: str, seed: int, device: torch.device) -> f
     return float(counter.get_total_flops())
 
 
-def matmul_peak(device: torch.device, n: int, reps: int = 3) -> float:
-    """Best float32 FLOP/s of an ``n x n`` matmul on ``device``."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_peak(device: torch.device, n: int, reps: int = 3,
+                dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of an ``n x n`` matmul in ``dtype`` on ``device``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
     best = 0.0
@@ -276,6 +313,16 @@ def matmul_peak(device: torch.device, n: int, reps: int = 3) -> float:
         _sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
+
+
+def default_impls(conv: bool, device: torch.device) -> list[str]:
+    """What runs without ``--impl``: on CUDA every strategy but the checkpointed one, with
+    vmap in float32 and bfloat16; on CPU the loop (what ``auto`` picks there for
+    convolutional models) and vmap only for the MLP, no bfloat16 (no hardware path on
+    most CPUs)."""
+    if device.type == "cuda":
+        return ["metavox-loop", "metavox-vmap", "metavox-vmap-bf16", "learn2learn", "higher"]
+    return ["metavox-loop"] + ([] if conv else ["metavox-vmap"]) + ["learn2learn", "higher"]
 
 
 # -- report ---------------------------------------------------------------------------
@@ -315,14 +362,15 @@ def steps_memory_table(args, w: Workload, impls: list[str], device: torch.device
     rows = []
     for steps in args.inner_steps:
         ws = replace(w, steps=steps)
-        errors = gradient_check(ws, "maml2", impls, args.seed, args.check_tasks, device)
+        errors = gradient_check(ws, "maml2", impls, args.seed, args.check_tasks, device,
+                                args.chunk)
         reps: dict[str, list[dict]] = {i: [] for i in impls}
         for rep in range(args.repeats):
             for impl in impls[rep % len(impls):] + impls[: rep % len(impls)]:
                 if errors[impl] < TOLERANCE:
                     spec = {"workload": ws.__dict__, "algo": "maml2", "impl": impl,
                             "seed": args.seed, "threads": args.threads, "device": str(device),
-                            "warmup": args.warmup, "timed": args.steps}
+                            "warmup": args.warmup, "timed": args.steps, "chunk": args.chunk}
                     reps[impl].append(run_worker(spec))
         for impl in impls:
             ok = [x for x in reps[impl] if "failed" not in x]
@@ -371,6 +419,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="tasks per vmapped call for metavox-vmap* (default: metavox's, 8 on "
+                         "CUDA, all tasks on CPU)")
     ap.add_argument("--matmul-n", type=int, default=None,
                     help="peak-FLOP/s matmul size (default 2048 on CPU, 8192 on CUDA)")
     ap.add_argument("--check-only", action="store_true",
@@ -405,14 +456,19 @@ def main() -> None:
     if not args.check_only:
         print(f"measured peak: {peak / 1e9:.1f} GFLOP/s (float32 {matmul_n}x{matmul_n} matmul, "
               "best of 3)")
+    wants_bf16 = any(i.endswith("-bf16") for i in (args.impl or default_impls(True, device)))
+    peak_bf16 = float("nan")
+    if wants_bf16 and not args.check_only:
+        peak_bf16 = matmul_peak(device, matmul_n, dtype=torch.bfloat16)
+        print(f"measured bf16 peak: {peak_bf16 / 1e9:.1f} GFLOP/s (the % of peak of *-bf16 "
+              "rows is against it)")
 
     for name in args.workload:
         w = WORKLOADS[name]
         if args.meta_batch:
             w = replace(w, meta_batch=args.meta_batch)
         conv = w.kind == "speech"
-        impls = args.impl or [i for i in IMPLS if i != "metavox-ckpt"
-                              and not (i == "metavox-vmap" and conv and device.type == "cpu")]
+        impls = args.impl or default_impls(conv, device)
         skipped = {i: loaded[i] for i in impls if loaded[i] is not None}
         impls = [i for i in impls if loaded[i] is None]
         if REFERENCE not in impls:
@@ -428,10 +484,19 @@ def main() -> None:
         rows: list[dict] = []
         for algo in args.algo:
             start = time.perf_counter()
-            errors = gradient_check(w, algo, impls, args.seed, args.check_tasks, device)
+            errors = gradient_check(w, algo, impls, args.seed, args.check_tasks, device,
+                                    args.chunk)
             print(f"gradient check {algo} (float64, {args.check_tasks} task(s), "
                   f"{time.perf_counter() - start:.1f} s): "
                   + ", ".join(f"{i} {e:.1e}" for i, e in errors.items() if i != REFERENCE))
+            if any(i.endswith("-bf16") for i in impls):
+                print(f"  scale: learn2learn float32 against float64: "
+                      f"{float32_deviation(w, algo, args.seed, args.check_tasks, device):.1e}")
+            for impl in (i for i in impls if i.endswith("-bf16")):
+                dev = bf16_deviation(w, algo, impl, args.seed, args.check_tasks, device,
+                                     args.chunk)
+                print(f"  {impl}: float32 meta-gradient under bf16 autocast differs from "
+                      f"learn2learn's float32 one by {dev:.1e} (relative; information only)")
             for impl in impls:
                 row = {"algo": algo, "impl": impl, "error": errors[impl]}
                 if errors[impl] >= TOLERANCE or not math.isfinite(errors[impl]):
@@ -447,7 +512,7 @@ def main() -> None:
             for r in order:
                 spec = {"workload": w.__dict__, "algo": r["algo"], "impl": r["impl"],
                         "seed": args.seed, "threads": args.threads, "device": str(device),
-                        "warmup": args.warmup, "timed": args.steps}
+                        "warmup": args.warmup, "timed": args.steps, "chunk": args.chunk}
                 reports[(r["algo"], r["impl"])].append(run_worker(spec))
 
         for algo in args.algo:
@@ -465,7 +530,10 @@ def main() -> None:
                 r["rss_delta"] = max(x["peak_rss_mb"] - x["rss_setup_mb"] for x in reps)
                 if flops is not None:
                     r["gflops"] = flops * r["rate"] / 1e9
-                    r["pct_peak"] = 100 * flops * r["rate"] / peak
+                    # bf16 rows: against the faster of the two (a CPU without bf16
+                    # hardware multiplies bf16 far slower than float32)
+                    top = max(peak, peak_bf16) if r["impl"].endswith("-bf16") else peak
+                    r["pct_peak"] = 100 * flops * r["rate"] / top
                 if r["impl"] == REFERENCE:
                     ref_rate = r["rate"]
             for r in (r for r in timed if r["algo"] == algo and "rate" in r):

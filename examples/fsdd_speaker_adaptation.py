@@ -8,6 +8,7 @@ folds' episodes: mean accuracy ± 95% interval over all of them.
 
     python examples/fsdd_speaker_adaptation.py                 # all six folds
     python examples/fsdd_speaker_adaptation.py --folds jackson --quick
+    python examples/fsdd_speaker_adaptation.py --folds theo --methods fomaml,reptile
 
 Trained runs and each run's scores (``fold_scores.json``) are kept under ``--out``, so an
 interrupted run picks up where it stopped.
@@ -48,11 +49,17 @@ def pooled(cells: list[dict]) -> tuple[float, float, int]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", default=",".join(SPEAKERS), help="held-out speakers")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="meta-learners to run (the baselines come with maml's evaluation); "
+                         "two processes can split a fold's methods between them")
     ap.add_argument("--out", default="runs/fsdd-loso")
     ap.add_argument("--data", default=None, help="FSDD root (default: the config's)")
     ap.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
     ap.add_argument("--set", action="append", default=[], help="config override")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
     # no accuracy-against-steps curve: with 150 queries per 10-way episode, recording the
     # query accuracy after every inner step would cost more than the adaptation itself
     extra = ["evaluation.max_steps=0"] + (QUICK if args.quick else []) + list(args.set)
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra.append(f'data.root="{args.data}"')
     cells: dict[tuple[str, int], list[dict]] = {}
     for speaker in args.folds.split(","):
-        for method in METHODS:
+        for method in args.methods.split(","):
             run = Path(args.out) / speaker / method
             cfg = load_config(CONFIG, [f'data.test_speakers=["{speaker}"]', f'out="{run}"',
                                        f'algorithm.name="{method}"', *extra])
