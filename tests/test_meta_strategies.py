@@ -107,3 +107,20 @@ def test_backward_task_by_task_with_inner_checkpointing():
         algo(tiny_episodes(tasks=3)).loss.backward()
         grads.append(flat_grad(algo))
     assert rel_err(grads[0], grads[1]) < 1e-12
+
+
+def test_explicit_batch_norm_keeps_float32_statistics_for_bfloat16_input():
+    from metavox.meta.functional import explicit_batch_norm
+
+    torch.manual_seed(0)
+    x = 100.0 + torch.randn(16, 4, 5, 5)  # a large mean: rounding it would show
+    w, b = torch.rand(4) + 0.5, torch.randn(4)
+    ref = explicit_batch_norm(x, w, b)
+    half = explicit_batch_norm(x.bfloat16(), w, b)
+    assert half.dtype == torch.bfloat16
+    # only the input's own bfloat16 rounding (≈0.4% of 100 = 0.4, i.e. ~0.4 σ) remains;
+    # statistics computed in bfloat16 would add an error of the same size again
+    native = torch.nn.functional.batch_norm(x.bfloat16().float(), None, None, w, b,
+                                            training=True)
+    assert torch.allclose(half.float(), native, atol=0.05)
+    assert (ref - native).abs().max() > 0.05  # the input rounding itself is visible

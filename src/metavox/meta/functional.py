@@ -43,7 +43,14 @@ def explicit_batch_norm(
     bias: Tensor | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Batch normalisation with the batch's own statistics, from plain differentiable ops."""
+    """Batch normalisation with the batch's own statistics, from plain differentiable ops.
+
+    Half-precision input (bfloat16 under autocast) is normalised in float32 and returned in
+    its own dtype, as PyTorch's kernels do: a mean rounded to bfloat16 would shift every
+    normalised value."""
+    dtype = x.dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        x = x.float()
     mean, var = batch_norm_stats(x)
     shape = _channel_shape(x)
     y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
@@ -51,7 +58,7 @@ def explicit_batch_norm(
         y = y * weight.view(shape)
     if bias is not None:
         y = y + bias.view(shape)
-    return y
+    return y.to(dtype)
 
 
 class TaskBatchNorm(TorchFunctionMode):
