@@ -461,7 +461,7 @@ def main() -> None:
     if wants_bf16 and not args.check_only:
         peak_bf16 = matmul_peak(device, matmul_n, dtype=torch.bfloat16)
         print(f"measured bf16 peak: {peak_bf16 / 1e9:.1f} GFLOP/s (the % of peak of *-bf16 "
-              "rows is against it)")
+              "rows is against the larger of the two peaks)")
 
     for name in args.workload:
         w = WORKLOADS[name]
