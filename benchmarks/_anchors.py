@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -42,9 +43,29 @@ def load_learn2learn() -> types.ModuleType:
     stub = types.ModuleType(STUBBED)
     stub.__doc__ = "Stub registered by metavox's benchmark: the real one needs torchvision."
     sys.modules[STUBBED] = stub
+    if os.environ.get("METAVOX_L2L_SOURCE_TREE"):
+        _stub_compiled_data()
     with contextlib.redirect_stderr(io.StringIO()):
         import learn2learn
     return learn2learn
+
+
+COMPILED = ("learn2learn.data.meta_dataset", "learn2learn.data.task_dataset",
+            "learn2learn.data.transforms")
+
+
+def _stub_compiled_data() -> None:
+    """Fallback for a machine that cannot compile learn2learn's three Cython modules (the
+    episodic *data-loading* classes, which MAML does not use): each is registered as a
+    module whose every attribute is an empty placeholder class, so that ``learn2learn.data``
+    imports from the unbuilt source tree on ``PYTHONPATH``. Chosen only when the
+    environment variable ``METAVOX_L2L_SOURCE_TREE`` is set (benchmarks/gpu_check.sh does
+    so when the build fails); MAML's own modules are untouched either way."""
+    for name in COMPILED:
+        mod = types.ModuleType(name)
+        mod.__doc__ = "Placeholder registered by metavox's benchmark: learn2learn's unbuilt C."
+        mod.__getattr__ = lambda attr, _n=name: type(attr, (), {"__module__": _n})
+        sys.modules[name] = mod
 
 
 def load_higher() -> types.ModuleType:

@@ -124,3 +124,36 @@ def test_explicit_batch_norm_keeps_float32_statistics_for_bfloat16_input():
                                             training=True)
     assert torch.allclose(half.float(), native, atol=0.05)
     assert (ref - native).abs().max() > 0.05  # the input rounding itself is visible
+
+
+def test_autocast_reaches_inside_vmap():
+    """torch.autocast reaches only some calls inside torch.vmap (the first MAML steps'
+    convolutions in bfloat16, later ones in float32; on CUDA this ended in a bfloat16
+    activation meeting a float32 bias). The engine casts explicitly, so that every
+    convolution and matrix product of the vmap strategy runs in bfloat16, as in the loop."""
+    torch.manual_seed(0)
+    model = TinyNet(batch_norm=True)
+    seen: list[torch.dtype] = []
+    for layer in (model.body[0], model.head):
+        layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    grads, losses = {}, {}
+    for strategy in ("loop", "vmap"):
+        for bf16 in (False, True):
+            seen.clear()
+            algo = MAML(model, inner_lr=0.3, steps=2, strategy=strategy)
+            algo.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = algo(tiny_episodes(tasks=4, dtype=torch.float32))
+            out.loss.backward()
+            assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}, (strategy, bf16)
+            assert all(p.grad.dtype == torch.float32 for p in algo.parameters())
+            grads[strategy, bf16], losses[strategy, bf16] = flat_grad(algo), out.loss.item()
+    assert rel_err(grads["vmap", False], grads["loop", False]) < 1e-5
+    assert rel_err(grads["loop", True], grads["loop", False]) > 1e-3  # bfloat16 is visible
+    assert losses["vmap", True] == pytest.approx(losses["loop", True], rel=0.02)
+    # evaluation (eval mode, no graph) under autocast
+    algo = MAML(model, inner_lr=0.3, steps=2, strategy="vmap").eval()
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert algo(tiny_episodes(tasks=4, dtype=torch.float32)).per_task["accuracy"].shape == (4,)
+    assert set(seen) == {torch.bfloat16}

@@ -89,6 +89,71 @@ def _dispatch_batch_norm(
     return explicit_batch_norm(input, weight, bias, eps)
 
 
+# What torch.autocast runs in low precision (matrix products, convolutions) and what it
+# keeps in float32 (losses, softmax, distances), for the ops our models and losses use.
+_LOW_PRECISION_OPS = frozenset({
+    F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+    F.conv_transpose3d, F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm,
+    torch.baddbmm, torch.mv, Tensor.matmul, Tensor.__matmul__, Tensor.__rmatmul__,
+    Tensor.mm, Tensor.bmm,
+})
+_FLOAT32_OPS = frozenset({
+    F.cross_entropy, F.nll_loss, F.log_softmax, F.softmax, F.mse_loss, F.l1_loss,
+    F.smooth_l1_loss, F.binary_cross_entropy_with_logits, torch.logsumexp, torch.cdist,
+    Tensor.log_softmax, Tensor.softmax, Tensor.logsumexp,
+})
+
+
+class TaskAutocast(TorchFunctionMode):
+    """``torch.autocast`` for code running under ``torch.vmap``, where autocast itself
+    does not apply.
+
+    Measured on torch 2.13 (CPU): under an active autocast context, a convolution inside
+    ``vmap`` ran in bfloat16 for some calls (a MAML task's first forward) and in float32
+    for others (after an inner step), and a plain vmapped ``functional_call`` stayed
+    float32 altogether; on CUDA (torch 2.11) the same inconsistency made a bfloat16
+    activation meet a float32 bias, and the convolution failed. While this mode is
+    active, matrix products and convolutions get their floating-point arguments cast to
+    ``dtype`` and losses, softmax and distances get half-precision arguments cast to
+    float32: autocast's own policy, made explicit. The casts are differentiable, so
+    gradients reach the float32 parameters as under autocast.
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if func in _LOW_PRECISION_OPS:
+            return func(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))
+        if func in _FLOAT32_OPS:
+            return func(*_cast(args, torch.float32, only_half=True),
+                        **_cast(kwargs, torch.float32, only_half=True))
+        return func(*args, **kwargs)
+
+
+def _cast(obj, dtype: torch.dtype, *, only_half: bool = False):
+    """``obj`` (a tensor, or a tuple/list/dict of them) with floating tensors in ``dtype``;
+    float64 is left alone, as autocast leaves it."""
+    if isinstance(obj, Tensor):
+        cast = (obj.is_floating_point() and obj.dtype not in (dtype, torch.float64)
+                and (not only_half or obj.dtype in (torch.bfloat16, torch.float16)))
+        return obj.to(dtype) if cast else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast(o, dtype, only_half=only_half) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype, only_half=only_half) for k, v in obj.items()}
+    return obj
+
+
+def active_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype of the autocast context active for ``device``'s type, or None."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 def has_batch_norm(model: nn.Module) -> bool:
     """Whether ``model`` contains any BatchNorm layer."""
     return any(isinstance(m, _BatchNorm) for m in model.modules())
