@@ -2,7 +2,8 @@
 
 Why ``"auto"`` is not always vmap. On a GPU a per-task loop launches many small kernels
 and is launch-bound; one vmapped call batches every task's convolutions into single large
-kernels (about 10x faster for second-order MAML on an H100). On a CPU the per-task
+kernels (2.2x learn2learn's per-task loop for second-order MAML on an H100, chunks of 8
+tasks, benchmarks/RESULTS.md). On a CPU the per-task
 kernels already keep the cores busy, so batching buys no parallelism, while vmap turns
 each task's weights into grouped convolutions and keeps every task's activations and
 double-backward buffers alive at once: on 2 cores it was ~2.3x slower than the loop with
