@@ -143,7 +143,7 @@ class MetaAlgorithm(nn.Module):
                     metrics[f"accuracy@{s}"] = accuracy(query_logits(fast), query_y)
         return fast
 
-    def norm_context(self, strategy: str = "vmap", device: torch.device | None = None):
+    def vmap_context(self, strategy: str = "vmap", device: torch.device | None = None):
         """What ``torch.vmap`` needs around the per-task function: explicit per-task batch
         normalisation, and autocast's casts made explicit when an autocast context is
         active for ``device`` (autocast does not reach inside vmap; see
@@ -195,7 +195,7 @@ class MetaAlgorithm(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         if self.task_backward and self.training and torch.is_grad_enabled() and params:
             return self._forward_task_backward(tensors, strategy, chunk, params)
-        with self.norm_context(strategy, tensors[0].device):
+        with self.vmap_context(strategy, tensors[0].device):
             per_task = map_tasks(
                 self.task_objective, tensors, strategy=strategy, chunk_size=chunk
             )
@@ -217,7 +217,7 @@ class MetaAlgorithm(nn.Module):
         parts: list[dict[str, Tensor]] = []
         for i in range(0, num_tasks, step):
             piece = tuple(t[i : i + step] for t in tensors)
-            with self.norm_context(strategy, tensors[0].device):
+            with self.vmap_context(strategy, tensors[0].device):
                 per = map_tasks(self.task_objective, piece, strategy=strategy,
                                 chunk_size=None)
             part = per["loss"].sum() / num_tasks
