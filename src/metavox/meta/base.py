@@ -9,7 +9,7 @@ meta-gradient, so one trainer loop (``loss.backward(); optimizer.step()``) serve
 from __future__ import annotations
 
 import copy
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -18,12 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metavox.data.batch import EpisodeBatch
 from metavox.meta.batching import is_convolutional, map_tasks, resolve_strategy
-from metavox.meta.functional import (
-    TaskAutocast,
-    TaskBatchNorm,
-    active_autocast_dtype,
-    has_batch_norm,
-)
+from metavox.meta.functional import TaskBatchNorm, has_batch_norm
 from metavox.meta.inner import LossFn, default_loss
 
 
@@ -143,25 +138,16 @@ class MetaAlgorithm(nn.Module):
                     metrics[f"accuracy@{s}"] = accuracy(query_logits(fast), query_y)
         return fast
 
-    def vmap_context(self, strategy: str = "vmap", device: torch.device | None = None):
-        """What ``torch.vmap`` needs around the per-task function: explicit per-task batch
-        normalisation, and autocast's casts made explicit when an autocast context is
-        active for ``device`` (autocast does not reach inside vmap; see
-        :class:`TaskAutocast`).
+    def norm_context(self, strategy: str = "vmap"):
+        """Explicit per-task batch normalisation, needed under vmap only.
 
         Outside vmap PyTorch's native kernel (batch statistics, running buffers hidden)
         gives the same meta-gradient to ~1e-13 in float64 and is ~20% faster, so the loop
-        strategy keeps it, and autocast works there as it is.
+        strategy keeps it.
         """
-        if strategy != "vmap":
-            return nullcontext()
-        stack = ExitStack()
-        if self._batch_norm:
-            stack.enter_context(TaskBatchNorm())
-        dtype = active_autocast_dtype(device) if device is not None else None
-        if dtype is not None:
-            stack.enter_context(TaskAutocast(dtype))
-        return stack
+        if self._batch_norm and strategy == "vmap":
+            return TaskBatchNorm()
+        return nullcontext()
 
     def forward(
         self,
@@ -195,7 +181,7 @@ class MetaAlgorithm(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         if self.task_backward and self.training and torch.is_grad_enabled() and params:
             return self._forward_task_backward(tensors, strategy, chunk, params)
-        with self.vmap_context(strategy, tensors[0].device):
+        with self.norm_context(strategy):
             per_task = map_tasks(
                 self.task_objective, tensors, strategy=strategy, chunk_size=chunk
             )
@@ -217,7 +203,7 @@ class MetaAlgorithm(nn.Module):
         parts: list[dict[str, Tensor]] = []
         for i in range(0, num_tasks, step):
             piece = tuple(t[i : i + step] for t in tensors)
-            with self.vmap_context(strategy, tensors[0].device):
+            with self.norm_context(strategy):
                 per = map_tasks(self.task_objective, piece, strategy=strategy,
                                 chunk_size=None)
             part = per["loss"].sum() / num_tasks

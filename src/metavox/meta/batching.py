@@ -17,9 +17,12 @@ otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
+
+from metavox.meta.functional import TaskAutocast, active_autocast_dtype
 
 STRATEGIES = ("auto", "loop", "vmap")
 DEFAULT_CUDA_CHUNK = 8
@@ -60,7 +63,9 @@ def map_tasks(
     """Apply ``fn`` to each task (index 0 of every tensor) and stack its dict of outputs.
 
     ``"vmap"`` vectorises over tasks, ``chunk_size`` tasks per call (all at once when
-    ``None``) to bound the memory of the batched intermediates.
+    ``None``) to bound the memory of the batched intermediates. Under an active
+    ``torch.autocast`` it applies autocast's casts itself, which autocast does not do
+    reliably inside vmap (see :class:`~metavox.meta.functional.TaskAutocast`).
     """
     num_tasks = tensors[0].shape[0]
     if strategy == "loop":
@@ -70,7 +75,9 @@ def map_tasks(
         raise ValueError(f"unknown strategy {strategy!r}; expected 'loop' or 'vmap'")
     vfn = torch.vmap(fn, randomness="different")
     step = chunk_size or num_tasks
-    chunks = [vfn(*(t[i : i + step] for t in tensors)) for i in range(0, num_tasks, step)]
+    dtype = active_autocast_dtype(tensors[0].device)
+    with TaskAutocast(dtype) if dtype is not None else nullcontext():
+        chunks = [vfn(*(t[i : i + step] for t in tensors)) for i in range(0, num_tasks, step)]
     if len(chunks) == 1:
         return chunks[0]
     return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
