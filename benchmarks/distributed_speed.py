@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from maml_speed import WORKLOADS, make_batch, make_model  # noqa: E402
 
+from metavox.engine.distributed import all_reduce_gradients, from_environment, shutdown  # noqa: E402
 from metavox.meta import MAML  # noqa: E402
-from metavox.train.distributed import all_reduce_gradients, from_environment, shutdown  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from metavox.train.config import load_config
-from metavox.train.evaluate import evaluate
-from metavox.train.run import train
+from metavox.pipeline.config import load_config
+from metavox.pipeline.evaluate import evaluate
+from metavox.pipeline.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("float32", "bfloat16")

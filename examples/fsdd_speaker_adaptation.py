@@ -21,9 +21,9 @@ import json
 import math
 from pathlib import Path
 
-from metavox.train.config import load_config
-from metavox.train.evaluate import evaluate
-from metavox.train.run import train
+from metavox.pipeline.config import load_config
+from metavox.pipeline.evaluate import evaluate
+from metavox.pipeline.train import train
 
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 METHODS = ["maml", "fomaml", "reptile"]

@@ -10,7 +10,7 @@ from train_helpers import fsdd_manifest, tiny_config
 from typer.testing import CliRunner
 
 from metavox.cli import app
-from metavox.train.config import to_toml
+from metavox.pipeline.config import to_toml
 
 runner = CliRunner()
 

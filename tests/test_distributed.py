@@ -18,11 +18,11 @@ import torch
 from train_helpers import tiny_config
 
 from metavox.data import EpisodeDataset
-from metavox.train.checkpoint import load_checkpoint
-from metavox.train.config import to_toml
-from metavox.train.distributed import SINGLE, _buckets, average_metrics, from_environment
-from metavox.train.evaluate import evaluate
-from metavox.train.run import train
+from metavox.engine.distributed import SINGLE, _buckets, average_metrics, from_environment
+from metavox.pipeline.config import to_toml
+from metavox.pipeline.evaluate import evaluate
+from metavox.pipeline.train import train
+from metavox.storage import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed not available")

@@ -7,10 +7,10 @@ import json
 import pytest
 from train_helpers import fsdd_manifest, tiny_config
 
-from metavox.train.evaluate import evaluate
-from metavox.train.loop import confidence_interval
-from metavox.train.report import results_table, write_report
-from metavox.train.run import train
+from metavox.engine import confidence_interval
+from metavox.pipeline.evaluate import evaluate
+from metavox.pipeline.report import results_table, write_report
+from metavox.pipeline.train import train
 
 TINY_EVAL = {"episodes": 6, "shots": [1, 2], "queries": 2, "max_steps": 3, "pretrain_iterations": 5,
              "finetune_steps": 5, "finetune_all_steps": 3}
@@ -68,7 +68,7 @@ def test_evaluate_on_another_corpus_with_named_labels(run_dir, shared_data):
 
 
 def test_bfloat16_evaluation_uses_the_same_episodes(run_dir):
-    from metavox.train.config import ConfigError
+    from metavox.pipeline.config import ConfigError
 
     kw = dict(shots=[1], episodes=6, baselines=["finetune"], max_steps=0)
     fp32 = evaluate(run_dir, **kw)

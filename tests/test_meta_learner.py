@@ -7,14 +7,14 @@ import torch
 from meta_helpers import TinyNet, tiny_episodes
 
 from metavox.data import EpisodeBatch
-from metavox.meta import ALGORITHMS, ANIL, MAML, ProtoNet
+from metavox.meta import ALGORITHMS, ANIL, MAML, Learner, ProtoNet, create_algorithm
 from metavox.models import Conv4, create_model
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_adapt_gives_a_learner_that_exports(name):
+def test_adapt_gives_a_learner_that_exports(name, tmp_path):
     torch.manual_seed(0)
-    algo = ALGORITHMS[name](TinyNet(ways=3))
+    algo = create_algorithm(name, TinyNet(ways=3))
     sx, sy, qx, qy = tiny_episodes(tasks=1, shots=4, dtype=torch.float32)
     learner = algo.adapt(sx[0], sy[0])
     logits = learner(qx[0])
@@ -29,6 +29,13 @@ def test_adapt_gives_a_learner_that_exports(name):
     assert torch.allclose(probs.sum(-1), torch.ones(9))
     # the meta-model itself is untouched by adaptation
     assert all(p.grad is None for p in algo.parameters())
+    # it saves itself and loads around a freshly built model of the same architecture
+    learner.classes = ["a", "b", "c"]
+    learner.save(tmp_path / "l.safetensors", meta={"note": 1})
+    torch.manual_seed(1)
+    back = Learner.load(tmp_path / "l.safetensors", TinyNet(ways=3))
+    assert back.classes == ["a", "b", "c"] and back.kind == learner.kind
+    assert torch.allclose(back(qx[0]), logits, atol=1e-6)
 
 
 def test_adaptation_improves_query_accuracy():
@@ -77,15 +84,16 @@ def test_anil_and_protonet_use_the_body_head_split():
 @pytest.mark.parametrize("name", ["maml", "reptile", "anil", "metasgd"])
 def test_record_steps_gives_the_accuracy_curve_in_one_pass(name):
     torch.manual_seed(0)
-    algo = ALGORITHMS[name](TinyNet(), eval_steps=3).eval()
-    algo.record_steps = True
+    algo = create_algorithm(name, TinyNet(), eval_steps=3).eval()
     batch = tiny_episodes(tasks=2, dtype=torch.float32)
     with torch.no_grad():
-        out = algo(batch)
-    assert [f"accuracy@{s}" in out.metrics for s in range(4)] == [True] * 4
-    assert out.metrics["accuracy@0"] == out.metrics["accuracy_before"]
-    assert out.metrics["accuracy@3"] == out.metrics["accuracy"]
-    algo.eval_steps = 2  # the curve's points are the accuracies of shorter adaptations
+        out = algo(batch, record_steps=True)
+    curve = out.accuracy_by_step
+    assert curve.shape == (2, 4)  # tasks x (steps 0..3)
+    assert torch.equal(curve[:, 0], out.per_task["accuracy_before"])
+    assert torch.equal(curve[:, 3], out.per_task["accuracy"])
+    # the curve's points are the accuracies of shorter adaptations; nothing is stored
     with torch.no_grad():
-        short = algo(batch)
-    assert short.metrics["accuracy"] == pytest.approx(out.metrics["accuracy@2"])
+        short = algo(batch, steps=2)
+    assert short.metrics["accuracy"] == pytest.approx(float(curve[:, 2].mean()))
+    assert short.accuracy_by_step is None and algo.eval_steps == 3

@@ -22,8 +22,8 @@ ALGOS = {
 
 
 def meta_grad(name, model, strategy, chunk_size=None, task_backward=True):
-    algo = ALGOS[name](copy.deepcopy(model), strategy=strategy, chunk_size=chunk_size)
-    algo.task_backward = task_backward
+    algo = ALGOS[name](copy.deepcopy(model), strategy=strategy, chunk_size=chunk_size,
+                       task_backward=task_backward)
     out = algo(tiny_episodes(tasks=5))
     out.loss.backward()
     return flat_grad(algo), out
@@ -102,8 +102,7 @@ def test_backward_task_by_task_with_inner_checkpointing():
     grads = []
     for eager in (True, False):
         algo = MAML(copy.deepcopy(model), inner_lr=0.3, steps=3, strategy="loop",
-                    inner_checkpoint=True)
-        algo.task_backward = eager
+                    inner_checkpoint=True, task_backward=eager)
         algo(tiny_episodes(tasks=3)).loss.backward()
         grads.append(flat_grad(algo))
     assert rel_err(grads[0], grads[1]) < 1e-12

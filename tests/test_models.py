@@ -147,3 +147,16 @@ def test_loop_and_vmap_give_the_same_second_order_meta_gradient(name):
     g_vmap = meta_gradient(model, batch, "vmap")
     assert g_loop.norm() > 0 and torch.isfinite(g_loop).all()
     assert float((g_vmap - g_loop).norm() / g_loop.norm()) < 1e-10
+
+
+def test_a_backbone_can_declare_its_front_end(monkeypatch, tmp_path):
+    from metavox.models import FRONTENDS, model_frontend
+    from metavox.pipeline.config import ConfigError, config_from_dict
+
+    assert model_frontend("conv4") == {}  # the built-in backbones take any front-end
+    monkeypatch.setitem(FRONTENDS, "conv4", {"n_mels": 32, "hop_ms": 20.0})
+    cfg = config_from_dict({"model": {"name": "conv4"}, "frontend": {"duration": 0.5}})
+    fe = cfg.frontend_config()
+    assert (fe.n_mels, fe.hop_ms, fe.duration) == (32, 20.0, 0.5)
+    with pytest.raises(ConfigError, match="needs n_mels = 32"):
+        config_from_dict({"model": {"name": "conv4"}, "frontend": {"n_mels": 40}})

@@ -8,8 +8,9 @@ import pytest
 import torch
 from train_helpers import tiny_config
 
-from metavox.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from metavox.train.run import load_trained, train
+from metavox.data import Split
+from metavox.pipeline.train import load_trained, train
+from metavox.storage import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_train_writes_checkpoints_logs_and_config(manifest, cache, tmp_path):
@@ -29,7 +30,7 @@ def test_train_writes_checkpoints_logs_and_config(manifest, cache, tmp_path):
     ckpt = load_checkpoint(out / "latest.safetensors")
     assert ckpt.meta["state"]["iteration"] == 6
     assert ckpt.meta["frontend"]["n_mels"] == 20
-    assert ckpt.meta["classes"]["test"] == ["6", "7"]
+    assert list(Split.load(out / "split.json").part("test").labels) == ["6", "7"]
     events = list((out / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0  # TensorBoard scalars
     loaded = load_trained(out)
@@ -53,12 +54,28 @@ def test_resume_continues_exactly(manifest, cache, tmp_path):
 @pytest.mark.parametrize("algorithm", ["fomaml", "reptile", "anil", "protonet", "metasgd",
                                        "mamlpp"])
 def test_every_algorithm_trains_from_config(manifest, cache, tmp_path, algorithm):
-    cfg = tiny_config(manifest, tmp_path / algorithm, cache,
-                      algorithm__name=algorithm, optim__iterations=2,
+    # ProtoNet has no inner loop: the inner-loop settings of the tiny config do not apply
+    section = ({"name": algorithm} if algorithm == "protonet" else
+               {"name": algorithm, "steps": 1, "eval_steps": 2, "inner_lr": 0.3})
+    cfg = tiny_config(manifest, tmp_path / algorithm, cache, algorithm=section,
+                      optim={"iterations": 2, "warmup": 2, "lr": 0.01},
                       validation={"every": 2, "episodes": 2, "checkpoint_every": 2})
     result = train(cfg, progress=False)
     assert result.state.iteration == 2
     assert type(load_trained(result.out).algo).__name__ == type(result.algo).__name__
+
+
+def test_algorithm_settings_it_does_not_take_are_errors(manifest, cache, tmp_path):
+    from metavox.pipeline.config import ConfigError
+
+    cfg = tiny_config(manifest, tmp_path / "p", cache, algorithm__name="protonet")
+    with pytest.raises(ConfigError, match=r"'protonet' does not take \['eval_steps', "
+                                          r"'inner_lr', 'steps'\]"):
+        train(cfg, progress=False)
+    cfg = tiny_config(manifest, tmp_path / "m", cache, algorithm__options={"lr": "per_step"})
+    with pytest.raises(ConfigError, match=r"'maml' does not take \['lr'\]"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "m").exists()
 
 
 def test_resume_without_checkpoint_and_broken_checkpoints(manifest, cache, tmp_path):
@@ -74,7 +91,7 @@ def test_resume_without_checkpoint_and_broken_checkpoints(manifest, cache, tmp_p
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    from metavox.train import checkpoint as ck
+    from metavox import storage as ck
 
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, ck.Checkpoint({"w": torch.ones(3)}, {"note": "old"}))
@@ -91,7 +108,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_spec_augment_applies_to_training_episodes_only(manifest, cache, tmp_path):
-    from metavox.train.setup import build_run_data, make_sampler
+    from metavox.pipeline.build import build_run_data, make_sampler
 
     cfg = tiny_config(manifest, tmp_path / "aug", cache,
                       augment={"spec_augment": True, "freq_masks": 2, "freq_width": 6})
@@ -134,14 +151,16 @@ def test_bfloat16_precision_trains_under_autocast(manifest, cache, tmp_path):
 
 
 def test_precision_and_device_are_checked(manifest, cache, tmp_path):
-    from metavox.train.config import ConfigError
+    from metavox.pipeline.config import ConfigError
 
     with pytest.raises(ConfigError, match="precision must be one of float32, bfloat16"):
         tiny_config(manifest, tmp_path / "x", cache, precision="float16")
-    from metavox.train.setup import resolve_device
+    from metavox.engine import resolve_device
 
-    with pytest.raises(ConfigError, match="not a device name"):
+    with pytest.raises(ValueError, match="not a device name"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
             resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device: .*not a device name"):
+        train(tiny_config(manifest, tmp_path / "y", cache, device="gpu0"), progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from metavox.train.config import config_from_dict
+from metavox.pipeline.config import config_from_dict
 
 
 def fsdd_manifest(shared_data: Path, out: Path, digits=range(8), speakers=("jackson", "theo"),

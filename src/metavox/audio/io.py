@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+from metavox.storage import atomic_path
 
 __all__ = [
     "AudioError",
@@ -286,8 +287,8 @@ def save_audio(
 ) -> None:
     """Write ``[samples]`` or ``[channels, samples]`` audio; format from the extension.
 
-    Written to a temporary file in the same folder and moved into place with ``os.replace``,
-    so readers never see a half-written file. ``subtype`` as in ``soundfile`` (default:
+    Written atomically (:func:`metavox.storage.atomic_path`), so readers never see a
+    half-written file. ``subtype`` as in ``soundfile`` (default:
     libsndfile's default for the format, e.g. PCM_16 for WAV).
     """
     p = Path(path)
@@ -299,13 +300,6 @@ def save_audio(
     if np.issubdtype(wave.dtype, np.floating) and not np.isfinite(wave).all():
         raise ValueError(f"{p}: refusing to write NaN or infinite samples")
     data = wave if wave.ndim == 1 else wave.T
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=p.suffix)
-    os.close(fd)
-    try:
-        sf.write(tmp, data, int(sample_rate), subtype=subtype)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file should be readable
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p) as tmp:
+        sf.write(tmp, data, int(sample_rate), subtype=subtype,
+                 format=p.suffix.lstrip(".").upper() or None)

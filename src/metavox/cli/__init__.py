@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from metavox.cli import run
+from metavox.cli import commands
 from metavox.cli.data import data_app
 
 app = typer.Typer(
@@ -14,12 +14,13 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
-app.command("demo")(run.demo_command)
-app.command("train")(run.train_command)
-app.command("evaluate")(run.evaluate_command)
-app.command("adapt")(run.adapt_command)
-app.command("predict")(run.predict_command)
-app.command("models")(run.models_command)
+app.command("demo")(commands.demo_command)
+app.command("train")(commands.train_command)
+app.command("evaluate")(commands.evaluate_command)
+app.command("adapt")(commands.adapt_command)
+app.command("predict")(commands.predict_command)
+app.command("models")(commands.models_command)
+app.command("algorithms")(commands.algorithms_command)
 
 
 @app.command()

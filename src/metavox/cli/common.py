@@ -20,8 +20,8 @@ def user_errors() -> Iterator[None]:
     from metavox.audio.io import AudioError
     from metavox.data import CorpusError, EpisodeError
     from metavox.data.synth import SynthError
-    from metavox.train.checkpoint import CheckpointError
-    from metavox.train.config import ConfigError
+    from metavox.pipeline.config import ConfigError
+    from metavox.storage import CheckpointError
 
     try:
         yield

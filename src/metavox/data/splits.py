@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from metavox.data.corpus import Corpus
+from metavox.storage import atomic_write
 
 SplitMode = Literal["class", "speaker", "both"]
 _MODES = ("class", "speaker", "both")
@@ -129,19 +129,8 @@ class Split:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the split as JSON (atomically: temp file + rename)."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=1, ensure_ascii=False)
-                fh.write("\n")
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return out
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+        return atomic_write(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Split:

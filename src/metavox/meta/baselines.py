@@ -11,15 +11,18 @@ scratch on the support set. These are evaluation-only: their "loss" has no meta-
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metavox.meta.anil import split_body_head
-from metavox.meta.base import Learner, MetaAlgorithm, accuracy, export_module
+from metavox.meta.base import MetaAlgorithm, StepRecorder, TaskSettings, accuracy
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
 from metavox.meta.inner import adapt, inner_loop
+from metavox.meta.learner import export_module, register_learner_kind
+from metavox.meta.registry import register_algorithm
 
 FINETUNE_MODES = ("head", "all")
 
@@ -35,91 +38,105 @@ class _Head(nn.Module):
         return self.linear(x.flatten(1))
 
 
+class _Net(nn.Module):
+    """Body, normalised and scaled features, then a head: the fine-tuned network."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.body, self.head, self.scale = body, head, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.scale * F.normalize(self.body(x).flatten(1), dim=1))
+
+
+@register_learner_kind("finetune")
+def _finetuned(model: nn.Module, info: dict[str, Any]) -> nn.Module:
+    """The structure of a fine-tuned learner: ``info`` gives ``dim``, ``ways``, ``scale``."""
+    body, _ = split_body_head(model)
+    return _Net(body, _Head(int(info["dim"]), int(info["ways"])), float(info["scale"]))
+
+
+@register_algorithm("finetune", description="pre-train + fine-tune: a new head (and, with "
+                    "mode='all', the body) trained on each support set; evaluation only",
+                    meta_trained=False)
 class FineTune(MetaAlgorithm):
     """Fine-tune a pre-trained (or untrained) network on each episode's support set.
 
-    Features are L2-normalised and scaled by ``scale`` before the new head (a cosine-style
-    classifier, which makes one step size work across backbones).
+    Features are L2-normalised and scaled by ``scale`` before the new, zero-initialised
+    head (a cosine-style classifier, which makes one step size work across backbones).
+
+    Args:
+        model: a network with ``body`` and ``head`` (the head is replaced per episode).
+        inner_lr: step size of the new head.
+        steps: fine-tuning steps per episode (``eval_steps``, if given, wins: there is no
+            training).
+        mode: ``"head"`` (on features computed once) or ``"all"`` (the body too, with
+            step size ``body_lr``).
+        common: see :class:`~metavox.meta.base.MetaAlgorithm`.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        mode: str = "head",
-        steps: int = 100,
-        lr: float = 0.5,
-        body_lr: float = 0.01,
-        scale: float = 10.0,
-        strategy: str = "auto",
-        chunk_size: int | None = None,
-    ) -> None:
+    fixed_ways = False
+
+    learner_kind = "finetune"
+
+    def __init__(self, model: nn.Module, *, inner_lr: float = 0.5, steps: int = 100,
+                 eval_steps: int | None = None, mode: str = "head", body_lr: float = 0.01,
+                 scale: float = 10.0, **common: Any) -> None:
         if mode not in FINETUNE_MODES:
             raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {mode!r}")
         body, _ = split_body_head(model)
-        super().__init__(body, strategy=strategy, chunk_size=chunk_size)
-        self.mode, self.steps, self.lr, self.body_lr = mode, int(steps), float(lr), float(body_lr)
+        super().__init__(body, **common)
+        self.mode, self.inner_lr, self.body_lr = mode, float(inner_lr), float(body_lr)
+        self.steps = self.eval_steps = int(steps if eval_steps is None else eval_steps)
         self.scale = float(scale)
-        self.feature_dim = int(getattr(model, "feature_dim", 0)) or None
 
     def _features(self, params, buffers, x: Tensor) -> Tensor:
         f = forward(self.model, params, x, buffers).flatten(1)
         return self.scale * F.normalize(f, dim=1)
 
-    def _network(self, ways: int, dim: int) -> nn.Module:
-        return _Net(self.model, _Head(dim, ways), self.scale)
+    def _lr(self, name: str, step: int) -> float:
+        return self.inner_lr if name.startswith("head.") else self.body_lr
 
     def task_objective(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+        settings: TaskSettings,
     ) -> dict[str, Tensor]:
-        ways = self._ways
+        ways = settings.ways
         body_params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
         buffers = functional_buffers(self.model)
-        metrics: dict[str, Tensor] = {}
         if self.mode == "head":
             fs = self._features(body_params, buffers, support_x)
             fq = self._features(body_params, buffers, query_x)
             # features are bfloat16 under autocast; the new head's weights stay float32
             head = _Head(fs.shape[1], ways).to(
                 device=fs.device, dtype=torch.promote_types(fs.dtype, torch.float32))
-            zeros = {k: torch.zeros_like(v) for k, v in head.named_parameters()}
-            trajectory = inner_loop(head, zeros, fs, support_y, steps=self.steps, lr=self.lr,
-                                    first_order=True)
+            start = {k: torch.zeros_like(v) for k, v in head.named_parameters()}
+            trajectory = inner_loop(head, start, fs, support_y, steps=settings.steps,
+                                    lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn)
             run = lambda p: forward(head, p, fq, {})  # noqa: E731
-            start = zeros
         else:
             ref = next(iter(body_params.values()))
             with torch.no_grad():
                 dim = self._features(body_params, buffers, support_x).shape[1]
-            net = self._network(ways, dim)
+            net = _Net(self.model, _Head(dim, ways), self.scale)
             net.head.to(device=ref.device, dtype=ref.dtype)
             head0 = {f"head.{k}": torch.zeros_like(v) for k, v in net.head.named_parameters()}
             start = {**{f"body.{k}": v for k, v in body_params.items()}, **head0}
-
-            def lr(name: str, step: int) -> float:
-                return self.lr if name.startswith("head.") else self.body_lr
-
-            trajectory = inner_loop(net, start, support_x, support_y, steps=self.steps, lr=lr,
-                                    first_order=True)
+            trajectory = inner_loop(net, start, support_x, support_y, steps=settings.steps,
+                                    lr=self._lr, first_order=True, loss_fn=self.loss_fn)
             net_buffers = functional_buffers(net)
             run = lambda p: forward(net, p, query_x, net_buffers)  # noqa: E731
-        record = self.start_recording(metrics, True)
-        fast = self.follow(trajectory, start, record_until=self.steps + 1 if record else 0,
-                           query_logits=run, query_y=query_y, metrics=metrics)
-        out = run(fast).detach()
-        loss = F.cross_entropy(out, query_y)
-        metrics.update({"loss": loss, "query_loss": loss, "accuracy": accuracy(out, query_y)})
+        record = StepRecorder(settings, run, query_y)
+        out = run(record.follow(trajectory, start)).detach()
+        loss = self.loss_fn(out, query_y)
+        metrics = {"loss": loss, "query_loss": loss, "accuracy": accuracy(out, query_y)}
+        record.finish(metrics, out)
         return metrics
 
-    def adapt(
-        self,
-        support_x: Tensor,
-        support_y: Tensor,
-        *,
-        classes: list[str] | None = None,
-        **_: object,
-    ) -> Learner:
-        """Fine-tune on one support set; the learner is the network with its new head."""
+    def adapted_module(self, support_x: Tensor, support_y: Tensor,
+                       steps: int) -> tuple[nn.Module, dict[str, Any]]:
+        """The network with a new head fine-tuned on one support set (and, with
+        ``mode="all"``, its body)."""
         ways = int(support_y.max().item()) + 1
         body = copy.deepcopy(self.model)
         params = {k: v.detach() for k, v in meta_parameters(body).items()}
@@ -131,19 +148,7 @@ class FineTune(MetaAlgorithm):
         start = {k: (torch.zeros_like(v) if k.startswith("head.") else v.detach())
                  for k, v in net.named_parameters()}
         names = [k for k in start if k.startswith("head.")] if self.mode == "head" else None
-        with torch.enable_grad():
-            fast = adapt(net, start, support_x, support_y, steps=self.steps,
-                         lr=lambda n, s: self.lr if n.startswith("head.") else self.body_lr,
-                         first_order=True, adapt_names=names)
-        return Learner(export_module(net, fast, support_x), classes)
-
-
-class _Net(nn.Module):
-    """Body, normalised and scaled features, then a head: the fine-tuned network."""
-
-    def __init__(self, body: nn.Module, head: nn.Module, scale: float) -> None:
-        super().__init__()
-        self.body, self.head, self.scale = body, head, scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.scale * F.normalize(self.body(x).flatten(1), dim=1))
+        fast = adapt(net, start, support_x, support_y, steps=steps, lr=self._lr,
+                     first_order=True, loss_fn=self.loss_fn, adapt_names=names)
+        return (export_module(net, fast, support_x),
+                {"dim": int(dim), "ways": ways, "scale": self.scale})

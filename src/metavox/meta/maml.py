@@ -5,9 +5,10 @@ The meta-loss of a task is the query loss after ``steps`` inner SGD steps on the
 set. The options change only where the inner step sizes come from and which query losses
 are weighted in:
 
-- ``lr="fixed"``: one scalar step size (MAML);
-- ``lr="per_parameter"``: a learned tensor per parameter, same shape (Meta-SGD);
-- ``lr="per_step"``: a learned scalar per parameter tensor and per step (MAML++ LSLR);
+- ``lr_mode="fixed"``: one scalar step size ``inner_lr`` (MAML);
+- ``lr_mode="per_parameter"``: a learned tensor per parameter, same shape, starting at
+  ``inner_lr`` (Meta-SGD);
+- ``lr_mode="per_step"``: a learned scalar per parameter tensor and per step (MAML++ LSLR);
 - ``multi_step_loss``: the weighted query loss after every step, the weights annealed
   towards the last step over ``msl_iterations`` (MAML++ MSL);
 - ``per_step_bn``: BatchNorm weights and biases learned separately for each step and kept
@@ -19,10 +20,18 @@ are weighted in:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from metavox.meta.base import Learner, MetaAlgorithm, accuracy, export_module, is_classification
+from metavox.meta.base import (
+    InnerLoopAlgorithm,
+    StepRecorder,
+    TaskSettings,
+    accuracy,
+    is_classification,
+)
 from metavox.meta.functional import (
     Params,
     batch_norm_param_names,
@@ -31,14 +40,13 @@ from metavox.meta.functional import (
     meta_parameters,
 )
 from metavox.meta.inner import (
-    LossFn,
     StepSize,
-    adapt,
     constant_lr,
     inner_loop,
     per_parameter_lr,
     per_step_lr,
 )
+from metavox.meta.registry import register_algorithm
 
 LR_MODES = ("fixed", "per_parameter", "per_step")
 
@@ -62,60 +70,54 @@ def msl_weights(steps: int, iteration: int, anneal_iterations: int) -> list[floa
     return [non_final] * (steps - 1) + [1.0 - (steps - 1) * non_final]
 
 
-class MAML(MetaAlgorithm):
+@register_algorithm("maml", description="MAML (Finn et al. 2017): second-order, all weights")
+@register_algorithm("fomaml", description="first-order MAML: inner gradients detached",
+                    presets={"first_order": True})
+@register_algorithm("metasgd", description="Meta-SGD (Li et al. 2017): a learned step size "
+                    "per weight entry", presets={"lr_mode": "per_parameter"})
+@register_algorithm("mamlpp", description="MAML++ (Antoniou et al. 2019): per-step per-layer "
+                    "step sizes, multi-step loss, per-step BatchNorm",
+                    presets={"lr_mode": "per_step", "multi_step_loss": True,
+                             "per_step_bn": True})
+class MAML(InnerLoopAlgorithm):
     """Model-agnostic meta-learning on any ``nn.Module``.
 
     Args:
-        model: the network; its outputs are logits over the task's ways (classification)
-            or predictions (regression, with float targets).
-        inner_lr: the inner step size (the initial value when learned).
-        steps: inner steps in meta-training (``adaptation_steps`` in learn2learn).
-        eval_steps: inner steps when not training and in :meth:`adapt` (default ``steps``).
+        model: the network (any ``nn.Module``).
         first_order: drop second-order terms (FOMAML).
-        lr: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_step"`` (MAML++ LSLR).
+        lr_mode: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_step"`` (MAML++
+            LSLR); learned step sizes start at ``inner_lr``.
         multi_step_loss, msl_iterations, per_step_bn, first_order_iterations: MAML++.
-        track_before: also report query loss and accuracy before adaptation.
         inner_checkpoint: recompute each inner step in the outer backward instead of
             storing it, so second-order memory does not grow with ``steps`` (about one
             more support forward and backward per step; runs tasks in a loop).
-        strategy, chunk_size: task batching (see :mod:`metavox.meta.batching`).
+        common: ``inner_lr``, ``steps``, ``eval_steps``, ``track_before`` (see
+            :class:`~metavox.meta.base.InnerLoopAlgorithm`) and ``loss_fn``, ``strategy``,
+            ``chunk_size``, ``task_backward`` (see :class:`~metavox.meta.base.MetaAlgorithm`).
     """
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        inner_lr: float = 0.4,
-        steps: int = 1,
-        eval_steps: int | None = None,
         first_order: bool = False,
-        lr: str = "fixed",
+        lr_mode: str = "fixed",
         multi_step_loss: bool = False,
         msl_iterations: int = 1000,
         per_step_bn: bool = False,
         first_order_iterations: int = 0,
-        track_before: bool = True,
-        loss_fn: LossFn | None = None,
-        strategy: str = "auto",
-        chunk_size: int | None = None,
         inner_checkpoint: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(model, loss_fn=loss_fn, strategy=strategy, chunk_size=chunk_size)
+        super().__init__(model, **common)
+        if lr_mode not in LR_MODES:
+            raise ValueError(f"lr_mode must be one of {LR_MODES}, got {lr_mode!r}")
         self.inner_checkpoint = bool(inner_checkpoint)
-        if lr not in LR_MODES:
-            raise ValueError(f"lr must be one of {LR_MODES}, got {lr!r}")
-        if steps < 1 or (eval_steps is not None and eval_steps < 0):
-            raise ValueError(f"steps must be >= 1 and eval_steps >= 0, got {steps}, {eval_steps}")
-        self.inner_lr = float(inner_lr)
-        self.steps = int(steps)
-        self.eval_steps = int(eval_steps) if eval_steps is not None else self.steps
         self.first_order = bool(first_order)
-        self.lr_mode = lr
+        self.lr_mode = lr_mode
         self.multi_step_loss = bool(multi_step_loss)
         self.msl_iterations = int(msl_iterations)
         self.first_order_iterations = int(first_order_iterations)
-        self.track_before = bool(track_before)
-        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
         self.bn_names = batch_norm_param_names(model) if per_step_bn else []
         self.bn_steps = nn.ParameterDict()
@@ -129,17 +131,13 @@ class MAML(MetaAlgorithm):
         for name, p in meta_parameters(model).items():
             if name in self.bn_names:
                 continue
-            if lr == "per_parameter":
+            if lr_mode == "per_parameter":
                 self.lrs[_key(name)] = nn.Parameter(torch.full_like(p, self.inner_lr))
-            elif lr == "per_step":
+            elif lr_mode == "per_step":
                 init = torch.full((table_len - 1,), self.inner_lr, dtype=p.dtype, device=p.device)
                 self.lrs[_key(name)] = nn.Parameter(init)
 
     # -- pieces -------------------------------------------------------------------
-    def set_iteration(self, iteration: int) -> None:
-        """Tell the schedules (MSL annealing, derivative-order annealing) the iteration."""
-        self.iteration.fill_(int(iteration))
-
     def _step_size(self) -> StepSize:
         if self.lr_mode == "fixed":
             return constant_lr(self.inner_lr)
@@ -157,36 +155,33 @@ class MAML(MetaAlgorithm):
             out[name] = table[min(step, table.shape[0] - 1)]
         return out
 
-    def _use_first_order(self) -> bool:
-        return self.first_order or int(self.iteration) < self.first_order_iterations
-
-    def _num_steps(self) -> int:
-        return self.steps if self.training else self.eval_steps
-
     def _query_terms(self, fast: Params, step: int, qx: Tensor, qy: Tensor, buffers):
         out = forward(self.model, {**fast, **self._overrides(step)}, qx, buffers)
         return self.loss_fn(out, qy), out
 
     # -- the objective --------------------------------------------------------------
     def task_objective(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+        settings: TaskSettings,
     ) -> dict[str, Tensor]:
         params = meta_parameters(self.model)
         buffers = functional_buffers(self.model)
-        steps = self._num_steps()
+        steps = settings.steps
         metrics: dict[str, Tensor] = {}
-        classify = is_classification(query_y)
-        if self.track_before:
+        record = StepRecorder(settings, None, query_y)
+        if self.track_before or record.enabled:
             with torch.no_grad():
                 loss0, out0 = self._query_terms(params, 0, query_x, query_y, buffers)
-            metrics["loss_before"] = loss0
-            if classify:
-                metrics["accuracy_before"] = accuracy(out0, query_y)
+            if self.track_before:
+                self.before(metrics, out0, query_y)
+            if steps > 0:
+                record.add(logits=out0)
 
         use_msl = self.multi_step_loss and self.training
         weights = (
-            msl_weights(steps, int(self.iteration), self.msl_iterations) if use_msl else None
+            msl_weights(steps, settings.iteration, self.msl_iterations) if use_msl else None
         )
+        first_order = self.first_order or settings.iteration < self.first_order_iterations
         trajectory = inner_loop(
             self.model,
             params,
@@ -194,7 +189,7 @@ class MAML(MetaAlgorithm):
             support_y,
             steps=steps,
             lr=self._step_size(),
-            first_order=self._use_first_order(),
+            first_order=first_order,
             loss_fn=self.loss_fn,
             adapt_names=self._adapt_names(),
             overrides=self._overrides if self.bn_names else None,
@@ -204,55 +199,47 @@ class MAML(MetaAlgorithm):
         if steps == 0:
             loss, out = self._query_terms(params, 0, query_x, query_y, buffers)
             objective = loss
-        record = self.start_recording(metrics, classify)
         for s, fast in enumerate(trajectory, start=1):
-            if record and s < steps:
+            if record.enabled and s < steps:
                 with torch.no_grad():
                     _, out_s = self._query_terms(fast, s, query_x, query_y, buffers)
-                metrics[f"accuracy@{s}"] = accuracy(out_s, query_y)
+                record.add(logits=out_s)
             if weights is None and s < steps:
                 continue
             loss, out = self._query_terms(fast, s, query_x, query_y, buffers)
             term = loss if weights is None else weights[s - 1] * loss
             objective = term if s == 1 or weights is None else objective + term
-        return self.finish(metrics, objective, loss, out, query_y, classify=classify,
-                           record_step=steps if record else None)
+        metrics["loss"] = objective
+        metrics["query_loss"] = loss.detach()
+        if is_classification(query_y):
+            metrics["accuracy"] = accuracy(out.detach(), query_y)
+        record.finish(metrics, out.detach())
+        return metrics
 
     # -- deployment ---------------------------------------------------------------------
-    def adapt(
-        self,
-        support_x: Tensor,
-        support_y: Tensor,
-        *,
-        steps: int | None = None,
-        classes: list[str] | None = None,
-    ) -> Learner:
-        """Fine-tune a copy of the model on one support set and return it as a learner."""
-        steps = self.eval_steps if steps is None else int(steps)
-        params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
-        with torch.enable_grad():
-            fast = adapt(self.model, params, support_x, support_y, steps=steps,
-                         lr=self._step_size(), first_order=True, loss_fn=self.loss_fn,
-                         adapt_names=self._adapt_names(),
-                         overrides=self._overrides if self.bn_names else None)
-        final = {k: v.detach() for k, v in {**fast, **self._overrides(steps)}.items()}
-        return Learner(export_module(self.model, final, support_x), classes)
+    def adapted_module(self, support_x: Tensor, support_y: Tensor,
+                       steps: int) -> tuple[nn.Module, dict[str, Any]]:
+        """A copy of the model fine-tuned on the support set with the (learned) steps."""
+        module = self.fine_tuned(self.model, support_x, support_y, steps,
+                                 lr=self._step_size(), adapt_names=self._adapt_names(),
+                                 overrides=self._overrides if self.bn_names else None,
+                                 final=self._overrides(steps))
+        return module, {}
 
 
 class MetaSGD(MAML):
-    """Meta-SGD: MAML with a learned step size for every parameter entry."""
+    """Meta-SGD: MAML with a learned step size for every parameter entry (registered as
+    ``"metasgd"``)."""
 
-    def __init__(self, model: nn.Module, **kwargs) -> None:
-        kwargs.setdefault("lr", "per_parameter")
-        super().__init__(model, **kwargs)
+    def __init__(self, model: nn.Module, **options) -> None:
+        super().__init__(model, **{"lr_mode": "per_parameter", **options})
 
 
 class MAMLPlusPlus(MAML):
     """MAML++: per-step per-layer learned step sizes, annealed multi-step loss,
-    per-step BatchNorm weights and derivative-order annealing."""
+    per-step BatchNorm weights and derivative-order annealing (registered as
+    ``"mamlpp"``)."""
 
-    def __init__(self, model: nn.Module, **kwargs) -> None:
-        kwargs.setdefault("lr", "per_step")
-        kwargs.setdefault("multi_step_loss", True)
-        kwargs.setdefault("per_step_bn", True)
-        super().__init__(model, **kwargs)
+    def __init__(self, model: nn.Module, **options) -> None:
+        super().__init__(model, **{"lr_mode": "per_step", "multi_step_loss": True,
+                                   "per_step_bn": True, **options})

@@ -7,12 +7,16 @@ computing the prototypes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metavox.meta.base import Learner, MetaAlgorithm, accuracy, export_module
+from metavox.meta.base import MetaAlgorithm, TaskSettings, accuracy
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
+from metavox.meta.learner import export_module, register_learner_kind
+from metavox.meta.registry import register_algorithm
 
 
 def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -24,6 +28,13 @@ def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
 def prototype_logits(embeddings: Tensor, protos: Tensor) -> Tensor:
     """Negative squared Euclidean distance of each embedding to each prototype."""
     return -(embeddings.unsqueeze(-2) - protos).pow(2).sum(-1)
+
+
+def embedding_network(model: nn.Module) -> nn.Module:
+    """The network ProtoNet embeds with: ``model.body`` when the model has one (the
+    classification head is then unused), otherwise the model itself."""
+    body = getattr(model, "body", None)
+    return body if isinstance(body, nn.Module) else model
 
 
 class PrototypeClassifier(nn.Module):
@@ -38,44 +49,47 @@ class PrototypeClassifier(nn.Module):
         return prototype_logits(self.encoder(x).flatten(1), self.prototypes)
 
 
-class ProtoNet(MetaAlgorithm):
-    """ProtoNet on an embedding network: ``model.body`` when the model has one (the
-    classification head is then unused), otherwise the model itself."""
+@register_learner_kind("prototypes")
+def _prototype_classifier(model: nn.Module, info: dict[str, Any]) -> nn.Module:
+    """The structure of a ProtoNet learner: ``info`` gives ``ways`` and ``dim``."""
+    return PrototypeClassifier(embedding_network(model),
+                               torch.zeros(int(info["ways"]), int(info["dim"])))
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        strategy: str = "auto",
-        chunk_size: int | None = None,
-    ) -> None:
-        encoder = getattr(model, "body", None)
-        encoder = encoder if isinstance(encoder, nn.Module) else model
-        super().__init__(encoder, strategy=strategy, chunk_size=chunk_size)
+
+@register_algorithm("protonet", description="ProtoNet (Snell et al. 2017): nearest class "
+                    "mean in a meta-learned embedding; no inner loop")
+class ProtoNet(MetaAlgorithm):
+    """ProtoNet on the model's embedding network (see :func:`embedding_network`).
+
+    It has no inner loop, so it takes no ``inner_lr``, ``steps`` or ``eval_steps``;
+    ``common``: see :class:`~metavox.meta.base.MetaAlgorithm`.
+    """
+
+    fixed_ways = False
+
+    learner_kind = "prototypes"
+
+    def __init__(self, model: nn.Module, **common: Any) -> None:
+        super().__init__(embedding_network(model), **common)
 
     def task_objective(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+        settings: TaskSettings,
     ) -> dict[str, Tensor]:
         params = meta_parameters(self.model)
         buffers = functional_buffers(self.model)
         es = forward(self.model, params, support_x, buffers).flatten(1)
         eq = forward(self.model, params, query_x, buffers).flatten(1)
-        logits = prototype_logits(eq, prototypes(es, support_y, self._ways))
-        loss = F.cross_entropy(logits, query_y)
+        logits = prototype_logits(eq, prototypes(es, support_y, settings.ways))
+        loss = self.loss_fn(logits, query_y)
         return {"loss": loss, "query_loss": loss.detach(),
                 "accuracy": accuracy(logits.detach(), query_y)}
 
-    def adapt(
-        self,
-        support_x: Tensor,
-        support_y: Tensor,
-        *,
-        classes: list[str] | None = None,
-        **_: object,
-    ) -> Learner:
-        """Compute the prototypes of one support set."""
+    def adapted_module(self, support_x: Tensor, support_y: Tensor,
+                       steps: int) -> tuple[nn.Module, dict[str, Any]]:
+        """The encoder with the prototypes of one support set (``steps`` does not apply)."""
         encoder = export_module(self.model, {}, support_x)
         ways = int(support_y.max().item()) + 1
         with torch.no_grad():
             protos = prototypes(encoder(support_x).flatten(1), support_y, ways)
-        return Learner(PrototypeClassifier(encoder, protos), classes)
+        return PrototypeClassifier(encoder, protos), {"ways": ways, "dim": int(protos.shape[1])}

@@ -8,71 +8,56 @@ Reptile's update (with Adam it is Reptile with an adaptive outer step).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from metavox.meta.base import Learner, MetaAlgorithm, accuracy, export_module, is_classification
+from metavox.meta.base import InnerLoopAlgorithm, StepRecorder, TaskSettings, accuracy
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
-from metavox.meta.inner import LossFn, adapt, inner_loop
+from metavox.meta.inner import adapt, inner_loop
+from metavox.meta.registry import register_algorithm
 
 
-class Reptile(MetaAlgorithm):
+@register_algorithm("reptile", description="Reptile (Nichol et al. 2018): first-order, outer "
+                    "step towards the adapted weights")
+class Reptile(InnerLoopAlgorithm):
     """Reptile: first-order inner SGD, outer step towards the adapted weights.
 
     ``train_on_query`` adapts on support and query together during meta-training (the
     task's whole data, as in the paper); reported accuracy is always query accuracy after
-    adapting on the support set alone.
+    adapting on the support set alone. ``common``: see
+    :class:`~metavox.meta.base.InnerLoopAlgorithm`.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        inner_lr: float = 0.4,
-        steps: int = 5,
-        eval_steps: int | None = None,
-        train_on_query: bool = False,
-        track_before: bool = True,
-        loss_fn: LossFn | None = None,
-        strategy: str = "auto",
-        chunk_size: int | None = None,
-    ) -> None:
-        super().__init__(model, loss_fn=loss_fn, strategy=strategy, chunk_size=chunk_size)
-        self.inner_lr = float(inner_lr)
-        self.steps = int(steps)
-        self.eval_steps = int(eval_steps) if eval_steps is not None else self.steps
+    def __init__(self, model: nn.Module, *, train_on_query: bool = False,
+                 **common: Any) -> None:
+        super().__init__(model, **common)
         self.train_on_query = bool(train_on_query)
-        self.track_before = bool(track_before)
 
     def task_objective(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+        settings: TaskSettings,
     ) -> dict[str, Tensor]:
         params = meta_parameters(self.model)
         buffers = functional_buffers(self.model)
         metrics: dict[str, Tensor] = {}
-        classify = is_classification(query_y)
+        run = lambda p: forward(self.model, p, query_x, buffers)  # noqa: E731
         if self.track_before:
             with torch.no_grad():
-                out0 = forward(self.model, params, query_x, buffers)
-                metrics["loss_before"] = self.loss_fn(out0, query_y)
-                if classify:
-                    metrics["accuracy_before"] = accuracy(out0, query_y)
-        steps = self.steps if self.training else self.eval_steps
-        opts = dict(steps=steps, lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn,
-                    buffers=buffers)
-        record = self.start_recording(metrics, classify)
-        trajectory = inner_loop(self.model, params, support_x, support_y, **opts)
-        fast = self.follow(trajectory, params, record_until=steps if record else 0,
-                           query_logits=lambda p: forward(self.model, p, query_x, buffers),
-                           query_y=query_y, metrics=metrics)
+                self.before(metrics, run(params), query_y)
+        opts = dict(steps=settings.steps, lr=self.inner_lr, first_order=True,
+                    loss_fn=self.loss_fn, buffers=buffers)
+        record = StepRecorder(settings, run, query_y)
+        fast = record.follow(inner_loop(self.model, params, support_x, support_y, **opts),
+                             params)
         fast = {k: v.detach() for k, v in fast.items()}
         with torch.no_grad():
-            out = forward(self.model, fast, query_x, buffers)
+            out = run(fast)
             metrics["query_loss"] = self.loss_fn(out, query_y)
-            if classify:
+            if settings.ways is not None:
                 metrics["accuracy"] = accuracy(out, query_y)
-                if record:
-                    metrics[f"accuracy@{steps}"] = metrics["accuracy"]
+        record.finish(metrics, out)
         if self.train_on_query and self.training:
             x = torch.cat([support_x, query_x])
             y = torch.cat([support_y, query_y])
@@ -81,18 +66,7 @@ class Reptile(MetaAlgorithm):
         metrics["loss"] = surrogate
         return metrics
 
-    def adapt(
-        self,
-        support_x: Tensor,
-        support_y: Tensor,
-        *,
-        steps: int | None = None,
-        classes: list[str] | None = None,
-    ) -> Learner:
-        """Fine-tune a copy of the model on the support set with plain SGD."""
-        steps = self.eval_steps if steps is None else int(steps)
-        params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
-        with torch.enable_grad():
-            fast = adapt(self.model, params, support_x, support_y, steps=steps,
-                         lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn)
-        return Learner(export_module(self.model, fast, support_x), classes)
+    def adapted_module(self, support_x: Tensor, support_y: Tensor,
+                       steps: int) -> tuple[nn.Module, dict[str, Any]]:
+        """A copy of the model fine-tuned on the support set with plain SGD."""
+        return self.fine_tuned(self.model, support_x, support_y, steps, lr=self.inner_lr), {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -35,6 +36,12 @@ DESCRIPTIONS: dict[str, str] = {
     "resnet8": "res8: 3x3 conv, avg-pool, 3 residual blocks, 45 ch (Tang & Lin KWS); alias res8",
 }
 
+#: The front-end a backbone declares: the ``FrontendConfig`` fields it needs (a pretrained
+#: encoder expects its own features, e.g. ``{"n_mels": 32}``). A run's ``[frontend]``
+#: settings fill in the rest and may not contradict these; the feature cache keys on the
+#: result. None of the built-in backbones declares one: they learn from any front-end.
+FRONTENDS: dict[str, dict[str, Any]] = {}
+
 _FIXED = ("self", "num_classes", "input_shape")
 
 
@@ -46,6 +53,11 @@ class UnknownOptionError(TypeError, ValueError):
 def list_models() -> dict[str, str]:
     """Canonical model names (aliases left out) mapped to one-line descriptions."""
     return {name: DESCRIPTIONS[name] for name in REGISTRY if name not in ALIASES}
+
+
+def model_frontend(name: str) -> dict[str, Any]:
+    """The front-end fields the backbone ``name`` fixes (empty: any front-end)."""
+    return dict(FRONTENDS.get(ALIASES.get(name, name), {}))
 
 
 def model_options(name: str) -> list[str] | None:
@@ -83,6 +95,6 @@ def create_model(name: str, *, num_classes: int, input_shape, **options) -> nn.M
 
 
 __all__ = [
-    "ALIASES", "DESCRIPTIONS", "DSCNN", "MLP", "REGISTRY", "Conv4", "ResNet8", "UnknownOptionError",
-    "create_model", "list_models", "model_options",
+    "ALIASES", "DESCRIPTIONS", "DSCNN", "FRONTENDS", "MLP", "REGISTRY", "Conv4", "ResNet8",
+    "UnknownOptionError", "create_model", "list_models", "model_frontend", "model_options",
 ]

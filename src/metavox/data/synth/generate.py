@@ -55,6 +55,7 @@ from scipy.signal import firwin, resample_poly
 
 from metavox.data.synth.speakers import SPEAKERS, Speaker, select_speakers
 from metavox.data.synth.vocabulary import WORDS, check_words, word_split
+from metavox.storage import atomic_write
 
 __all__ = [
     "CORPUS_NAME",
@@ -268,31 +269,8 @@ def _wav_bytes(audio: np.ndarray) -> bytes:
 
 
 def _write_wav(path: Path, audio: np.ndarray) -> None:
-    """Write ``audio`` to a hidden temporary file beside ``path``, then rename it."""
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(_wav_bytes(audio))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``audio`` as a WAV file, atomically (hidden temporary file, then rename)."""
+    atomic_write(path, _wav_bytes(audio))
 
 
 def _row(plan: ClipPlan, got: dict[str, float | int]) -> dict[str, str]:
@@ -339,7 +317,7 @@ def _speaker_job(out: Path, speaker: Speaker, words: Sequence[str], reps: int, s
                 written += 1
             rows.append(_row(plan, got))
         send(("progress", reps))
-    _atomic_text(out / _PARTS / f"{speaker.id}.csv", _csv_text(rows))
+    atomic_write(out / _PARTS / f"{speaker.id}.csv", _csv_text(rows))
     return written, engine.version
 
 
@@ -593,7 +571,7 @@ def synthesize_corpus(
     workers = max(1, min(int(workers), max(1, len(todo))))
     info: dict[str, Any] = {"name": CORPUS_NAME, "status": "incomplete", "config": config}
     old = _read_json(out_p / INFO) or {}
-    _atomic_text(out_p / INFO, json.dumps({**old, **info}, indent=1) + "\n")
+    atomic_write(out_p / INFO, json.dumps({**old, **info}, indent=1) + "\n")
 
     total = len(todo) * len(wl) * reps
     report, bar = _progress_fn(progress, total)
@@ -622,8 +600,8 @@ def synthesize_corpus(
         "note": "meta-train on train words x train speakers, validate on val x val, test on "
                 "test x test (manifest column 'split'); other clips have split 'none'",
     }
-    _atomic_text(out_p / SPLITS, json.dumps(splits, indent=1) + "\n")
-    _atomic_text(out_p / MANIFEST, _csv_text(rows))
+    atomic_write(out_p / SPLITS, json.dumps(splits, indent=1) + "\n")
+    atomic_write(out_p / MANIFEST, _csv_text(rows))
     seconds = time.perf_counter() - t0
     info.update({
         "status": "complete", "speakers": [s.id for s in spk], "clips": len(rows),
@@ -633,7 +611,7 @@ def synthesize_corpus(
                      "clips_written": stats["written"], "speakers_run": len(todo)},
         "synthesiser": "eSpeak NG (GPL-3.0-or-later), from the espeakng-loader wheel",
     })
-    _atomic_text(out_p / INFO, json.dumps(info, indent=1) + "\n")
+    atomic_write(out_p / INFO, json.dumps(info, indent=1) + "\n")
     return SynthResult(out_p, out_p / MANIFEST, len(rows), stats["written"], len(spk), len(wl),
                        seconds, workers, stats["engine"], stats["worker_cpu_s"])
 

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from metavox.audio.features import FrontendConfig
+from metavox.engine.precision import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -85,13 +84,19 @@ class ModelConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """A meta-learning algorithm (see ``metavox.meta.ALGORITHMS``) and its options."""
+    """A registered algorithm (``metavox algorithms`` lists them) and its options.
+
+    ``inner_lr``, ``steps`` and ``eval_steps`` mean the same for every algorithm (see
+    :func:`metavox.meta.create_algorithm`); left out, the algorithm's own default holds
+    (0.4, 5 and ``steps`` for the inner-loop algorithms). ``options`` are the
+    algorithm's own keywords; one it does not take is an error.
+    """
 
     name: str = "maml"
-    inner_lr: float = 0.4
-    steps: int = 5
-    eval_steps: int = 10
-    first_order: bool = False
+    inner_lr: float | None = None
+    steps: int | None = None
+    eval_steps: int | None = None
+    first_order: bool | None = None
     strategy: str = "auto"
     chunk_size: int = 0  # 0: the strategy's default
     options: dict[str, Any] = field(default_factory=dict)  # algorithm-specific extras
@@ -156,9 +161,18 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def frontend_config(self) -> FrontendConfig:
-        """The front-end these settings describe (defaults filled in)."""
+        """The front-end these settings describe: the backbone's declared front-end
+        (:data:`metavox.models.FRONTENDS`) with the ``[frontend]`` settings on top, which
+        may not contradict it; defaults filled in."""
+        from metavox.models import model_frontend
+
+        fixed = model_frontend(self.model.name)
+        clash = sorted(k for k in set(fixed) & set(self.frontend) if fixed[k] != self.frontend[k])
+        if clash:
+            raise ConfigError(f"[frontend]: model {self.model.name!r} needs "
+                              + ", ".join(f"{k} = {fixed[k]!r}" for k in clash))
         try:
-            return FrontendConfig.from_dict(self.frontend)
+            return FrontendConfig.from_dict({**fixed, **self.frontend})
         except (TypeError, ValueError) as err:
             raise ConfigError(f"[frontend]: {err}") from None
 
@@ -238,10 +252,12 @@ def _check_values(cfg: RunConfig) -> None:
     from metavox.models import REGISTRY
 
     problems = []
-    if cfg.algorithm.name not in ALGORITHMS:
-        problems.append(
-            f"algorithm.name {cfg.algorithm.name!r} is not one of {sorted(ALGORITHMS)}"
-        )
+    a = cfg.algorithm
+    if a.name not in ALGORITHMS:
+        problems.append(f"algorithm.name {a.name!r} is not one of {sorted(ALGORITHMS)}")
+    elif not ALGORITHMS[a.name].meta_trained:
+        problems.append(f"algorithm.name {a.name!r} is an evaluation-only baseline; "
+                        "`metavox evaluate` runs it beside a meta-trained model")
     if cfg.model.name not in REGISTRY:
         problems.append(f"model.name {cfg.model.name!r} is not one of {sorted(REGISTRY)}")
     if cfg.episodes.protocol not in ("class", "speaker"):
@@ -261,7 +277,7 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.validation.every < 1 or cfg.validation.checkpoint_every < 1:
         problems.append("validation.every and validation.checkpoint_every must be >= 1")
-    if cfg.algorithm.steps < 1 or cfg.algorithm.eval_steps < 0:
+    if (a.steps is not None and a.steps < 1) or (a.eval_steps is not None and a.eval_steps < 0):
         problems.append("algorithm.steps must be >= 1 and algorithm.eval_steps >= 0")
     bad = set(cfg.evaluation.baselines) - {"protonet", "finetune", "scratch", "noadapt"}
     if bad:
@@ -330,6 +346,7 @@ def to_toml(data: dict[str, Any]) -> str:
         raise ConfigError(f"cannot write {v!r} to TOML")
 
     def table(prefix: str, d: dict[str, Any]) -> None:
+        d = {k: v for k, v in d.items() if v is not None}  # None: the default (TOML has no null)
         plain = {k: v for k, v in d.items() if not (isinstance(v, dict) and _is_section(prefix, k))}
         if prefix:
             lines.append(f"\n[{prefix}]")

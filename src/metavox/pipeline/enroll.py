@@ -2,8 +2,8 @@
 
 An examples folder holds ``{word}/*.wav`` (any format soundfile reads), 1–10 clips per
 word. The clips go through the checkpoint's own front-end, the algorithm adapts to them,
-and the adapted network is saved as a plain module (safetensors + JSON) that
-``load_adapted`` rebuilds without the meta-learning machinery.
+and the learner it returns is saved (safetensors + JSON, see :class:`metavox.meta.Learner`)
+with the run config, so ``load_adapted`` rebuilds it without the meta-learning machinery.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.audio.io import AudioError, load_clip
-from metavox.meta.protonet import PrototypeClassifier
-from metavox.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from metavox.train.config import config_from_dict
-from metavox.train.run import LoadedModel
-from metavox.train.setup import build_model
+from metavox.meta import Learner
+from metavox.pipeline.train import LoadedModel, rebuild_model
+from metavox.storage import CheckpointError, load_checkpoint
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 MAX_CLIPS_PER_WORD = 10
@@ -81,17 +79,20 @@ def read_examples(folder: str | Path, frontend: FrontendConfig) -> tuple[Tensor,
 
 @dataclass
 class Adapted:
-    """An adapted model ready to classify clips."""
+    """An adapted model (a :class:`~metavox.meta.Learner`) with the front-end its clips
+    go through."""
 
-    module: nn.Module
-    classes: list[str]
+    learner: Learner
     frontend: FrontendConfig
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.learner.classes or [])
 
     def predict_files(self, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
         """The predicted word and every word's probability, per file."""
         x = featurize(paths, self.frontend)
-        with torch.no_grad():
-            probs = self.module(x)[:, : len(self.classes)].softmax(-1)
+        probs = self.learner(x)[:, : len(self.classes)].softmax(-1)
         out = []
         for row in probs:
             p = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
@@ -99,61 +100,33 @@ class Adapted:
         return out
 
 
-def _kind(module: nn.Module) -> str:
-    if isinstance(module, PrototypeClassifier):
-        return "prototypes"
-    if isinstance(module, nn.Sequential):
-        return "sequential"
-    return "model"
-
-
 def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None) -> Adapted:
     """Adapt ``loaded`` to the words in ``examples``."""
     x, y, words = read_examples(examples, loaded.frontend)
     head = int(loaded.meta.get("ways", len(words)))
-    if loaded.config.algorithm.name != "protonet" and len(words) > head:
+    if loaded.algo.fixed_ways and len(words) > head:
         raise EnrollError(
             f"this {loaded.config.algorithm.name} model was meta-trained for {head}-way tasks "
             f"and can learn at most {head} words at once; got {len(words)}. Enroll fewer "
             "words, or meta-train with episodes.ways set to the number you need (ProtoNet "
             "models take any number)"
         )
-    kwargs = {"classes": words}
-    if steps is not None:
-        kwargs["steps"] = steps
-    learner = loaded.algo.adapt(x, y, **kwargs)
-    return Adapted(learner.to_module(), words, loaded.frontend)
+    return Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
 
 
 def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Path:
-    """Save an adapted model (plain module weights + what is needed to rebuild it)."""
-    tensors = {f"module/{k}": v for k, v in adapted.module.state_dict().items()}
-    meta = {"kind": "adapted", "module": _kind(adapted.module), "classes": adapted.classes,
-            "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
-            "ways": int(loaded.meta.get("ways", len(adapted.classes)))}
-    return save_checkpoint(path, Checkpoint(tensors, meta))
+    """Save an adapted model: the learner, plus the run config and front-end that rebuild
+    its base model and featurise new clips."""
+    return adapted.learner.save(path, meta={
+        "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
+        "ways": int(loaded.meta.get("ways", len(adapted.classes)))})
 
 
 def load_adapted(path: str | Path) -> Adapted:
     """Rebuild a model saved by :func:`save_adapted`."""
     ckpt = load_checkpoint(path)
-    if ckpt.meta.get("kind") != "adapted":
+    if ckpt.meta.get("kind") != Learner.FORMAT_KIND:
         raise CheckpointError(f"{path} is not an adapted model (run `metavox adapt` first); "
                               "it looks like a meta-training checkpoint")
-    cfg = config_from_dict(ckpt.meta["config"])
-    frontend = FrontendConfig.from_dict(ckpt.meta["frontend"])
-    shape = (frontend.num_features, frontend.num_frames)
-    model = build_model(cfg, shape, int(ckpt.meta["ways"]))
-    state = ckpt.section("module")
-    kind = ckpt.meta["module"]
-    if kind == "prototypes":
-        module: nn.Module = PrototypeClassifier(model.body, state["prototypes"].clone())
-    elif kind == "sequential":
-        module = nn.Sequential(model.body, model.head)
-    else:
-        module = model
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the stored model ({err})") from None
-    return Adapted(module.eval(), list(ckpt.meta["classes"]), frontend)
+    model, _, frontend = rebuild_model(ckpt, path)
+    return Adapted(Learner.from_checkpoint(ckpt, model, source=str(path)), frontend)

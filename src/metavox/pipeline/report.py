@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from metavox.train.evaluate import EvalReport
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from metavox.pipeline.evaluate import EvalReport
+from metavox.storage import atomic_write
 
 
 def results_table(report: EvalReport) -> str:
@@ -85,7 +77,7 @@ def write_report(report: EvalReport, folder: str | Path, *, title: str = "metavo
     """Write ``report.md``, ``metrics.json`` and the plots into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "metrics.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write(folder / "metrics.json", json.dumps(report.to_dict(), indent=2) + "\n")
     plots = plot_report(report, folder)
     lines = [
         f"# {title}", "",
@@ -100,5 +92,5 @@ def write_report(report: EvalReport, folder: str | Path, *, title: str = "metavo
         lines += [notes, ""]
     for p in plots:
         lines += [f"![{p.stem}]({p.name})", ""]
-    _atomic_write(folder / "report.md", "\n".join(lines))
+    atomic_write(folder / "report.md", "\n".join(lines))
     return folder / "report.md"

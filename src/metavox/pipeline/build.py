@@ -1,10 +1,9 @@
-"""From a config to the objects a run needs: corpus, split, feature stores, samplers,
-backbone and algorithm. Shared by training, evaluation and the CLI."""
+"""From a run config to the objects a run needs: corpus, split, feature stores, samplers,
+backbone and algorithm (the composition root). Shared by training, evaluation and the
+CLI."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,38 +22,21 @@ from metavox.data import (
     make_split,
 )
 from metavox.data.episodes import EpisodeSampler
-from metavox.meta import ALGORITHMS, MetaAlgorithm
+from metavox.engine.precision import resolve_device
+from metavox.meta import MetaAlgorithm, create_algorithm
 from metavox.models import create_model
-from metavox.train.config import AugmentConfig, ConfigError, EpisodeConfig, RunConfig
+from metavox.pipeline.config import AugmentConfig, ConfigError, EpisodeConfig, RunConfig
 
 #: Seed offsets so train, validation and test episodes never share a stream.
 STREAM = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def run_device(cfg: RunConfig) -> torch.device:
+    """The device the config names (``device``), as a :class:`ConfigError` if unusable."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
-                          ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but this torch sees no CUDA GPU; "
-                          "use 'cpu' or 'auto'")
-    return device
-
-
-def autocast(device: torch.device | str, precision: str = "float32"):
-    """The context the meta-learners run in: ``torch.autocast`` to bfloat16 for
-    ``precision="bfloat16"`` (matrix products and convolutions in bfloat16, losses and
-    normalisation statistics in float32), nothing for ``"float32"``."""
-    if precision == "float32":
-        return contextlib.nullcontext()
-    if precision != "bfloat16":
-        raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return resolve_device(cfg.device)
+    except ValueError as err:
+        raise ConfigError(f"device: {err}") from None
 
 
 def load_run_corpus(cfg: RunConfig) -> Corpus:
@@ -172,22 +154,17 @@ def build_model(cfg: RunConfig, input_shape: tuple[int, int], num_classes: int) 
 
 
 def build_algorithm(cfg: RunConfig, model: nn.Module) -> MetaAlgorithm:
-    """The configured algorithm around ``model``; common options are passed where the
-    algorithm takes them, ``algorithm.options`` always."""
+    """The configured algorithm around ``model``, through the algorithm registry: every
+    setting is passed on, and one the algorithm does not take is a :class:`ConfigError`."""
     a = cfg.algorithm
-    factory = ALGORITHMS[a.name]
-    common = {"inner_lr": a.inner_lr, "steps": a.steps, "eval_steps": a.eval_steps,
-              "first_order": a.first_order, "strategy": a.strategy,
-              "chunk_size": a.chunk_size or None}
-    target = {"fomaml": ALGORITHMS["maml"]}.get(a.name, factory)
-    accepted = set(inspect.signature(target).parameters)
-    if "kwargs" in accepted:  # subclasses forward to MAML
-        accepted |= set(inspect.signature(ALGORITHMS["maml"]).parameters)
-    kwargs = {k: v for k, v in common.items() if k in accepted}
-    if a.name == "fomaml":
-        kwargs.pop("first_order", None)
-    kwargs.update(a.options)
+    common = {"strategy": a.strategy, "chunk_size": a.chunk_size or None}
+    if a.first_order is not None:
+        common["first_order"] = a.first_order
+    twice = sorted(set(common) & set(a.options))
+    if twice:
+        raise ConfigError(f"[algorithm] {twice} given both as keys and in `options`")
     try:
-        return factory(model, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"[algorithm] {a.name}: {err}") from None
+        return create_algorithm(a.name, model, inner_lr=a.inner_lr, steps=a.steps,
+                                eval_steps=a.eval_steps, **common, **a.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"[algorithm] {err}") from None

@@ -1,10 +1,14 @@
-"""Checkpoints: one safetensors file, tensors plus JSON metadata, written atomically.
+"""Files metavox writes: atomic writes, and the tensors-plus-JSON container.
 
-No pickle anywhere: tensors (meta-parameters, optimiser moments, the torch RNG state) go
-in the safetensors body, everything else (config, class names, front-end, scheduler and
-optimiser scalars, NumPy RNG state, iteration) in its JSON header metadata. A checkpoint
-is written to a temporary file in the same folder and renamed over the old one, so a crash
-never leaves a broken checkpoint behind.
+**Atomic writes.** Every file someone may read back (checkpoints, learners, splits,
+manifests, reports, audio) is written beside its target under a hidden temporary name and
+renamed over it, so a reader, or a process restarted after a crash, sees the old file or
+the complete new one, never a half-written file.
+
+**The container.** No pickle anywhere: a :class:`Checkpoint` is one safetensors file whose
+body holds the tensors and whose header holds JSON metadata (config, class names,
+front-end, optimiser scalars, ...). Training checkpoints (:mod:`metavox.engine.checkpoint`)
+and adapted learners (:class:`metavox.meta.Learner`) both use it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,39 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], *, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``path`` (``.NAME.XXXX.tmp``); when the block
+    ends normally it is given ``mode`` and renamed onto ``path``, otherwise removed.
+
+    The folder is created if missing. Keeping the target's extension out of the temporary
+    name's end means corpus scans that skip hidden files never pick it up.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)  # mkstemp makes 0600; data files should be readable
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, with no newline translation) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8", newline="")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
 
 FORMAT = "metavox-checkpoint"
 VERSION = 1
@@ -42,20 +81,13 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    """Write ``ckpt`` to ``path`` atomically (see :func:`atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, **ckpt.meta}
     # safetensors refuses shared or non-contiguous storage: store private contiguous copies
     tensors = {k: v.detach().contiguous().clone() for k, v in ckpt.tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"metavox": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"metavox": json.dumps(meta)})
     return path
 
 
@@ -91,32 +123,3 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"understands ({VERSION}); upgrade metavox"
         )
     return Checkpoint(tensors, meta)
-
-
-def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimiser's state split into tensors and JSON-ready data."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    plain_state: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        plain_state[str(pid)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v
-                plain_state[str(pid)][k] = {"__tensor__": f"{pid}.{k}"}
-            else:
-                plain_state[str(pid)][k] = v
-    return tensors, {"state": plain_state, "param_groups": sd["param_groups"]}
-
-
-def restore_optimizer(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict
-) -> None:
-    """Inverse of :func:`optimizer_state`."""
-    state = {}
-    for pid, st in plain["state"].items():
-        state[int(pid)] = {
-            k: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v
-            for k, v in st.items()
-        }
-    opt.load_state_dict({"state": state, "param_groups": plain["param_groups"]})

@@ -6,27 +6,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from metavox.audio.features import FrontendConfig
-from metavox.meta import MetaAlgorithm
-from metavox.train.checkpoint import CheckpointError, load_checkpoint
-from metavox.train.config import ConfigError, RunConfig, config_from_dict, to_toml
-from metavox.train.distributed import (
+from metavox.engine import (
+    Callback,
+    Checkpointing,
+    CSVLog,
+    EngineConfig,
+    ProgressBar,
+    TensorBoardLog,
+    Trainer,
+    TrainState,
+    Validation,
+)
+from metavox.engine.distributed import (
     from_environment,
     group_active,
     main_first,
     restarted,
     shutdown,
 )
-from metavox.train.loop import Trainer, TrainState
-from metavox.train.setup import (
+from metavox.meta import MetaAlgorithm
+from metavox.pipeline.build import (
     RunData,
     build_algorithm,
     build_model,
     build_run_data,
     make_sampler,
-    resolve_device,
+    run_device,
 )
+from metavox.pipeline.config import ConfigError, RunConfig, config_from_dict, to_toml
+from metavox.storage import Checkpoint, CheckpointError, load_checkpoint
 
 
 @dataclass
@@ -48,7 +59,7 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
     the last checkpoint by itself.
     """
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    device = run_device(cfg)
     joined = group_active()  # a caller's group (evaluation training its baselines) stays
     d = from_environment(device.type)
     try:
@@ -77,15 +88,42 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.toml").write_text(to_toml(cfg.to_dict()), encoding="utf-8")
             data.split.save(out / "split.json")
-        meta = {"classes": {k: sorted(set(v.labels)) for k, v in data.parts.items()},
-                "ways": cfg.episodes.ways, "input_shape": list(data.input_shape)}
-        trainer = Trainer(cfg, algo, train_s, val_s, out=out, meta=meta, device=device,
-                          progress=progress, dist=d)
+        meta = {"config": cfg.to_dict(), "frontend": data.frontend.to_dict(),
+                "ways": cfg.episodes.ways}
+        trainer = Trainer(algo, train_s, engine_config(cfg), out=out, meta=meta,
+                          callbacks=run_callbacks(cfg, out, val_s, progress=progress and d.main,
+                                                  writer=d.main),
+                          device=device, dist=d)
         state = trainer.fit(resume=resume, stop_after=stop_after)
     finally:
         if d.enabled and not joined:
             shutdown()
     return TrainResult(state, out, data, trainer.algo)
+
+
+def engine_config(cfg: RunConfig) -> EngineConfig:
+    """The part of a run config the training engine needs."""
+    o = cfg.optim
+    return EngineConfig(iterations=o.iterations, meta_batch=cfg.episodes.meta_batch, lr=o.lr,
+                        weight_decay=o.weight_decay, warmup=o.warmup,
+                        min_lr_ratio=o.min_lr_ratio, clip_norm=o.clip_norm,
+                        precision=cfg.precision, seed=cfg.seed, workers=cfg.data.workers)
+
+
+def run_callbacks(cfg: RunConfig, out: Path, val, *, progress: bool,
+                  writer: bool) -> list[Callback]:
+    """A run's callbacks, in order: validation (when there are validation episodes), the
+    CSV and TensorBoard logs (``writer``: rank 0), checkpoints, a progress bar."""
+    v = cfg.validation
+    callbacks: list[Callback] = []
+    if val is not None:
+        callbacks.append(Validation(val, every=v.every, episodes=v.episodes))
+    if writer:
+        callbacks += [CSVLog(out / "metrics.csv"), TensorBoardLog(out / "tb")]
+    callbacks.append(Checkpointing(every=v.checkpoint_every, final_is_best=val is None))
+    if progress:
+        callbacks.append(ProgressBar(f"meta-train {cfg.algorithm.name}"))
+    return callbacks
 
 
 @dataclass
@@ -98,17 +136,24 @@ class LoadedModel:
     meta: dict
 
 
-def load_trained(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Rebuild the algorithm stored in a checkpoint (file or run folder)."""
-    ckpt = load_checkpoint(path)
+def rebuild_model(ckpt: Checkpoint, source: str | Path) -> tuple[nn.Module, RunConfig,
+                                                                  FrontendConfig]:
+    """A freshly built backbone of the architecture a checkpoint or saved learner was made
+    with (from the run config, front-end and ways in its metadata), with those settings."""
     try:
         cfg = config_from_dict(ckpt.meta["config"])
         frontend = FrontendConfig.from_dict(ckpt.meta["frontend"])
         ways = int(ckpt.meta["ways"])
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: checkpoint metadata incomplete or incompatible "
-                              f"({err})") from None
-    model = build_model(cfg, (frontend.num_features, frontend.num_frames), ways)
+        raise CheckpointError(f"{source}: metadata incomplete or incompatible ({err})"
+                              ) from None
+    return build_model(cfg, (frontend.num_features, frontend.num_frames), ways), cfg, frontend
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the algorithm stored in a checkpoint (file or run folder)."""
+    ckpt = load_checkpoint(path)
+    model, cfg, frontend = rebuild_model(ckpt, path)
     algo = build_algorithm(cfg, model)
     try:
         algo.load_state_dict(ckpt.section("algo"))

@@ -1,4 +1,5 @@
-"""``metavox train``, ``evaluate``, ``adapt``, ``predict``, ``models``: the pipeline commands."""
+"""``metavox train``, ``evaluate``, ``adapt``, ``predict``, ``models``, ``algorithms``, ``demo``:
+the pipeline commands."""
 
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ def train_command(
 
     Examples:
 
-      metavox train --config configs/speech_commands.toml
+      metavox train --config configs/speech_commands_keywords.toml
 
-      metavox train -c configs/speech_commands.toml --set algorithm.name=fomaml
+      metavox train -c configs/speech_commands_keywords.toml --set algorithm.name=fomaml
 
       metavox train -c run.toml --resume
     """
-    from metavox.train.config import load_config
-    from metavox.train.run import train
+    from metavox.pipeline.config import load_config
+    from metavox.pipeline.train import train
 
     with user_errors():
         cfg = load_config(config, list(overrides) + ([f'out="{out}"'] if out else []))
@@ -101,9 +102,9 @@ def evaluate_command(
 
       metavox evaluate runs/sc-maml --device cuda --precision bfloat16
     """
-    from metavox.train.distributed import from_environment, shutdown
-    from metavox.train.evaluate import evaluate
-    from metavox.train.report import results_table, write_report
+    from metavox.engine.distributed import from_environment, shutdown
+    from metavox.pipeline.evaluate import evaluate
+    from metavox.pipeline.report import results_table, write_report
 
     with user_errors():
         try:  # under torchrun the ranks share the episodes; rank 0 reports
@@ -141,8 +142,8 @@ def adapt_command(
 
       metavox adapt runs/demo --examples my_words/ --out my_words.safetensors
     """
-    from metavox.train.enroll import enroll, save_adapted
-    from metavox.train.run import load_trained
+    from metavox.pipeline.enroll import enroll, save_adapted
+    from metavox.pipeline.train import load_trained
 
     with user_errors():
         loaded = load_trained(checkpoint)
@@ -163,7 +164,7 @@ def predict_command(
 
       metavox predict my_words.safetensors clip1.wav clip2.flac
     """
-    from metavox.train.enroll import load_adapted
+    from metavox.pipeline.enroll import load_adapted
 
     with user_errors():
         model = load_adapted(adapted)
@@ -185,6 +186,14 @@ def models_command() -> None:
     print_table("backbones", ["name", "description"], [[k, v] for k, v in list_models().items()])
 
 
+def algorithms_command() -> None:
+    """List the registered algorithms (the names `algorithm.name` takes)."""
+    from metavox.meta import ALGORITHMS
+
+    rows = [[name, spec.description] for name, spec in sorted(ALGORITHMS.items())]
+    print_table("algorithms", ["name", "description"], rows)
+
+
 def demo_command(
     out: Path = typer.Option(Path("metavox-demo"), "--out", "-o", help="Output folder."),
     quick: bool = typer.Option(False, "--quick", help="A one-minute smoke test of the "
@@ -203,7 +212,7 @@ def demo_command(
 
       metavox demo --quick --out /tmp/demo
     """
-    from metavox.train.demo import run_demo
+    from metavox.pipeline.demo import run_demo
 
     with user_errors():
         result = run_demo(out, quick=quick, corpus=corpus, seed=seed, progress=progress)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metavox.train.config import RunConfig, config_from_dict
+from metavox.pipeline.config import RunConfig, config_from_dict
 
 
 @dataclass
@@ -90,9 +90,9 @@ def run_demo(out: str | Path = "metavox-demo", *, quick: bool = False,
              progress: bool = True) -> DemoResult:
     """Generate the corpus if needed, meta-train, evaluate with baselines, write a report."""
     from metavox.data.synth import ensure_default_corpus
-    from metavox.train.evaluate import evaluate
-    from metavox.train.report import results_table, write_report
-    from metavox.train.run import train
+    from metavox.pipeline.evaluate import evaluate
+    from metavox.pipeline.report import results_table, write_report
+    from metavox.pipeline.train import train
 
     t0 = time.perf_counter()
     out = Path(out)
