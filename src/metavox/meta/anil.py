@@ -16,8 +16,6 @@ from metavox.meta.base import (
     InnerLoopAlgorithm,
     StepRecorder,
     TaskSettings,
-    accuracy,
-    is_classification,
 )
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
 from metavox.meta.inner import inner_loop
@@ -80,12 +78,7 @@ class ANIL(InnerLoopAlgorithm):
         record = StepRecorder(settings, run, query_y)
         out = run(record.follow(trajectory, head_params))
         loss = self.loss_fn(out, query_y)
-        metrics["loss"] = loss
-        metrics["query_loss"] = loss.detach()
-        if is_classification(query_y):
-            metrics["accuracy"] = accuracy(out.detach(), query_y)
-        record.finish(metrics, out.detach())
-        return metrics
+        return record.finish(metrics, objective=loss, query_loss=loss, logits=out)
 
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
                        steps: int) -> tuple[nn.Module, dict[str, Any]]:

@@ -316,12 +316,21 @@ class StepRecorder:
             last = fast
         return fast
 
-    def finish(self, metrics: dict[str, Tensor], final_logits: Tensor) -> None:
-        """When recording, add the final accuracy and store the ``[steps + 1]`` curve."""
+    def finish(self, metrics: dict[str, Tensor], *, objective: Tensor, query_loss: Tensor,
+               logits: Tensor) -> dict[str, Tensor]:
+        """Complete a task's ``metrics``: its meta-loss ``objective``, the final query loss
+        and (classification) accuracy of ``logits`` after adaptation, and, when
+        recording, the ``[steps + 1]`` curve. Returns ``metrics``."""
+        logits = logits.detach()
+        metrics["loss"] = objective
+        metrics["query_loss"] = query_loss.detach()
+        if is_classification(self.query_y):
+            metrics["accuracy"] = accuracy(logits, self.query_y)
         if self.enabled:
             if len(self.values) < self.steps + 1:
-                self.add(logits=final_logits)
+                self.add(logits=logits)
             metrics[BY_STEP] = torch.stack(self.values)
+        return metrics
 
 
 def _gradients(loss: Tensor, params: list[nn.Parameter], *,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metavox.meta.anil import split_body_head
-from metavox.meta.base import MetaAlgorithm, StepRecorder, TaskSettings, accuracy
+from metavox.meta.base import MetaAlgorithm, StepRecorder, TaskSettings
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
 from metavox.meta.inner import adapt, inner_loop
 from metavox.meta.learner import export_module, register_learner_kind
@@ -129,9 +129,7 @@ class FineTune(MetaAlgorithm):
         record = StepRecorder(settings, run, query_y)
         out = run(record.follow(trajectory, start)).detach()
         loss = self.loss_fn(out, query_y)
-        metrics = {"loss": loss, "query_loss": loss, "accuracy": accuracy(out, query_y)}
-        record.finish(metrics, out)
-        return metrics
+        return record.finish({}, objective=loss, query_loss=loss, logits=out)
 
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
                        steps: int) -> tuple[nn.Module, dict[str, Any]]:

@@ -29,8 +29,6 @@ from metavox.meta.base import (
     InnerLoopAlgorithm,
     StepRecorder,
     TaskSettings,
-    accuracy,
-    is_classification,
 )
 from metavox.meta.functional import (
     Params,
@@ -209,12 +207,7 @@ class MAML(InnerLoopAlgorithm):
             loss, out = self._query_terms(fast, s, query_x, query_y, buffers)
             term = loss if weights is None else weights[s - 1] * loss
             objective = term if s == 1 or weights is None else objective + term
-        metrics["loss"] = objective
-        metrics["query_loss"] = loss.detach()
-        if is_classification(query_y):
-            metrics["accuracy"] = accuracy(out.detach(), query_y)
-        record.finish(metrics, out.detach())
-        return metrics
+        return record.finish(metrics, objective=objective, query_loss=loss, logits=out)
 
     # -- deployment ---------------------------------------------------------------------
     def adapted_module(self, support_x: Tensor, support_y: Tensor,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metavox.meta.base import MetaAlgorithm, TaskSettings, accuracy
+from metavox.meta.base import MetaAlgorithm, StepRecorder, TaskSettings
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
 from metavox.meta.learner import export_module, register_learner_kind
 from metavox.meta.registry import register_algorithm
@@ -82,8 +82,8 @@ class ProtoNet(MetaAlgorithm):
         eq = forward(self.model, params, query_x, buffers).flatten(1)
         logits = prototype_logits(eq, prototypes(es, support_y, settings.ways))
         loss = self.loss_fn(logits, query_y)
-        return {"loss": loss, "query_loss": loss.detach(),
-                "accuracy": accuracy(logits.detach(), query_y)}
+        return StepRecorder(settings, None, query_y).finish({}, objective=loss, query_loss=loss,
+                                                            logits=logits)
 
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
                        steps: int) -> tuple[nn.Module, dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metavox.meta.base import InnerLoopAlgorithm, StepRecorder, TaskSettings, accuracy
+from metavox.meta.base import InnerLoopAlgorithm, StepRecorder, TaskSettings
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
 from metavox.meta.inner import adapt, inner_loop
 from metavox.meta.registry import register_algorithm
@@ -54,17 +54,13 @@ class Reptile(InnerLoopAlgorithm):
         fast = {k: v.detach() for k, v in fast.items()}
         with torch.no_grad():
             out = run(fast)
-            metrics["query_loss"] = self.loss_fn(out, query_y)
-            if settings.ways is not None:
-                metrics["accuracy"] = accuracy(out, query_y)
-        record.finish(metrics, out)
+        query_loss = self.loss_fn(out, query_y)
         if self.train_on_query and self.training:
             x = torch.cat([support_x, query_x])
             y = torch.cat([support_y, query_y])
             fast = {k: v.detach() for k, v in adapt(self.model, params, x, y, **opts).items()}
         surrogate = sum(0.5 * (params[k] - fast[k]).pow(2).sum() for k in params)
-        metrics["loss"] = surrogate
-        return metrics
+        return record.finish(metrics, objective=surrogate, query_loss=query_loss, logits=out)
 
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
                        steps: int) -> tuple[nn.Module, dict[str, Any]]:

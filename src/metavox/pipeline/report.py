@@ -26,6 +26,21 @@ def results_table(report: EvalReport) -> str:
     return "\n".join(rows)
 
 
+def _save(fig, ax, xlabel: str, title: str, path: Path) -> Path:
+    """Label an accuracy plot, write it as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_report(report: EvalReport, folder: Path) -> list[Path]:
     """Accuracy against inner steps and against shots, as PNG files."""
     import matplotlib
@@ -43,15 +58,9 @@ def plot_report(report: EvalReport, folder: Path) -> list[Path]:
             c = [100 * s.by_step[t][1] for t in steps]
             ax.errorbar(steps, m, yerr=c, marker="o", capsize=2,
                         label=f"{s.method}, {s.shots}-shot")
-        ax.set_xlabel("inner steps at test time")
-        ax.set_ylabel("query accuracy (%)")
-        ax.set_title(f"{report.ways}-way accuracy against adaptation steps")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(folder / "accuracy_vs_steps.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, ax, "inner steps at test time",
+                           f"{report.ways}-way accuracy against adaptation steps",
+                           folder / "accuracy_vs_steps.png"))
     shots = sorted({s.shots for s in report.scores})
     if len(shots) > 1:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -59,16 +68,10 @@ def plot_report(report: EvalReport, folder: Path) -> list[Path]:
             pts = sorted((s.shots, s.accuracy, s.ci95) for s in report.scores if s.method == m)
             ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts],
                         yerr=[100 * p[2] for p in pts], marker="o", capsize=2, label=m)
-        ax.set_xlabel("shots (examples per class)")
-        ax.set_ylabel("query accuracy (%)")
         ax.set_xticks(shots)
-        ax.set_title(f"{report.ways}-way accuracy against shots")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(folder / "accuracy_vs_shots.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, ax, "shots (examples per class)",
+                           f"{report.ways}-way accuracy against shots",
+                           folder / "accuracy_vs_shots.png"))
     return paths
 
 
