@@ -159,3 +159,56 @@ def test_inner_checkpoint_needs_the_loop():
         algo(tiny_episodes(tasks=2))
     auto = MAML(TinyNet().double(), steps=2, strategy="auto", inner_checkpoint=True).train()
     assert torch.isfinite(auto(tiny_episodes(tasks=2)).loss)  # auto falls back to the loop
+
+
+def proto_maml_loss(model, flat, episode, steps, lr):
+    """Proto-MAML's query loss as a plain function of the flat parameters: the head starts
+    at 2c, -|c|^2 from the support prototypes of the body's features, then SGD."""
+    names = [n for n, _ in model.named_parameters()]
+    params, i = {}, 0
+    for n, p in model.named_parameters():
+        params[n] = flat[i:i + p.numel()].view(p.shape)
+        i += p.numel()
+    assert list(params) == names
+    sx, sy, qx, qy = episode
+    with TaskBatchNorm():
+        body = {k[5:]: v for k, v in params.items() if k.startswith("body.")}
+        feats = forward(model.body, body, sx, functional_buffers(model.body))
+        protos = torch.stack([feats[sy == c].mean(0) for c in range(3)])
+        start = {**params, "head.weight": 2 * protos, "head.bias": -protos.pow(2).sum(-1)}
+        fast = adapt(model, start, sx, sy, steps=steps, lr=lr)
+        return torch.nn.functional.cross_entropy(forward(model, fast, qx), qy)
+
+
+def test_proto_maml_meta_gradient_matches_finite_differences():
+    """With ``head_init="prototypes"`` the meta-gradient flows into the body through the
+    prototypes as well as through the inner loop (the head's own initialisation is unused:
+    zero gradient)."""
+    torch.manual_seed(5)
+    model = TinyNet(batch_norm=True).double()
+    sx, sy, qx, qy = tiny_episodes(tasks=1)
+    algo = MAML(copy.deepcopy(model), inner_lr=0.3, steps=2, strategy="loop",
+                head_init="prototypes")
+    out = algo((sx, sy, qx, qy))
+    out.loss.backward()
+    analytic = flat_grad(algo.model)
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    dirs = torch.randn(12, theta.numel(), dtype=theta.dtype)
+    eps = 1e-6
+    episode = (sx[0], sy[0], qx[0], qy[0])
+    fd = torch.stack([
+        (proto_maml_loss(model, theta + eps * v, episode, 2, 0.3)
+         - proto_maml_loss(model, theta - eps * v, episode, 2, 0.3)) / (2 * eps)
+        for v in dirs
+    ])
+    assert rel_err(dirs @ analytic, fd) < 1e-6
+    assert algo.model.head.weight.grad is None or algo.model.head.weight.grad.abs().max() == 0
+    # before adaptation it already answers like the nearest prototype (ProtoNet's rule)
+    plain = TinyNet(batch_norm=False).double()
+    algo = MAML(plain, steps=2, head_init="prototypes").eval()
+    with torch.no_grad():
+        zero = algo((sx, sy, qx, qy), steps=0)
+        feats_s, feats_q = plain.body(sx[0]), plain.body(qx[0])
+    protos = torch.stack([feats_s[sy[0] == c].mean(0) for c in range(3)])
+    nearest = torch.cdist(feats_q, protos).argmin(1)
+    assert zero.metrics["accuracy"] == pytest.approx(float((nearest == qy[0]).double().mean()))

@@ -41,7 +41,7 @@ def count(module: nn.Module) -> int:
 
 
 def test_registry_lists_every_model_once_with_a_description():
-    assert MODELS == ["conv4", "dscnn", "mlp", "resnet8"]
+    assert MODELS == ["conv4", "dscnn", "mlp", "resnet8", "speech-embedding"]
     assert set(REGISTRY) == set(MODELS) | set(ALIASES)
     assert all(DESCRIPTIONS[n] and "\n" not in DESCRIPTIONS[n] for n in MODELS)
     assert isinstance(create_model("res8", num_classes=2, input_shape=(40, 101)), ResNet8)
@@ -153,7 +153,7 @@ def test_a_backbone_can_declare_its_front_end(monkeypatch, tmp_path):
     from metavox.models import FRONTENDS, model_frontend
     from metavox.pipeline.config import ConfigError, config_from_dict
 
-    assert model_frontend("conv4") == {}  # the built-in backbones take any front-end
+    assert model_frontend("conv4") == {}  # the from-scratch backbones take any front-end
     monkeypatch.setitem(FRONTENDS, "conv4", {"n_mels": 32, "hop_ms": 20.0})
     cfg = config_from_dict({"model": {"name": "conv4"}, "frontend": {"duration": 0.5}})
     fe = cfg.frontend_config()

@@ -49,6 +49,16 @@ def atomic_path(path: str | os.PathLike[str], *, mode: int = 0o644) -> Iterator[
         raise
 
 
+def cache_root() -> Path:
+    """metavox's cache folder: ``$METAVOX_CACHE`` if set, else ``$XDG_CACHE_HOME`` or
+    ``~/.cache``, plus ``metavox`` (features, converted weights, the synthetic corpus)."""
+    env = os.environ.get("METAVOX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "metavox"
+
+
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8, with no newline translation) to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -77,7 +77,8 @@ def evaluate_command(
     max_steps: int | None = typer.Option(None, "--max-steps",
                                          help="Inner steps for the accuracy-vs-steps curve."),
     baselines: str | None = typer.Option(
-        None, "--baselines", help="Comma-separated: protonet,finetune,scratch ('' for none)."
+        None, "--baselines",
+        help="Comma-separated: protonet,finetune,scratch,noadapt,centroid ('' for none).",
     ),
     report: Path | None = typer.Option(None, "--report", "-r",
                                        help="Report folder (default RUN/report)."),

@@ -30,6 +30,7 @@ import torch
 from metavox.audio import io as audio_io
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.data.corpus import Corpus, Utterance
+from metavox.storage import cache_root
 
 _FORMAT = "metavox-features"
 _VERSION = 1
@@ -44,11 +45,7 @@ OnError = Literal["skip", "raise"]
 def default_cache_dir() -> Path:
     """``$METAVOX_CACHE/features`` if set, else ``$XDG_CACHE_HOME`` or ``~/.cache`` +
     ``/metavox/features``."""
-    env = os.environ.get("METAVOX_CACHE")
-    if env:
-        return Path(env).expanduser() / "features"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "metavox" / "features"
+    return cache_root() / "features"
 
 
 class _Rows:

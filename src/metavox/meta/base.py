@@ -270,10 +270,13 @@ class InnerLoopAlgorithm(MetaAlgorithm):
 
     def fine_tuned(self, module: nn.Module, support_x: Tensor, support_y: Tensor, steps: int,
                    *, lr: StepSize, adapt_names: list[str] | None = None, overrides=None,
+                   start: dict[str, Tensor] | None = None,
                    final: dict[str, Tensor] | None = None) -> nn.Module:
         """A copy of ``module`` after ``steps`` of first-order SGD on the support set
-        (``final``: parameters to set after adapting, e.g. per-step BatchNorm weights)."""
-        params = {k: v.detach() for k, v in meta_parameters(module).items()}
+        (``start``: parameters to begin from instead of the module's own, e.g. a head
+        initialised from prototypes; ``final``: parameters to set after adapting, e.g.
+        per-step BatchNorm weights)."""
+        params = {k: v.detach() for k, v in {**meta_parameters(module), **(start or {})}.items()}
         fast = adapt(module, params, support_x, support_y, steps=steps, lr=lr,
                      first_order=True, loss_fn=self.loss_fn, adapt_names=adapt_names,
                      overrides=overrides)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metavox.meta.anil import split_body_head
 from metavox.meta.base import (
     InnerLoopAlgorithm,
     StepRecorder,
@@ -44,9 +45,11 @@ from metavox.meta.inner import (
     per_parameter_lr,
     per_step_lr,
 )
+from metavox.meta.protonet import prototype_head
 from metavox.meta.registry import register_algorithm
 
 LR_MODES = ("fixed", "per_parameter", "per_step")
+HEAD_INITS = ("meta", "prototypes")
 
 
 def _key(name: str) -> str:
@@ -86,6 +89,10 @@ class MAML(InnerLoopAlgorithm):
         lr_mode: ``"fixed"``, ``"per_parameter"`` (Meta-SGD) or ``"per_step"`` (MAML++
             LSLR); learned step sizes start at ``inner_lr``.
         multi_step_loss, msl_iterations, per_step_bn, first_order_iterations: MAML++.
+        head_init: ``"meta"`` (the head's meta-learned initialisation) or ``"prototypes"``
+            (Proto-MAML: each task's head starts as the nearest-prototype rule on the body's
+            support features, so adaptation starts from ProtoNet's answer; the body is
+            still meta-learned through the prototypes).
         inner_checkpoint: recompute each inner step in the outer backward instead of
             storing it, so second-order memory does not grow with ``steps`` (about one
             more support forward and backward per step; runs tasks in a loop).
@@ -105,9 +112,18 @@ class MAML(InnerLoopAlgorithm):
         per_step_bn: bool = False,
         first_order_iterations: int = 0,
         inner_checkpoint: bool = False,
+        head_init: str = "meta",
         **common: Any,
     ) -> None:
         super().__init__(model, **common)
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        if head_init == "prototypes":
+            body, head = split_body_head(model)
+            if not isinstance(head, nn.Linear):
+                raise TypeError("head_init='prototypes' needs a model whose head is an "
+                                f"nn.Linear, got {type(head).__name__}")
+        self.head_init = head_init
         if lr_mode not in LR_MODES:
             raise ValueError(f"lr_mode must be one of {LR_MODES}, got {lr_mode!r}")
         self.inner_checkpoint = bool(inner_checkpoint)
@@ -153,6 +169,17 @@ class MAML(InnerLoopAlgorithm):
             out[name] = table[min(step, table.shape[0] - 1)]
         return out
 
+    def _start(self, params: Params, support_x: Tensor, support_y: Tensor, ways: int,
+               buffers) -> Params:
+        """The parameters a task's adaptation starts from (see ``head_init``)."""
+        if self.head_init == "meta":
+            return params
+        body = {k[5:]: v for k, v in params.items() if k.startswith("body.")}
+        body_buffers = {k[5:]: v for k, v in buffers.items() if k.startswith("body.")}
+        feats = forward(self.model.body, body, support_x, body_buffers).flatten(1)
+        weight, bias = prototype_head(feats, support_y, ways)
+        return {**params, "head.weight": weight, "head.bias": bias}
+
     def _query_terms(self, fast: Params, step: int, qx: Tensor, qy: Tensor, buffers):
         out = forward(self.model, {**fast, **self._overrides(step)}, qx, buffers)
         return self.loss_fn(out, qy), out
@@ -162,8 +189,9 @@ class MAML(InnerLoopAlgorithm):
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
         settings: TaskSettings,
     ) -> dict[str, Tensor]:
-        params = meta_parameters(self.model)
         buffers = functional_buffers(self.model)
+        params = self._start(meta_parameters(self.model), support_x, support_y, settings.ways,
+                             buffers)
         steps = settings.steps
         metrics: dict[str, Tensor] = {}
         record = StepRecorder(settings, None, query_y)
@@ -213,7 +241,12 @@ class MAML(InnerLoopAlgorithm):
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
                        steps: int) -> tuple[nn.Module, dict[str, Any]]:
         """A copy of the model fine-tuned on the support set with the (learned) steps."""
-        module = self.fine_tuned(self.model, support_x, support_y, steps,
+        start = None
+        if self.head_init != "meta":
+            with torch.no_grad():
+                start = self._start(meta_parameters(self.model), support_x, support_y,
+                                    int(support_y.max()) + 1, functional_buffers(self.model))
+        module = self.fine_tuned(self.model, support_x, support_y, steps, start=start,
                                  lr=self._step_size(), adapt_names=self._adapt_names(),
                                  overrides=self._overrides if self.bn_names else None,
                                  final=self._overrides(steps))

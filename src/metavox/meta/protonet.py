@@ -30,6 +30,15 @@ def prototype_logits(embeddings: Tensor, protos: Tensor) -> Tensor:
     return -(embeddings.unsqueeze(-2) - protos).pow(2).sum(-1)
 
 
+def prototype_head(embeddings: Tensor, labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+    """Weight ``[ways, dim]`` and bias ``[ways]`` of the linear head that scores like
+    ProtoNet's squared-distance rule on these support embeddings: ``-|f - c|^2`` equals
+    ``2 c.f - |c|^2`` up to a term that does not depend on the class (Proto-MAML,
+    Triantafillou et al. 2020)."""
+    protos = prototypes(embeddings, labels, ways)
+    return 2.0 * protos, -protos.pow(2).sum(-1)
+
+
 def embedding_network(model: nn.Module) -> nn.Module:
     """The network ProtoNet embeds with: ``model.body`` when the model has one (the
     classification head is then unused), otherwise the model itself."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from metavox.models.conv4 import Conv4
 from metavox.models.dscnn import DSCNN
+from metavox.models.embedding import EmbeddingClassifier
 from metavox.models.mlp import MLP
 from metavox.models.resnet import ResNet8
 
@@ -25,6 +26,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "dscnn": DSCNN,
     "resnet8": ResNet8,
     "res8": ResNet8,
+    "speech-embedding": EmbeddingClassifier,
 }
 
 ALIASES: dict[str, str] = {"res8": "resnet8"}
@@ -34,13 +36,18 @@ DESCRIPTIONS: dict[str, str] = {
     "mlp": "MLP: hidden ReLU layers (Finn et al. sinusoid net, 1-40-40-1)",
     "dscnn": "DS-CNN-S: strided conv + 4 depthwise-separable blocks, 64 ch (Hello Edge KWS)",
     "resnet8": "res8: 3x3 conv, avg-pool, 3 residual blocks, 45 ch (Tang & Lin KWS); alias res8",
+    "speech-embedding": "pooled, normalised Google speech-embedding windows + a head; the frozen "
+                        "embedding is its front-end (needs metavox[pretrained])",
 }
 
 #: The front-end a backbone declares: the ``FrontendConfig`` fields it needs (a pretrained
 #: encoder expects its own features, e.g. ``{"n_mels": 32}``). A run's ``[frontend]``
 #: settings fill in the rest and may not contradict these; the feature cache keys on the
-#: result. None of the built-in backbones declares one: they learn from any front-end.
-FRONTENDS: dict[str, dict[str, Any]] = {}
+#: result. The from-scratch backbones declare none: they learn from any front-end.
+FRONTENDS: dict[str, dict[str, Any]] = {
+    # 2 s around the clip: 16 windows of 775 ms, every 80 ms
+    "speech-embedding": {"kind": "speech-embedding", "duration": 2.0, "sample_rate": 16000},
+}
 
 _FIXED = ("self", "num_classes", "input_shape")
 
@@ -95,6 +102,7 @@ def create_model(name: str, *, num_classes: int, input_shape, **options) -> nn.M
 
 
 __all__ = [
-    "ALIASES", "DESCRIPTIONS", "DSCNN", "FRONTENDS", "MLP", "REGISTRY", "Conv4", "ResNet8",
-    "UnknownOptionError", "create_model", "list_models", "model_frontend", "model_options",
+    "ALIASES", "DESCRIPTIONS", "DSCNN", "FRONTENDS", "MLP", "REGISTRY", "Conv4",
+    "EmbeddingClassifier", "ResNet8", "UnknownOptionError", "create_model", "list_models",
+    "model_frontend", "model_options",
 ]

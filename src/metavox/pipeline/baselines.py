@@ -5,7 +5,10 @@
   meta-training classes, whose head :class:`metavox.meta.FineTune` replaces per episode
   (``finetune-head``) or which it fine-tunes whole (``finetune-all``);
 - ``scratch``: the same fine-tuning from an untrained network;
-- ``noadapt``: the pre-trained classifier as it is (speaker adaptation only).
+- ``noadapt``: the pre-trained classifier as it is (speaker adaptation only);
+- ``centroid``: nearest class mean on the untrained backbone's features, no training at
+  all: for the ``speech-embedding`` backbone, the frozen pretrained embedding with the
+  nearest-centroid rule (the baseline any meta-learner on it has to beat).
 
 What needs training is trained once and stored in the run folder (``baselines/``), so
 later evaluations reuse it.
@@ -24,13 +27,11 @@ from torch import nn
 from metavox.data import FeatureStore
 from metavox.engine import EpisodeResults, autocast, warmup_cosine
 from metavox.engine.distributed import SINGLE, Dist, main_first
-from metavox.meta import FineTune, MetaAlgorithm
+from metavox.meta import FineTune, MetaAlgorithm, ProtoNet
 from metavox.pipeline.build import build_model, build_run_data
-from metavox.pipeline.config import AlgorithmConfig
+from metavox.pipeline.config import BASELINES, AlgorithmConfig
 from metavox.pipeline.train import LoadedModel, load_trained, train
 from metavox.storage import Checkpoint, load_checkpoint, save_checkpoint
-
-BASELINES = ("protonet", "finetune", "scratch", "noadapt")
 
 
 def pretrain_classifier(
@@ -156,6 +157,10 @@ def build_baselines(loaded: LoadedModel, names: list[str], run_dir: Path,
                                         inner_lr=e.finetune_lr)
         out["finetune-all"] = FineTune(pre, mode="all", steps=e.finetune_all_steps,
                                        inner_lr=e.finetune_lr, body_lr=e.finetune_body_lr)
+    if "centroid" in names:  # no training: the backbone's features as they come
+        torch.manual_seed(loaded.config.seed + 13)
+        fresh = build_model(loaded.config, _input_shape(loaded), loaded.config.episodes.ways)
+        out["nearest centroid"] = ProtoNet(fresh)
     if "scratch" in names:
         torch.manual_seed(loaded.config.seed + 11)
         fresh = build_model(loaded.config, _input_shape(loaded), loaded.config.episodes.ways)

@@ -25,6 +25,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 
+#: the baselines ``evaluation.baselines`` may name (see :mod:`metavox.pipeline.baselines`)
+BASELINES = ("protonet", "finetune", "scratch", "noadapt", "centroid")
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says which key and why."""
 
@@ -279,10 +283,10 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("validation.every and validation.checkpoint_every must be >= 1")
     if (a.steps is not None and a.steps < 1) or (a.eval_steps is not None and a.eval_steps < 0):
         problems.append("algorithm.steps must be >= 1 and algorithm.eval_steps >= 0")
-    bad = set(cfg.evaluation.baselines) - {"protonet", "finetune", "scratch", "noadapt"}
+    bad = set(cfg.evaluation.baselines) - set(BASELINES)
     if bad:
         problems.append(f"evaluation.baselines: unknown {sorted(bad)}; "
-                        "choose from protonet, finetune, scratch, noadapt")
+                        f"choose from {', '.join(BASELINES)}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     cfg.frontend_config()

