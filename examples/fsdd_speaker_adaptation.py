@@ -9,6 +9,8 @@ folds' episodes: mean accuracy ± 95% interval over all of them.
     python examples/fsdd_speaker_adaptation.py                 # all six folds
     python examples/fsdd_speaker_adaptation.py --folds jackson --quick
     python examples/fsdd_speaker_adaptation.py --folds theo --methods fomaml,reptile
+    python examples/fsdd_speaker_adaptation.py --methods maml \
+        --config configs/fsdd_speakers_embedding.toml --out runs/fsdd-loso-embedding
 
 Trained runs and each run's scores (``fold_scores.json``) are kept under ``--out``, so an
 interrupted run picks up where it stopped.
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="meta-learners to run (the baselines come with maml's evaluation); "
                          "two processes can split a fold's methods between them")
     ap.add_argument("--out", default="runs/fsdd-loso")
+    ap.add_argument("--config", default=str(CONFIG),
+                    help="run config of every fold (default: configs/fsdd_speakers.toml)")
     ap.add_argument("--data", default=None, help="FSDD root (default: the config's)")
     ap.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
     ap.add_argument("--set", action="append", default=[], help="config override")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     for speaker in args.folds.split(","):
         for method in args.methods.split(","):
             run = Path(args.out) / speaker / method
-            cfg = load_config(CONFIG, [f'data.test_speakers=["{speaker}"]', f'out="{run}"',
+            cfg = load_config(args.config, [f'data.test_speakers=["{speaker}"]', f'out="{run}"',
                                        f'algorithm.name="{method}"', *extra])
             if method == "reptile":
                 cfg.algorithm.steps = 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -164,3 +165,28 @@ def test_precision_and_device_are_checked(manifest, cache, tmp_path):
             resolve_device("cuda")
     with pytest.raises(ConfigError, match="device: .*not a device name"):
         train(tiny_config(manifest, tmp_path / "y", cache, device="gpu0"), progress=False)
+
+
+def test_adaptation_settings_are_chosen_on_validation(manifest, cache, tmp_path):
+    from metavox.pipeline.config import ConfigError
+
+    cfg = tiny_config(manifest, tmp_path / "sel", cache,
+                      validation={"every": 3, "episodes": 4, "checkpoint_every": 3,
+                                  "select_inner_lr": [0.1, 0.3], "select_eval_steps": [1, 2]})
+    result = train(cfg, progress=False)
+    sel = result.selection
+    assert sel is not None and len(sel.table) == 4
+    best = max(sel.table, key=lambda r: r["accuracy"])  # the first of equals wins
+    assert (sel.inner_lr, sel.eval_steps) == (best["inner_lr"], best["eval_steps"])
+    saved = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert saved["inner_lr"] == sel.inner_lr and len(saved["table"]) == 4
+    meta = load_checkpoint(tmp_path / "sel" / "best.safetensors").meta
+    assert meta["adaptation"]["trained_inner_lr"] == 0.3
+    loaded = load_trained(tmp_path / "sel")  # adapts with the chosen settings ...
+    assert (loaded.algo.inner_lr, loaded.algo.eval_steps) == (sel.inner_lr, sel.eval_steps)
+    assert loaded.config.algorithm.inner_lr == 0.3  # ... the config stays the training one
+    cfg = tiny_config(manifest, tmp_path / "p", cache, algorithm={"name": "protonet"},
+                      validation={"every": 3, "episodes": 4, "checkpoint_every": 3,
+                                  "select_inner_lr": [0.1]})
+    with pytest.raises(ConfigError, match="protonet has no inner loop"):
+        train(cfg, progress=False)

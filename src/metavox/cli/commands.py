@@ -44,6 +44,10 @@ def train_command(
     st = result.state
     typer.echo(f"trained {cfg.algorithm.name} for {st.iteration} iterations; "
                f"best validation accuracy {st.best_val:.3f} at iteration {st.best_iteration}")
+    if result.selection is not None:
+        sel = result.selection
+        typer.echo(f"chosen on validation for adaptation: inner_lr {sel.inner_lr}, "
+                   f"eval_steps {sel.eval_steps} (all candidates: {result.out}/selection.json)")
     typer.echo(f"checkpoints and logs in {result.out}")
 
 

@@ -28,14 +28,19 @@ FINETUNE_MODES = ("head", "all")
 
 
 class _Head(nn.Module):
-    """A linear head on flattened features (its size is set per episode's ways)."""
+    """A linear head on flattened features (its size is set per episode's ways).
+
+    It starts at zero, with no random draw (which ``torch.vmap`` refuses inside a task);
+    its parameters keep ``nn.Linear``'s names (``linear.weight``, ``linear.bias``)."""
 
     def __init__(self, dim: int, ways: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, ways)
+        self.linear = nn.Module()
+        self.linear.weight = nn.Parameter(torch.zeros(ways, dim))
+        self.linear.bias = nn.Parameter(torch.zeros(ways))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x.flatten(1))
+        return F.linear(x.flatten(1), self.linear.weight, self.linear.bias)
 
 
 class _Net(nn.Module):

@@ -17,6 +17,7 @@ later evaluations reuse it.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ def _baseline_protonet(loaded: LoadedModel, run_dir: Path, progress: bool) -> Me
         a = cfg.algorithm  # ProtoNet has no inner loop: only the batching settings carry over
         cfg.algorithm = AlgorithmConfig(name="protonet", strategy=a.strategy,
                                         chunk_size=a.chunk_size)
+        cfg.validation = replace(cfg.validation, select_inner_lr=[], select_eval_steps=[])
         cfg.out = str(out)
         train(cfg, progress=progress)
     return load_trained(out).algo

@@ -125,6 +125,12 @@ class ValidationConfig:
     every: int = 100
     episodes: int = 100
     checkpoint_every: int = 100
+    #: after training, choose the inner step size and the number of inner steps used when
+    #: adapting at test time on the validation episodes (every combination is scored; the
+    #: best is stored with the checkpoint, the run's config stays the training config).
+    #: Empty: keep ``algorithm.inner_lr`` / ``algorithm.eval_steps``.
+    select_inner_lr: list[float] = field(default_factory=list)
+    select_eval_steps: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from metavox.pipeline.build import (
     run_device,
 )
 from metavox.pipeline.config import ConfigError, RunConfig, config_from_dict, to_toml
+from metavox.pipeline.select import Selection, adaptation_config, select_adaptation
 from metavox.storage import Checkpoint, CheckpointError, load_checkpoint
 
 
@@ -48,6 +49,8 @@ class TrainResult:
     out: Path
     data: RunData
     algo: MetaAlgorithm
+    #: the test-time adaptation settings chosen on validation, if the config asked
+    selection: Selection | None = None
 
 
 def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -95,10 +98,14 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
                                                   writer=d.main),
                           device=device, dist=d)
         state = trainer.fit(resume=resume, stop_after=stop_after)
+        selection = None
+        if state.iteration == cfg.optim.iterations:
+            selection = select_adaptation(cfg, out, data.parts.get("val") if val_s else None,
+                                          data.input_shape, device=device, dist=d)
     finally:
         if d.enabled and not joined:
             shutdown()
-    return TrainResult(state, out, data, trainer.algo)
+    return TrainResult(state, out, data, trainer.algo, selection)
 
 
 def engine_config(cfg: RunConfig) -> EngineConfig:
@@ -154,7 +161,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild the algorithm stored in a checkpoint (file or run folder)."""
     ckpt = load_checkpoint(path)
     model, cfg, frontend = rebuild_model(ckpt, path)
-    algo = build_algorithm(cfg, model)
+    algo = build_algorithm(adaptation_config(cfg, ckpt.meta.get("adaptation")), model)
     try:
         algo.load_state_dict(ckpt.section("algo"))
     except RuntimeError as err:
