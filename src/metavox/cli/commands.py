@@ -206,20 +206,29 @@ def demo_command(
     corpus: Path | None = typer.Option(None, "--corpus", help="Use this synthetic corpus "
                                        "folder instead of the default cache."),
     seed: int = typer.Option(0, "--seed"),
+    base: str = typer.Option(
+        "auto", "--base", help="embedding (Google's speech embedding, frozen, with "
+        "Proto-MAML; needs the pretrained extra), conv4 (learned from scratch), or auto: "
+        "the embedding when installed."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """The main job: meta-train MAML on the built-in synthetic corpus, evaluate it on unseen
-    words and speakers against the baselines, and write a report.
+    words and speakers against the baselines, write a report, then enroll a few of the
+    unseen words from two recordings each and recognise their other recordings.
 
     Examples:
 
       metavox demo
 
       metavox demo --quick --out /tmp/demo
+
+      metavox demo --base conv4
     """
     from metavox.pipeline.demo import run_demo
 
     with user_errors():
-        result = run_demo(out, quick=quick, corpus=corpus, seed=seed, progress=progress)
+        result = run_demo(out, quick=quick, corpus=corpus, seed=seed, base=base,
+                          progress=progress)
     typer.echo(result.table)
-    typer.echo(f"\nreport: {result.report}  ({result.seconds:.0f} s)")
+    typer.echo(f"\n{result.enrollment.summary()}")
+    typer.echo(f"report: {result.report}  ({result.base} base, {result.seconds:.0f} s)")
