@@ -190,3 +190,8 @@ def test_adaptation_settings_are_chosen_on_validation(manifest, cache, tmp_path)
                                   "select_inner_lr": [0.1]})
     with pytest.raises(ConfigError, match="protonet has no inner loop"):
         train(cfg, progress=False)
+    cfg = tiny_config(manifest, tmp_path / "s", cache, algorithm__name="metasgd",
+                      validation={"every": 3, "episodes": 4, "checkpoint_every": 3,
+                                  "select_inner_lr": [0.1]})
+    with pytest.raises(ConfigError, match="metasgd learns its step sizes"):
+        train(cfg, progress=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 from metavox.engine import evaluate_episodes
 from metavox.engine.distributed import SINGLE, Dist
-from metavox.meta import InnerLoopAlgorithm
+from metavox.meta import MAML, InnerLoopAlgorithm
 from metavox.pipeline.build import build_algorithm, build_model, make_sampler
 from metavox.pipeline.config import ConfigError, RunConfig
 from metavox.storage import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
@@ -62,6 +62,9 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
     if not isinstance(trained, InnerLoopAlgorithm):
         raise ConfigError(f"[validation] select_inner_lr / select_eval_steps: {a.name} has no "
                           "inner loop to choose settings for")
+    if v.select_inner_lr and isinstance(trained, MAML) and trained.lr_mode != "fixed":
+        raise ConfigError(f"[validation] select_inner_lr: {a.name} learns its step sizes "
+                          f"(lr_mode={trained.lr_mode!r}); they come from the checkpoint")
     lrs = v.select_inner_lr or [trained.inner_lr]
     steps = v.select_eval_steps or [trained.eval_steps]
     sampler = make_sampler(val_store, cfg.episodes, seed=cfg.seed, stream="val")
