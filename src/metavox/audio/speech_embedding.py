@@ -206,11 +206,7 @@ def pretrained_state(cache: str | os.PathLike[str] | None = None) -> dict[str, T
 
 class SpeechEmbedding(nn.Module):
     """Front-end plus body, pretrained: ``[B, samples]`` 16 kHz in [-1, 1] ->
-    ``[B, windows, 96]`` (one embedding every 80 ms; 16 windows for a 2 s clip).
-
-    ``blocks`` runs only the lowest convolutions (the frozen part a feature cache stores):
-    the output is then ``[B, windows, C, T, F]``.
-    """
+    ``[B, windows, 96]`` (one embedding every 80 ms; 16 windows for a 2 s clip)."""
 
     def __init__(self, *, input_scale: float = 32768.0, pretrained: bool = True,
                  cache: str | os.PathLike[str] | None = None) -> None:
@@ -220,9 +216,6 @@ class SpeechEmbedding(nn.Module):
         if pretrained:
             self.load_state_dict(pretrained_state(cache))
 
-    def forward(self, wave: Tensor, blocks: int = NUM_BLOCKS) -> Tensor:
+    def forward(self, wave: Tensor) -> Tensor:
         windows = mel_windows(self.mel(wave))  # [B, W, 1, 76, 32]
-        b, n = windows.shape[:2]
-        out = self.body.blocks(windows.flatten(0, 1), 0, blocks)
-        return out.reshape(b, n, *out.shape[1:]).flatten(2) if blocks == NUM_BLOCKS else \
-            out.reshape(b, n, *out.shape[1:])
+        return self.body(windows.flatten(0, 1)).reshape(*windows.shape[:2], EMBEDDING_DIM)
