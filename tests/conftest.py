@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from data_paths import MISSING, SHARED_DATA
 from train_helpers import fsdd_manifest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real speech corpora beside the repository (``../shared/data``)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared speech data not found at {SHARED_DATA}")
+    """The real speech corpora (``$METAVOX_TEST_DATA``, default ``../shared/data``); the
+    test is skipped, with the reason, when they are absent."""
+    if not all((SHARED_DATA / c).is_dir() for c in ("fsdd", "speech_commands_v2_test")):
+        pytest.skip(MISSING)
     return SHARED_DATA
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from data_paths import SHARED_DATA
 
 from metavox.audio.io import (
     AudioError,
@@ -20,7 +21,7 @@ from metavox.audio.io import (
     trim_silence,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared speech data not found at {DATA}")
 FSDD_FILE = DATA / "fsdd" / "recordings" / "7_jackson_32.wav"
 

@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from data_paths import SHARED_DATA
 
 import metavox.audio.io as audio_io
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.data.cache import FeatureCache, FeatureStore, build_feature_store, default_cache_dir
 from metavox.data.corpus import Corpus
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 FSDD = DATA / "fsdd"
 
 
 @pytest.fixture(scope="module")
-def small() -> Corpus:
+def small(shared_data) -> Corpus:
     """200 real FSDD clips: digits 0 and 1 by two speakers."""
     return Corpus.from_preset("fsdd", FSDD).filter(labels=["0", "1"], speakers=["george", "theo"])
 
@@ -113,7 +114,7 @@ def test_rebuild_when_a_file_is_rewritten(tmp_path: Path) -> None:
     assert not np.array_equal(second[0], first[0])
 
 
-def test_data_folder_untouched(store: FeatureStore) -> None:
+def test_data_folder_untouched(shared_data, store: FeatureStore) -> None:
     recordings = FSDD / "recordings"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in recordings.iterdir())
     dir_mtime = recordings.stat().st_mtime_ns

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from data_paths import SHARED_DATA
 
 from metavox.audio.io import AudioError
 from metavox.data.corpus import (
@@ -20,7 +21,7 @@ from metavox.data.corpus import (
     suggest_pattern,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 FSDD = DATA / "fsdd"
 SC = DATA / "speech_commands_v2_test"
 
@@ -35,7 +36,7 @@ def write_wav(path: Path, seconds: float = 0.1, sr: int = 16000, fmt: str | None
 # ----------------------------------------------------------------------------- shared data
 
 
-def test_fsdd_preset_counts() -> None:
+def test_fsdd_preset_counts(shared_data) -> None:
     c = Corpus.from_preset("fsdd", FSDD)
     assert len(c) == 3000
     assert c.labels == [str(d) for d in range(10)]
@@ -46,7 +47,7 @@ def test_fsdd_preset_counts() -> None:
     assert c.source.startswith("preset:fsdd")
 
 
-def test_fsdd_explicit_pattern_matches_preset() -> None:
+def test_fsdd_explicit_pattern_matches_preset(shared_data) -> None:
     preset = Corpus.from_preset("fsdd", FSDD)
     c = Corpus.from_pattern(FSDD, "recordings/{label}_{speaker}_{index}.wav")
     assert c.utterances == preset.utterances
@@ -54,7 +55,7 @@ def test_fsdd_explicit_pattern_matches_preset() -> None:
     assert (u.label, u.speaker) == ("7", "jackson")
 
 
-def test_speech_commands_preset_counts() -> None:
+def test_speech_commands_preset_counts(shared_data) -> None:
     c = Corpus.from_preset("speech-commands", SC)
     assert len(c) == 4482  # 4890 files minus the 408 _silence_ clips
     assert len(c.labels) == 35 and "_silence_" not in c.labels
@@ -64,7 +65,7 @@ def test_speech_commands_preset_counts() -> None:
     assert all(len(c.by_label()[w]) >= 390 for w in core)
 
 
-def test_speech_commands_explicit_patterns() -> None:
+def test_speech_commands_explicit_patterns(shared_data) -> None:
     preset = Corpus.from_preset("speech-commands", SC)
     c = Corpus.from_pattern(SC, "{label}/{speaker}_nohash_{n}.flac")
     assert c.utterances == preset.utterances
@@ -73,7 +74,7 @@ def test_speech_commands_explicit_patterns() -> None:
     assert everything.speakers == [] and everything[0].speaker is None
 
 
-def test_load_corpus_specs() -> None:
+def test_load_corpus_specs(shared_data) -> None:
     n = len(load_corpus("fsdd", FSDD))
     assert len(load_corpus(f"fsdd:{FSDD}")) == n
     assert len(load_corpus(str(FSDD / "recordings" / "{label}_{speaker}_{n}.wav"))) == n
@@ -85,7 +86,7 @@ def test_load_corpus_specs() -> None:
         Corpus.from_preset("timit", FSDD)
 
 
-def test_no_match_error_is_helpful() -> None:
+def test_no_match_error_is_helpful(shared_data) -> None:
     with pytest.raises(CorpusError) as info:
         Corpus.from_pattern(FSDD, "{label}_{speaker}_{n}.wav")
     msg = str(info.value)
@@ -208,14 +209,14 @@ def test_fingerprint_tracks_files(tmp_path: Path) -> None:
     assert Corpus.from_preset("speech-commands", tmp_path).fingerprint() != fp
 
 
-def test_filter() -> None:
+def test_filter(shared_data) -> None:
     c = Corpus.from_preset("fsdd", FSDD)
     sub = c.filter(labels=["1", "2"], speakers=["theo"])
     assert len(sub) == 100 and sub.labels == ["1", "2"] and sub.speakers == ["theo"]
     assert "filter" in sub.source and sub.root == c.root
 
 
-def test_scan_report_on_shared_data() -> None:
+def test_scan_report_on_shared_data(shared_data) -> None:
     c = Corpus.from_preset("fsdd", FSDD).filter(labels=["3"])
     r = scan_corpus(c, workers=2)
     assert (r.clips, r.labels, r.speakers) == (300, 1, 6)

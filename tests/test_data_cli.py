@@ -6,16 +6,17 @@ import csv
 import json
 from pathlib import Path
 
+from data_paths import SHARED_DATA
 from typer.testing import CliRunner
 
 from metavox.cli import app
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 FSDD = DATA / "fsdd"
 runner = CliRunner()
 
 
-def test_scan_fsdd_tables() -> None:
+def test_scan_fsdd_tables(shared_data) -> None:
     result = runner.invoke(app, ["data", "scan", str(FSDD), "--preset", "fsdd"])
     assert result.exit_code == 0, result.output
     out = result.output
@@ -23,7 +24,7 @@ def test_scan_fsdd_tables() -> None:
     assert "clips per label" in out and "unreadable" in out
 
 
-def test_scan_fsdd_json_detected_layout() -> None:
+def test_scan_fsdd_json_detected_layout(shared_data) -> None:
     result = runner.invoke(app, ["data", "scan", str(FSDD), "--json", "--no-audio"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -31,7 +32,7 @@ def test_scan_fsdd_json_detected_layout() -> None:
     assert report["clips_per_label"]["7"] == 300 and report["source"].startswith("preset:fsdd")
 
 
-def test_scan_pattern_and_manifest(tmp_path: Path) -> None:
+def test_scan_pattern_and_manifest(shared_data, tmp_path: Path) -> None:
     pattern = "recordings/{label}_{speaker}_{n}.wav"
     result = runner.invoke(app, ["data", "scan", str(FSDD), "-p", pattern, "--json",
                                  "--no-audio"])
@@ -54,7 +55,7 @@ def test_scan_empty_folder_fails_clearly(tmp_path: Path) -> None:
     assert "no audio files" in result.output and str(tmp_path) in result.output
 
 
-def test_scan_no_match_and_bad_options(tmp_path: Path) -> None:
+def test_scan_no_match_and_bad_options(shared_data, tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "scan", str(FSDD), "-p", "{label}/{speaker}_{n}.flac",
                                  "--no-audio"])
     assert result.exit_code == 0  # recordings/ is taken as the label: a match, if a poor one

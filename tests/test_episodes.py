@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_paths import SHARED_DATA
 from torch.utils.data import DataLoader
 
 from metavox.audio.features import FrontendConfig
@@ -20,7 +21,7 @@ from metavox.data.episodes import (
     SpeakerEpisodeSampler,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 # Speech Commands words with few clips each (6-34), from many speakers
 SMALL_WORDS = ["bed", "bird", "cat", "dog", "eight", "five", "four", "marvin"]
 
@@ -31,7 +32,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsdd(cache_dir: Path) -> FeatureStore:
+def fsdd(shared_data, cache_dir: Path) -> FeatureStore:
     """FSDD digits 0-4 by three speakers (750 clips, 50 per speaker and digit)."""
     corpus = Corpus.from_preset("fsdd", DATA / "fsdd").filter(
         labels=list("01234"), speakers=["george", "jackson", "theo"])
@@ -39,7 +40,7 @@ def fsdd(cache_dir: Path) -> FeatureStore:
 
 
 @pytest.fixture(scope="module")
-def sc(cache_dir: Path) -> FeatureStore:
+def sc(shared_data, cache_dir: Path) -> FeatureStore:
     corpus = Corpus.from_preset("speech-commands", DATA / "speech_commands_v2_test")
     return build_feature_store(corpus.filter(labels=SMALL_WORDS), FrontendConfig(), cache_dir,
                                workers=0)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.fft
 import torch
+from data_paths import SHARED_DATA
 
 from metavox.audio.features import (
     MFCC,
@@ -20,7 +19,7 @@ from metavox.audio.features import (
 
 librosa = pytest.importorskip("librosa", reason="librosa (test extra) is the reference")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def _speech() -> np.ndarray:

@@ -6,20 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
+from data_paths import SHARED_DATA
 
 from metavox.data.corpus import Corpus
 from metavox.data.splits import Split, make_split
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @pytest.fixture(scope="module")
-def sc() -> Corpus:
+def sc(shared_data) -> Corpus:
     return Corpus.from_preset("speech-commands", DATA / "speech_commands_v2_test")
 
 
 @pytest.fixture(scope="module")
-def fsdd() -> Corpus:
+def fsdd(shared_data) -> Corpus:
     return Corpus.from_preset("fsdd", DATA / "fsdd")
 
 
