@@ -110,7 +110,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path}: folder holds no best/latest/model.safetensors")
+            runs = sorted(str(d) for d in path.iterdir() if d.is_dir() and any(
+                (d / n).is_file() for n in ("best.safetensors", "latest.safetensors",
+                                             "model.safetensors")))
+            hint = f"; the run is in {' or '.join(runs)}" if runs else ""
+            raise CheckpointError(
+                f"{path}: folder holds no best/latest/model.safetensors{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

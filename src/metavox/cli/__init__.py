@@ -12,6 +12,9 @@ app = typer.Typer(
     help="Few-shot speech recognition by meta-learning (MAML and its family).",
     no_args_is_help=True,
     add_completion=False,
+    # plain help text: with rich markup, "[synth]" or "[default: ...]" in a help string
+    # would be read as a style tag and vanish
+    rich_markup_mode=None,
 )
 app.add_typer(data_app, name="data")
 app.command("demo")(commands.demo_command)

@@ -9,15 +9,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from metavox.cli.common import fail as _fail
+
 if TYPE_CHECKING:
     from metavox.data.corpus import ScanReport
 
 data_app = typer.Typer(help="Inspect and generate speech corpora.", no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
 
 
 # ----------------------------------------------------------------------------- scan
