@@ -305,3 +305,17 @@ def test_audio_error_forms_and_pickling() -> None:
     plain = AudioError("b.wav: something")  # one-argument form
     assert str(plain) == "b.wav: something" and plain.path is None
     assert str(pickle.loads(pickle.dumps(plain))) == "b.wav: something"
+
+
+def test_file_names_that_are_not_utf8(tmp_path) -> None:
+    """A byte 0xFF in a file name (kept by Python as a surrogate) still opens, and a bad
+    file under such a name is reported as an AudioError, not a UnicodeEncodeError."""
+    good = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"yes\xff.wav"))
+    sf.write(os.fsencode(good), _tone(440, 16000, 0.25), 16000)
+    assert audio_info(good).sample_rate == 16000
+    assert load_audio(good).shape == (4000,)
+    bad = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"no\xfe.wav"))
+    with open(os.fsencode(bad), "wb") as f:
+        f.write(b"RIFF1234WAVEjunk")
+    with pytest.raises(AudioError):
+        load_audio(bad)

@@ -125,7 +125,8 @@ def audio_info(path: PathLike) -> AudioInfo:
     """Header facts about an audio file; raises :class:`AudioError` if it is not usable audio."""
     p = _check_file(path)
     try:
-        info = sf.info(p)
+        # bytes: a name that is not valid UTF-8 (kept by Python as surrogates) still opens
+        info = sf.info(os.fsencode(p))
     except (RuntimeError, OSError, TypeError) as exc:
         raise _open_error(p, exc) from exc
     _check_riff(p)
@@ -173,7 +174,7 @@ def load_audio(path: PathLike, sample_rate: int | None = 16000, *, mono: bool = 
     info = audio_info(path)
     p = info.path
     try:
-        data, sr = sf.read(p, dtype="float32", always_2d=True)
+        data, sr = sf.read(os.fsencode(p), dtype="float32", always_2d=True)
     except (RuntimeError, OSError, TypeError) as exc:
         raise AudioError(p, f"corrupt or truncated audio ({str(exc).strip()})") from exc
     if data.shape[0] == 0:
