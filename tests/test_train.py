@@ -10,6 +10,7 @@ import torch
 from train_helpers import tiny_config
 
 from metavox.data import Split
+from metavox.pipeline.build import build_model
 from metavox.pipeline.train import load_trained, train
 from metavox.storage import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -195,3 +196,33 @@ def test_adaptation_settings_are_chosen_on_validation(manifest, cache, tmp_path)
                                   "select_inner_lr": [0.1]})
     with pytest.raises(ConfigError, match="metasgd learns its step sizes"):
         train(cfg, progress=False)
+
+
+def test_divergence_skips_updates_then_stops_with_a_message(manifest, cache, tmp_path):
+    """An inner step size of 1e36 makes every meta-loss NaN: each update is skipped and
+    logged, no checkpoint ever holds a non-finite tensor, and after max_nonfinite in a row
+    the run stops naming the iteration and the last good checkpoint."""
+    from metavox.engine import DivergenceError
+
+    diverging = {"name": "maml", "inner_lr": 1e36, "steps": 3, "eval_steps": 2}
+    cfg = tiny_config(manifest, tmp_path / "nan", cache, algorithm=diverging,
+                      optim={"iterations": 12, "warmup": 1, "lr": 0.01, "max_nonfinite": 3})
+    with pytest.raises(DivergenceError, match=r"4 iterations in a row \(up to iteration 4; "
+                                              r"4 skipped in all\).*Last good checkpoint: .*"
+                                              r"latest.safetensors"):
+        train(cfg, progress=False)
+    rows = list(csv.DictReader((tmp_path / "nan" / "metrics.csv").open()))
+    assert [r["skipped"] for r in rows] == ["1"] * 4
+    for name in ("latest.safetensors", "best.safetensors"):
+        ckpt = load_checkpoint(tmp_path / "nan" / name)
+        assert all(torch.isfinite(t).all() for t in ckpt.tensors.values()
+                   if t.is_floating_point())
+    # with more patience the run finishes; every update was skipped, the weights untouched
+    cfg = tiny_config(manifest, tmp_path / "patient", cache, algorithm=diverging,
+                      optim={"iterations": 6, "warmup": 1, "lr": 0.01, "max_nonfinite": 10})
+    result = train(cfg, progress=False)
+    assert (result.state.skipped, result.state.iteration) == (6, 6)
+    torch.manual_seed(cfg.seed)
+    fresh = build_model(cfg, result.data.input_shape, cfg.episodes.ways)
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(),
+                                                 result.algo.model.parameters(), strict=True))

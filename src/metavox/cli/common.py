@@ -20,13 +20,14 @@ def user_errors() -> Iterator[None]:
     from metavox.audio.io import AudioError
     from metavox.data import CorpusError, EpisodeError
     from metavox.data.synth import SynthError
+    from metavox.engine import DivergenceError
     from metavox.pipeline.config import ConfigError
     from metavox.storage import CheckpointError
 
     try:
         yield
     except (ConfigError, CheckpointError, CorpusError, EpisodeError, AudioError, SynthError,
-            FileNotFoundError, ValueError) as err:
+            DivergenceError, FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; checkpoints written so far are intact (use --resume)") from None

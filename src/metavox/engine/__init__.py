@@ -10,6 +10,7 @@ from metavox.engine.callbacks import Checkpointing, CSVLog, ProgressBar, TensorB
 from metavox.engine.evaluation import EpisodeResults, confidence_interval, evaluate_episodes
 from metavox.engine.loop import (
     Callback,
+    DivergenceError,
     EngineConfig,
     IterationRecord,
     Trainer,
@@ -19,7 +20,8 @@ from metavox.engine.loop import (
 from metavox.engine.precision import autocast, resolve_device
 
 __all__ = [
-    "CSVLog", "Callback", "Checkpointing", "EngineConfig", "EpisodeResults", "IterationRecord",
-    "ProgressBar", "TensorBoardLog", "TrainState", "Trainer", "Validation", "autocast",
-    "confidence_interval", "evaluate_episodes", "resolve_device", "warmup_cosine",
+    "CSVLog", "Callback", "Checkpointing", "DivergenceError", "EngineConfig",
+    "EpisodeResults", "IterationRecord", "ProgressBar", "TensorBoardLog", "TrainState",
+    "Trainer", "Validation", "autocast", "confidence_interval", "evaluate_episodes",
+    "resolve_device", "warmup_cosine",
 ]

@@ -12,7 +12,7 @@ from metavox.engine.evaluation import evaluate_episodes
 from metavox.engine.loop import Callback, IterationRecord, Trainer
 
 LOG_FIELDS = ["iteration", "lr", "loss", "accuracy", "accuracy_before", "grad_norm",
-              "val_accuracy", "val_ci95", "seconds"]
+              "val_accuracy", "val_ci95", "seconds", "skipped"]
 
 
 class Validation(Callback):
@@ -58,7 +58,7 @@ def _row(record: IterationRecord) -> dict[str, Any]:
             "grad_norm": record.grad_norm,
             "val_accuracy": "" if record.val_accuracy is None else record.val_accuracy,
             "val_ci95": "" if record.val_ci95 is None else record.val_ci95,
-            "seconds": record.seconds}
+            "seconds": record.seconds, "skipped": int(record.skipped)}
 
 
 class CSVLog(Callback):

@@ -68,6 +68,14 @@ class EngineConfig:
     precision: str = "float32"
     seed: int = 0  # seeds the episode loader's own generator
     workers: int = 0  # DataLoader workers for episodes
+    #: a non-finite meta-loss or meta-gradient skips that update; this many in a row stop
+    #: the run with a :class:`DivergenceError`
+    max_nonfinite: int = 5
+
+
+class DivergenceError(RuntimeError):
+    """Training stopped on non-finite meta-losses or gradients; the message names the
+    iteration and the last good checkpoint."""
 
 
 @dataclass
@@ -77,6 +85,10 @@ class TrainState:
     iteration: int = 0
     best_val: float = -1.0
     best_iteration: int = -1
+    #: updates skipped because the meta-loss or its gradient was not finite (in all), and
+    #: how many of the last iterations in a row were
+    skipped: int = 0
+    skipped_in_a_row: int = 0
 
 
 @dataclass
@@ -90,6 +102,8 @@ class IterationRecord:
     grad_norm: float
     seconds: float
     last: bool
+    #: the update was skipped (non-finite meta-loss or gradient)
+    skipped: bool = False
     val_accuracy: float | None = None
     val_ci95: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -161,13 +175,20 @@ class Trainer:
                 "iteration": self.state.iteration,
                 "best_val": self.state.best_val,
                 "best_iteration": self.state.best_iteration,
+                "skipped": self.state.skipped,
+                "skipped_in_a_row": self.state.skipped_in_a_row,
             },
         }
         return Checkpoint(tensors, meta)
 
     def save(self, name: str) -> Path:
-        """Write a checkpoint (rank 0 only: the ranks hold the same state)."""
+        """Write a checkpoint (rank 0 only: the ranks hold the same state); parameters that
+        are not finite are never written."""
         path = self.out / name
+        bad = [n for n, p in self.algo.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise DivergenceError(f"not writing {path}: parameters {bad[:3]} are not finite "
+                                  f"at iteration {self.state.iteration}")
         return save_checkpoint(path, self.checkpoint()) if self.dist.main else path
 
     def resume(self, path: str | Path | None = None) -> int:
@@ -181,6 +202,8 @@ class Trainer:
         self.state.iteration = int(st["iteration"])
         self.state.best_val = float(st["best_val"])
         self.state.best_iteration = int(st["best_iteration"])
+        self.state.skipped = int(st.get("skipped", 0))
+        self.state.skipped_in_a_row = int(st.get("skipped_in_a_row", 0))
         return self.state.iteration
 
     def record_validation(self, iteration: int, value: float) -> bool:
@@ -226,14 +249,32 @@ class Trainer:
                 params = [p for p in self.algo.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     params, c.clip_norm if c.clip_norm > 0 else float("inf")))
-                self.optimizer.step()
+                # the reduced gradient and averaged loss are the same on every rank, so
+                # every rank takes the same decision
+                skip = not (math.isfinite(grad_norm) and math.isfinite(metrics["loss"]))
+                if skip:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.state.skipped += 1
+                    self.state.skipped_in_a_row += 1
+                else:
+                    self.optimizer.step()
+                    self.state.skipped_in_a_row = 0
                 lr = self.schedule.get_last_lr()[0]
                 self.schedule.step()
                 self.state.iteration = i + 1
                 record = IterationRecord(i + 1, lr, metrics, grad_norm,
-                                         round(time.perf_counter() - t0, 3), i + 1 == total)
+                                         round(time.perf_counter() - t0, 3), i + 1 == total,
+                                         skipped=skip)
                 for cb in self.callbacks:
                     cb.on_iteration_end(self, record)
+                if self.state.skipped_in_a_row > c.max_nonfinite:
+                    last_good = self.out / "latest.safetensors"
+                    raise DivergenceError(
+                        f"meta-loss or meta-gradient not finite for {self.state.skipped_in_a_row}"
+                        f" iterations in a row (up to iteration {i + 1}; {self.state.skipped} "
+                        f"skipped in all): the inner or meta step size is probably too large. "
+                        f"Last good checkpoint: "
+                        f"{last_good if last_good.is_file() else 'none written yet'}")
                 done += 1
                 if stop_after is not None and done >= stop_after:
                     break

@@ -116,6 +116,9 @@ class OptimConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.01
     clip_norm: float = 10.0  # 0 disables clipping
+    #: non-finite meta-losses or gradients skip their update; this many in a row stop the
+    #: run (naming the iteration and the last good checkpoint)
+    max_nonfinite: int = 5
 
 
 @dataclass

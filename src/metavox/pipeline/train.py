@@ -114,7 +114,8 @@ def engine_config(cfg: RunConfig) -> EngineConfig:
     return EngineConfig(iterations=o.iterations, meta_batch=cfg.episodes.meta_batch, lr=o.lr,
                         weight_decay=o.weight_decay, warmup=o.warmup,
                         min_lr_ratio=o.min_lr_ratio, clip_norm=o.clip_norm,
-                        precision=cfg.precision, seed=cfg.seed, workers=cfg.data.workers)
+                        precision=cfg.precision, seed=cfg.seed, workers=cfg.data.workers,
+                        max_nonfinite=o.max_nonfinite)
 
 
 def run_callbacks(cfg: RunConfig, out: Path, val, *, progress: bool,
