@@ -226,3 +226,36 @@ def test_divergence_skips_updates_then_stops_with_a_message(manifest, cache, tmp
     fresh = build_model(cfg, result.data.input_shape, cfg.episodes.ways)
     assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(),
                                                  result.algo.model.parameters(), strict=True))
+
+
+def test_a_full_disk_during_a_checkpoint_is_a_clear_error(manifest, cache, tmp_path,
+                                                          monkeypatch):
+    """ENOSPC while writing a checkpoint: the command ends with a message naming the file
+    (no traceback), and the previous checkpoint is intact."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    import metavox.storage as storage
+    from metavox.cli import app
+    from metavox.pipeline.config import to_toml
+
+    cfg = tiny_config(manifest, tmp_path / "run", cache)
+    train(cfg, progress=False)
+    before = load_checkpoint(tmp_path / "run" / "latest.safetensors")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "save_file", full)
+    config = tmp_path / "run.toml"
+    config.write_text(to_toml({**cfg.to_dict(), "optim": {**cfg.to_dict()["optim"],
+                                                           "iterations": 9}}))
+    res = CliRunner().invoke(app, ["train", "-c", str(config), "--resume", "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert "could not write" in res.output and "No space left on device" in res.output
+    assert ".safetensors" in res.output and "is intact" in res.output
+    after = load_checkpoint(tmp_path / "run" / "latest.safetensors")
+    assert after.meta["state"] == before.meta["state"]
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]

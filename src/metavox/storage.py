@@ -96,8 +96,12 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
     meta = {"format": FORMAT, "version": VERSION, **ckpt.meta}
     # safetensors refuses shared or non-contiguous storage: store private contiguous copies
     tensors = {k: v.detach().contiguous().clone() for k, v in ckpt.tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"metavox": json.dumps(meta)})
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"metavox": json.dumps(meta)})
+    except OSError as err:  # a full disk, a vanished folder: say which file, and that
+        raise OSError(err.errno, f"could not write {path} ({err.strerror or err}); the "
+                      "previous file there, if any, is intact") from err
     return path
 
 

@@ -29,6 +29,8 @@ def user_errors() -> Iterator[None]:
     except (ConfigError, CheckpointError, CorpusError, EpisodeError, AudioError, SynthError,
             DivergenceError, FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
+    except OSError as err:  # a full disk, permissions: the message names the file
+        raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; checkpoints written so far are intact (use --resume)") from None
 
