@@ -259,3 +259,28 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error(manifest, cache, tmp_p
     after = load_checkpoint(tmp_path / "run" / "latest.safetensors")
     assert after.meta["state"] == before.meta["state"]
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_run_folder_in_use_is_refused(manifest, cache, tmp_path):
+    """Two writers never share a run folder: while one process holds it, another
+    `metavox train` into it stops at once with a message naming the holder's pid and
+    writes nothing; once released, training proceeds."""
+    import os
+    import subprocess
+    import sys
+
+    from metavox.pipeline.config import to_toml
+    from metavox.storage import FolderInUseError, folder_lock
+
+    cfg = tiny_config(manifest, tmp_path / "run", cache)
+    config = tmp_path / "run.toml"
+    config.write_text(to_toml(cfg.to_dict()))
+    with folder_lock(tmp_path / "run"):
+        with pytest.raises(FolderInUseError, match=f"in use by another metavox process "
+                                                   f"\\(pid {os.getpid()}\\)"):
+            train(cfg, progress=False)
+        proc = subprocess.run([sys.executable, "-m", "metavox", "train", "-c", str(config),
+                               "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and f"(pid {os.getpid()})" in proc.stderr
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    assert train(cfg, progress=False).state.iteration == cfg.optim.iterations

@@ -49,6 +49,39 @@ def atomic_path(path: str | os.PathLike[str], *, mode: int = 0o644) -> Iterator[
         raise
 
 
+class FolderInUseError(ValueError):
+    """Another process holds the folder's lock; the message names its pid."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold ``folder/.lock`` exclusively for the block (``fcntl.flock``, so the lock goes
+    with the process, also when it is killed). A second holder gets :class:`FolderInUseError`
+    at once, naming the first one's pid. Where ``fcntl`` is missing (Windows) it does
+    nothing."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderInUseError(f"{folder} is in use by another metavox process (pid {holder}): "
+                              "wait for it to finish, or write to another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def cache_root() -> Path:
     """metavox's cache folder: ``$METAVOX_CACHE`` if set, else ``$XDG_CACHE_HOME`` or
     ``~/.cache``, plus ``metavox`` (features, converted weights, the synthetic corpus)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from metavox.pipeline.build import (
 )
 from metavox.pipeline.config import ConfigError, RunConfig, config_from_dict, to_toml
 from metavox.pipeline.select import Selection, adaptation_config, select_adaptation
-from metavox.storage import Checkpoint, CheckpointError, load_checkpoint
+from metavox.storage import Checkpoint, CheckpointError, folder_lock, load_checkpoint
 
 
 @dataclass
@@ -65,6 +66,7 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
     device = run_device(cfg)
     joined = group_active()  # a caller's group (evaluation training its baselines) stays
     d = from_environment(device.type)
+    lock = contextlib.ExitStack()
     try:
         if d.enabled:
             if cfg.episodes.meta_batch % d.world:
@@ -87,8 +89,8 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         val_s = None
         if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
             val_s = make_sampler(data.parts["val"], cfg.episodes, seed=cfg.seed, stream="val")
-        if d.main:
-            out.mkdir(parents=True, exist_ok=True)
+        if d.main:  # one writer per run folder: a second `metavox train` into it is refused
+            lock.enter_context(folder_lock(out))
             (out / "config.toml").write_text(to_toml(cfg.to_dict()), encoding="utf-8")
             data.split.save(out / "split.json")
         meta = {"config": cfg.to_dict(), "frontend": data.frontend.to_dict(),
@@ -103,6 +105,7 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
             selection = select_adaptation(cfg, out, data.parts.get("val") if val_s else None,
                                           data.input_shape, device=device, dist=d)
     finally:
+        lock.close()
         if d.enabled and not joined:
             shutdown()
     return TrainResult(state, out, data, trainer.algo, selection)
