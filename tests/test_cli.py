@@ -77,29 +77,31 @@ def test_adapt_and_predict_own_words(trained, shared_data, tmp_path):
 
 
 def test_bad_input_gets_clear_errors(trained, tmp_path):
+    """Exit 2 for a config, setting or checkpoint that cannot be used (nothing done), 1
+    for data that cannot be used."""
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlr = 0.1\nlearning_rate = 3\n")
     res = runner.invoke(app, ["train", "--config", str(bad)])
-    assert res.exit_code == 1 and "learning_rate" in res.output and "accepted" in res.output
+    assert res.exit_code == 2 and "learning_rate" in res.output and "accepted" in res.output
     bad.write_text('[episodes]\nways = "five"\n')
     res = runner.invoke(app, ["train", "--config", str(bad)])
-    assert res.exit_code == 1 and "episodes.ways" in res.output and "int" in res.output
+    assert res.exit_code == 2 and "episodes.ways" in res.output and "int" in res.output
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "nope.toml")])
-    assert res.exit_code == 1 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output
     res = runner.invoke(app, ["train", "--set", "model.name=vgg19"])
-    assert res.exit_code == 1 and "vgg19" in res.output
+    assert res.exit_code == 2 and "vgg19" in res.output
     empty = tmp_path / "empty"
     empty.mkdir()
     res = runner.invoke(app, ["train", "--set", f'data.corpus="{empty}"', "--no-progress"])
     assert res.exit_code == 1 and "error:" in res.output
     res = runner.invoke(app, ["evaluate", str(tmp_path / "missing")])
-    assert res.exit_code == 1 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output
     res = runner.invoke(app, ["evaluate", str(trained / "run"), "--precision", "half",
                               "--no-progress"])
-    assert res.exit_code == 1 and "precision" in res.output and "half" in res.output
+    assert res.exit_code == 2 and "precision" in res.output and "half" in res.output
     res = runner.invoke(app, ["evaluate", str(trained / "run"), "--device", "gpu0",
                               "--no-progress"])
-    assert res.exit_code == 1 and "not a device name" in res.output
+    assert res.exit_code == 2 and "not a device name" in res.output
     # enrollment: one word only, unreadable clips, a training checkpoint given to predict
     one = tmp_path / "one"
     (one / "hello").mkdir(parents=True)
@@ -111,5 +113,22 @@ def test_bad_input_gets_clear_errors(trained, tmp_path):
     res = runner.invoke(app, ["adapt", str(trained / "run"), "--examples", str(one)])
     assert res.exit_code == 1 and "no readable recording" in res.output
     res = runner.invoke(app, ["predict", str(trained / "run" / "best.safetensors"), "x.wav"])
-    assert res.exit_code == 1 and "not an adapted model" in res.output
+    assert res.exit_code == 2 and "not an adapted model" in res.output
     assert not (tmp_path / "adapted.safetensors").exists()
+
+
+def test_impossible_sizes_exit_2_and_write_nothing(trained, tmp_path):
+    """Zero or negative sizes and more ways than the split has classes: exit 2, a message
+    naming the setting, and no run folder."""
+    config = trained / "run.toml"
+    cases = [("episodes.ways=0", "episodes.ways must be >= 1"),
+             ("episodes.shots=-1", "episodes.shots must be >= 1"),
+             ("algorithm.steps=0", "algorithm.steps must be >= 1"),
+             ("evaluation.episodes=0", "evaluation.episodes"),
+             ("episodes.ways=9", "9-way")]  # the tiny split has 4 training classes
+    for i, (setting, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        res = runner.invoke(app, ["train", "--config", str(config), "--no-progress",
+                                  "--set", setting, "--set", f'out="{out}"'])
+        assert res.exit_code == 2 and message in res.output, (setting, res.output)
+        assert not out.exists(), setting

@@ -38,7 +38,7 @@ def test_demo_quick_writes_a_report(tmp_path, monkeypatch, base):
     assert len(list((tmp_path / "demo" / "enroll" / "examples").iterdir())) == 3
     # the folder the demo names is not itself the run: the error says where the run is
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "demo"), "--no-progress"])
-    assert res.exit_code == 1 and f"the run is in {tmp_path / 'demo' / 'run'}" in res.output
+    assert res.exit_code == 2 and f"the run is in {tmp_path / 'demo' / 'run'}" in res.output
     # meta-test words and speakers were held out of meta-training
     split = json.loads((tmp_path / "demo" / "run" / "split.json").read_text())
     parts = split["parts"]

@@ -7,16 +7,22 @@ from contextlib import contextmanager
 
 import typer
 
+#: exit status for a config, setting or checkpoint that cannot be used: nothing was done
+#: (2, as for a bad command-line option); 1 is for everything that failed while working
+USAGE = 2
 
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr; the returned Exit has status 1."""
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` to stderr; the returned Exit has status ``code``."""
     typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
+    return typer.Exit(code=code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into a one-line message and exit status 1."""
+    """Turn the library's input errors into a one-line message: exit status 2 for a config,
+    episode setting or checkpoint that cannot be used, 1 for data, audio, a diverging run,
+    a busy run folder or a failed write."""
     from metavox.audio.io import AudioError
     from metavox.data import CorpusError, EpisodeError
     from metavox.data.synth import SynthError
@@ -26,8 +32,10 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, CheckpointError, CorpusError, EpisodeError, AudioError, SynthError,
-            DivergenceError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, EpisodeError) as err:
+        raise fail(str(err), USAGE) from None
+    except (CorpusError, AudioError, SynthError, DivergenceError, FileNotFoundError,
+            ValueError) as err:
         raise fail(str(err)) from None
     except OSError as err:  # a full disk, permissions: the message names the file
         raise fail(str(err)) from None

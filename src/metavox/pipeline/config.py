@@ -284,6 +284,13 @@ def _check_values(cfg: RunConfig) -> None:
     for name in ("ways", "shots", "queries", "meta_batch"):
         if getattr(cfg.episodes, name) < 1:
             problems.append(f"episodes.{name} must be >= 1")
+    e = cfg.evaluation
+    if e.episodes < 1 or e.queries < 1 or not e.shots or min(e.shots) < 1:
+        problems.append("evaluation.episodes, evaluation.queries and every evaluation.shots "
+                        "must be >= 1")
+    if cfg.validation.episodes < 0 or e.max_steps < 0 or cfg.optim.max_nonfinite < 0:
+        problems.append("validation.episodes, evaluation.max_steps and optim.max_nonfinite "
+                        "must be >= 0")
     if cfg.optim.iterations < 0 or cfg.optim.warmup < 0:
         problems.append("optim.iterations and optim.warmup must be >= 0")
     if cfg.optim.lr <= 0:
