@@ -409,7 +409,8 @@ class FeatureCache:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             with open(tmp / "index.json", "w", encoding="utf-8") as fh:
-                json.dump(index, fh, ensure_ascii=False)
+                # ASCII escapes keep file names that are not valid UTF-8 (surrogates)
+                json.dump(index, fh)
             if target.exists():  # an incomplete or stale entry under the same name
                 shutil.rmtree(target)
             try:

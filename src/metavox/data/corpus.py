@@ -287,7 +287,8 @@ class Corpus:
             rows.append((self.relpath(u), u.label, u.speaker or "", size, mtime))
         h = hashlib.sha256()
         for row in sorted(rows):
-            h.update("\x1f".join(map(str, row)).encode("utf-8"))
+            # surrogateescape: a file name that is not valid UTF-8 hashes as its bytes
+            h.update("\x1f".join(map(str, row)).encode("utf-8", "surrogateescape"))
             h.update(b"\x1e")
         return h.hexdigest()
 

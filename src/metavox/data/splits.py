@@ -129,7 +129,8 @@ class Split:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the split as JSON (atomically: temp file + rename)."""
-        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+        # ASCII escapes keep names that are not valid UTF-8 (surrogates) round-trippable
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
         return atomic_write(path, text)
 
     @classmethod
