@@ -147,6 +147,21 @@ class MetaAlgorithm(nn.Module):
             module, info = self.adapted_module(support_x, support_y, steps)
         return Learner(module, classes, kind=self.learner_kind, info=info)
 
+    def fine_tuned(self, module: nn.Module, support_x: Tensor, support_y: Tensor, steps: int,
+                   *, lr: StepSize, adapt_names: list[str] | None = None, overrides=None,
+                   start: dict[str, Tensor] | None = None,
+                   final: dict[str, Tensor] | None = None) -> nn.Module:
+        """A copy of ``module`` after ``steps`` of first-order SGD on the support set
+        (``start``: parameters to begin from instead of the module's own, e.g. a head
+        initialised from prototypes; ``final``: parameters to set after adapting, e.g.
+        per-step BatchNorm weights)."""
+        params = {k: v.detach() for k, v in {**meta_parameters(module), **(start or {})}.items()}
+        fast = adapt(module, params, support_x, support_y, steps=steps, lr=lr,
+                     first_order=True, loss_fn=self.loss_fn, adapt_names=adapt_names,
+                     overrides=overrides)
+        fast = {k: v.detach() for k, v in {**fast, **(final or {})}.items()}
+        return export_module(module, fast, support_x)
+
     def norm_context(self, strategy: str = "vmap"):
         """Explicit per-task batch normalisation, needed under vmap only.
 
@@ -267,21 +282,6 @@ class InnerLoopAlgorithm(MetaAlgorithm):
         self.eval_steps = int(eval_steps) if eval_steps is not None else self.steps
         self.track_before = bool(track_before)
 
-
-    def fine_tuned(self, module: nn.Module, support_x: Tensor, support_y: Tensor, steps: int,
-                   *, lr: StepSize, adapt_names: list[str] | None = None, overrides=None,
-                   start: dict[str, Tensor] | None = None,
-                   final: dict[str, Tensor] | None = None) -> nn.Module:
-        """A copy of ``module`` after ``steps`` of first-order SGD on the support set
-        (``start``: parameters to begin from instead of the module's own, e.g. a head
-        initialised from prototypes; ``final``: parameters to set after adapting, e.g.
-        per-step BatchNorm weights)."""
-        params = {k: v.detach() for k, v in {**meta_parameters(module), **(start or {})}.items()}
-        fast = adapt(module, params, support_x, support_y, steps=steps, lr=lr,
-                     first_order=True, loss_fn=self.loss_fn, adapt_names=adapt_names,
-                     overrides=overrides)
-        fast = {k: v.detach() for k, v in {**fast, **(final or {})}.items()}
-        return export_module(module, fast, support_x)
 
     def before(self, metrics: dict[str, Tensor], logits: Tensor, query_y: Tensor) -> None:
         """Record the query loss (and accuracy) of the unadapted ``logits``."""

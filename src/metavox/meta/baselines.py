@@ -10,7 +10,6 @@ scratch on the support set. These are evaluation-only: their "loss" has no meta-
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -20,8 +19,8 @@ from torch import Tensor, nn
 from metavox.meta.anil import split_body_head
 from metavox.meta.base import MetaAlgorithm, StepRecorder, TaskSettings
 from metavox.meta.functional import forward, functional_buffers, meta_parameters
-from metavox.meta.inner import adapt, inner_loop
-from metavox.meta.learner import export_module, register_learner_kind
+from metavox.meta.inner import inner_loop
+from metavox.meta.learner import register_learner_kind
 from metavox.meta.registry import register_algorithm
 
 FINETUNE_MODES = ("head", "all")
@@ -141,17 +140,13 @@ class FineTune(MetaAlgorithm):
         """The network with a new head fine-tuned on one support set (and, with
         ``mode="all"``, its body)."""
         ways = int(support_y.max().item()) + 1
-        body = copy.deepcopy(self.model)
-        params = {k: v.detach() for k, v in meta_parameters(body).items()}
+        params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
         with torch.no_grad():
-            dim = self._features(params, functional_buffers(body), support_x).shape[1]
+            dim = self._features(params, functional_buffers(self.model), support_x).shape[1]
         ref = next(iter(params.values()))
-        net = _Net(body, _Head(dim, ways), self.scale)
+        net = _Net(self.model, _Head(dim, ways), self.scale)  # the new head starts at zero
         net.head.to(device=ref.device, dtype=ref.dtype)
-        start = {k: (torch.zeros_like(v) if k.startswith("head.") else v.detach())
-                 for k, v in net.named_parameters()}
-        names = [k for k in start if k.startswith("head.")] if self.mode == "head" else None
-        fast = adapt(net, start, support_x, support_y, steps=steps, lr=self._lr,
-                     first_order=True, loss_fn=self.loss_fn, adapt_names=names)
-        return (export_module(net, fast, support_x),
-                {"dim": int(dim), "ways": ways, "scale": self.scale})
+        names = [k for k, _ in net.named_parameters() if k.startswith("head.")]
+        module = self.fine_tuned(net, support_x, support_y, steps, lr=self._lr,
+                                 adapt_names=names if self.mode == "head" else None)
+        return module, {"dim": int(dim), "ways": ways, "scale": self.scale}
