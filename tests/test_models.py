@@ -154,9 +154,23 @@ def test_a_backbone_can_declare_its_front_end(monkeypatch, tmp_path):
     from metavox.pipeline.config import ConfigError, config_from_dict
 
     assert model_frontend("conv4") == {}  # the from-scratch backbones take any front-end
-    monkeypatch.setitem(FRONTENDS, "conv4", {"n_mels": 32, "hop_ms": 20.0})
+    monkeypatch.setitem(FRONTENDS, "conv4", lambda options: {"n_mels": 32, "hop_ms": 20.0})
     cfg = config_from_dict({"model": {"name": "conv4"}, "frontend": {"duration": 0.5}})
     fe = cfg.frontend_config()
     assert (fe.n_mels, fe.hop_ms, fe.duration) == (32, 20.0, 0.5)
     with pytest.raises(ConfigError, match="needs n_mels = 32"):
         config_from_dict({"model": {"name": "conv4"}, "frontend": {"n_mels": 40}})
+
+
+def test_the_speech_embedding_front_end_stops_below_the_trainable_blocks():
+    from metavox.pipeline.config import ConfigError, config_from_dict
+
+    frozen = config_from_dict({"model": {"name": "speech-embedding"}}).frontend_config()
+    assert (frozen.embedding_blocks, frozen.num_features, frozen.num_frames) == (20, 96, 16)
+    top2 = config_from_dict({"model": {"name": "speech-embedding",
+                                       "options": {"trainable_blocks": 2}}}).frontend_config()
+    assert (top2.embedding_blocks, top2.num_features) == (18, 96 * 8 * 2)
+    with pytest.raises(ConfigError, match="needs embedding_blocks = 19"):
+        config_from_dict({"model": {"name": "speech-embedding",
+                                    "options": {"trainable_blocks": 1}},
+                          "frontend": {"embedding_blocks": 20}})

@@ -119,7 +119,35 @@ def test_front_end_kind_gives_cached_shape_features():
         FrontendConfig(kind="speech-embedding", sample_rate=8000)
 
 
-def test_a_run_on_the_embedding_trains_evaluates_and_enrolls(shared_data, tmp_path):
+@pytest.mark.parametrize("top", [1, 3])
+def test_trainable_top_blocks_on_cached_lower_blocks_equal_the_whole_embedding(top):
+    """The front-end stopping below the top ``k`` convolutions, then a model holding them
+    (pretrained) gives the frozen model's answer exactly; the top blocks get gradients."""
+    from metavox.models import create_model
+
+    waves = torch.from_numpy(np.stack(signals()[:3])).float()
+    full_cfg = FrontendConfig(kind="speech-embedding", duration=2.0)
+    low_cfg = FrontendConfig(kind="speech-embedding", duration=2.0, embedding_blocks=20 - top)
+    with torch.no_grad():
+        full, low = build_frontend(full_cfg)(waves), build_frontend(low_cfg)(waves)
+    assert low.shape == (3, low_cfg.num_features, 16) and low_cfg.num_features > 96
+    frozen = create_model("speech-embedding", num_classes=4, input_shape=(96, 16))
+    tuned = create_model("speech-embedding", num_classes=4,
+                         input_shape=(low_cfg.num_features, 16), trainable_blocks=top)
+    tuned.head.load_state_dict(frozen.head.state_dict())
+    top_params = list(tuned.body.top.parameters())
+    assert len(list(tuned.parameters())) == len(top_params) + 2
+    assert len(top_params) == 2 * top - 1  # the last convolution has no bias
+    torch.testing.assert_close(tuned(low.unsqueeze(1)), frozen(full.unsqueeze(1)),
+                               atol=1e-4, rtol=1e-5)
+    tuned(low.unsqueeze(1)).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top_params)
+    with pytest.raises(ValueError, match="embedding_blocks = 17"):
+        create_model("speech-embedding", num_classes=4, input_shape=(96, 16), trainable_blocks=3)
+
+
+@pytest.mark.parametrize("top", [0, 1], ids=["frozen", "top-block"])
+def test_a_run_on_the_embedding_trains_evaluates_and_enrolls(shared_data, tmp_path, top):
     """The pipeline end to end on the pretrained base: the backbone's declared front-end
     caches embeddings, Proto-MAML meta-trains on top, and evaluation runs the frozen
     nearest-centroid baseline on the same episodes."""
@@ -131,14 +159,16 @@ def test_a_run_on_the_embedding_trains_evaluates_and_enrolls(shared_data, tmp_pa
 
     manifest = fsdd_manifest(shared_data, tmp_path / "data", per=4)
     cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache", frontend={},
-                      model={"name": "speech-embedding", "options": {"scale": 1.0}},
+                      model={"name": "speech-embedding",
+                             "options": {"scale": 1.0, "trainable_blocks": top}},
                       algorithm={"name": "maml", "inner_lr": 0.5, "steps": 2,
                                  "options": {"head_init": "prototypes"}},
                       evaluation={"episodes": 8, "shots": [1], "queries": 2, "max_steps": 2,
                                   "baselines": ["centroid"]})
     result = train(cfg, progress=False)
     assert result.data.frontend.kind == "speech-embedding"
-    assert result.data.store.take([0]).shape == (1, 96, 16)  # cached embeddings
+    # cached embeddings, or the activations below the trainable block
+    assert result.data.store.take([0]).shape == (1, 96 if top == 0 else 288, 16)
     report = evaluate(tmp_path / "run")
     scores = {s.method: s for s in report.scores}
     assert set(scores) == {"maml", "nearest centroid"}

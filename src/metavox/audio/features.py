@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metavox.audio.speech_embedding import EMBEDDING_DIM, num_windows
+from metavox.audio.speech_embedding import NUM_BLOCKS, block_shape, num_windows
 
 __all__ = [
     "EmbeddingFeatures",
@@ -59,6 +59,9 @@ class FrontendConfig:
     mel_norm: str | None = "slaney"  # "slaney" (unit-area filters) | None (peak 1)
     center: bool = True
     pad_mode: str = "constant"  # padding for center=True framing (as librosa >= 0.10)
+    #: speech embedding only: body convolutions the (frozen, cached) front-end runs; the
+    #: other ``20 - embedding_blocks`` are the model's to train (20: the whole embedding)
+    embedding_blocks: int = NUM_BLOCKS
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -72,6 +75,9 @@ class FrontendConfig:
         if self.kind == "speech-embedding" and self.sample_rate != 16000:
             raise ValueError("kind='speech-embedding' works at sample_rate 16000 only, got "
                              f"{self.sample_rate}")
+        if not 0 <= self.embedding_blocks <= NUM_BLOCKS:
+            raise ValueError(f"embedding_blocks must be in 0..{NUM_BLOCKS}, got "
+                             f"{self.embedding_blocks}")
         if self.win_ms <= 0 or self.hop_ms <= 0:
             raise ValueError("win_ms and hop_ms must be positive")
         if self.n_mels <= 0:
@@ -126,9 +132,10 @@ class FrontendConfig:
     @property
     def num_features(self) -> int:
         """Feature bins per frame: ``n_mels`` for log-mel, ``n_mfcc`` for MFCC, 96 for the
-        speech embedding."""
+        speech embedding (for ``embedding_blocks < 20``: the size of one window's
+        activations at the input of convolution ``embedding_blocks``)."""
         if self.kind == "speech-embedding":
-            return EMBEDDING_DIM
+            return math.prod(block_shape(self.embedding_blocks))
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
 
     def frames_for(self, num_samples: int) -> int:
@@ -324,7 +331,9 @@ class MFCC(LogMel):
 class EmbeddingFeatures(nn.Module):
     """``kind="speech-embedding"``: the frozen, pretrained speech embedding
     (:mod:`metavox.audio.speech_embedding`) as a front-end, ``[B, samples]`` ->
-    ``[B, 96, windows]``: one 96-d vector every 80 ms, what the feature cache stores.
+    ``[B, 96, windows]``: one 96-d vector every 80 ms, what the feature cache stores. With
+    ``embedding_blocks = s < 20`` it stops below convolution ``s`` and gives each window's
+    activations there, flattened: ``[B, prod(block_shape(s)), windows]``.
 
     Waveforms go in as they are, in [-1, 1] (``input_scale=1``): on the validation words
     of protocol 1 that gave 86.2 / 95.1 % (5-way 1 / 5-shot, cosine nearest centroid)
@@ -335,12 +344,12 @@ class EmbeddingFeatures(nn.Module):
         super().__init__()
         from metavox.audio.speech_embedding import SpeechEmbedding
 
-        self.embedding = SpeechEmbedding(input_scale=1.0)
+        self.embedding = SpeechEmbedding(input_scale=1.0, blocks=config.embedding_blocks)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         lead = wave.shape[:-1]
-        out = self.embedding(wave.reshape(-1, wave.shape[-1]))  # [N, windows, 96]
-        return out.transpose(1, 2).reshape(*lead, EMBEDDING_DIM, out.shape[1])
+        out = self.embedding(wave.reshape(-1, wave.shape[-1])).flatten(2)  # [N, windows, F]
+        return out.transpose(1, 2).reshape(*lead, out.shape[2], out.shape[1])
 
 
 def build_frontend(config: FrontendConfig | None = None) -> nn.Module:

@@ -85,33 +85,50 @@ class SpeechEmbeddingMel(nn.Module):
 
 
 class SpeechEmbeddingBody(nn.Module):
-    """The 20-convolution body: ``[B, 1, 76, 32]`` mel windows -> ``[B, 96]``.
+    """Convolutions ``start..stop-1`` of the 20-convolution body (all of them by default:
+    ``[B, 1, 76, 32]`` mel windows -> ``[B, 96]``).
 
-    ``blocks(x, start, stop)`` runs convolutions ``start..stop-1`` only, so a caller can
-    freeze (and cache) the lower part and train the top.
+    A slice lets the lower part run once as a frozen, cached front-end
+    (``SpeechEmbeddingBody(0, s)``) and the top be trained (``SpeechEmbeddingBody(s)``).
+    Parameter names are the full body's (``convs.19.weight``) in every slice, so the
+    pretrained state dict loads into any slice after filtering.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0, stop: int = NUM_BLOCKS) -> None:
         super().__init__()
-        convs, channels = [], 1
-        for i, (out, kernel, _, _) in enumerate(BODY_SPEC):
-            convs.append(nn.Conv2d(channels, out, kernel, bias=i < NUM_BLOCKS - 1))
-            channels = out
-        self.convs = nn.ModuleList(convs)
-
-    def blocks(self, x: Tensor, start: int = 0, stop: int = NUM_BLOCKS) -> Tensor:
-        """Convolutions ``start..stop-1`` (with their activations and pools) on ``x``."""
+        if not 0 <= start <= stop <= NUM_BLOCKS:
+            raise ValueError(f"need 0 <= start <= stop <= {NUM_BLOCKS}, got {start}, {stop}")
+        self.start, self.stop = start, stop
+        self.convs = nn.ModuleDict()
         for i in range(start, stop):
+            channels = 1 if i == 0 else BODY_SPEC[i - 1][0]
+            out, kernel, _, _ = BODY_SPEC[i]
+            self.convs[str(i)] = nn.Conv2d(channels, out, kernel, bias=i < NUM_BLOCKS - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, *block_shape(start)]`` -> ``[B, *block_shape(stop)]`` (``[B, 96]`` at the
+        top: the last convolution's 1x1 output is flattened)."""
+        for i in range(self.start, self.stop):
             _, _, pad, pool = BODY_SPEC[i]
-            x = self.convs[i](F.pad(x, (pad, pad, 0, 0)) if pad else x)
+            x = self.convs[str(i)](F.pad(x, (pad, pad, 0, 0)) if pad else x)
             if i < NUM_BLOCKS - 1:
                 x = F.leaky_relu(x, 0.2).clamp_min(-0.4)
             if pool is not None:
                 x = F.max_pool2d(x, pool)
-        return x
+        return x.flatten(1) if self.stop == NUM_BLOCKS else x
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.blocks(x).flatten(1)
+
+def block_shape(index: int) -> tuple[int, int, int]:
+    """``(channels, frames, bands)`` of one window at the input of convolution ``index``
+    (``index = 20``: the output, ``(96, 1, 1)``): ``(1, 76, 32)``, ..., ``(96, 3, 1)``."""
+    if not 0 <= index <= NUM_BLOCKS:
+        raise ValueError(f"block index must be in 0..{NUM_BLOCKS}, got {index}")
+    c, h, w = 1, WINDOW_FRAMES, N_MELS
+    for out, (kh, kw), pad, pool in BODY_SPEC[:index]:
+        c, h, w = out, h - kh + 1, w + 2 * pad - kw + 1
+        if pool is not None:
+            h, w = h // pool[0], w // pool[1]
+    return c, h, w
 
 
 def mel_windows(mel: Tensor) -> Tensor:
@@ -204,18 +221,32 @@ def pretrained_state(cache: str | os.PathLike[str] | None = None) -> dict[str, T
     return state
 
 
+def body_state(state: dict[str, Tensor], body: SpeechEmbeddingBody) -> dict[str, Tensor]:
+    """The entries of the pretrained ``state`` (``body.convs.<i>.*``) that ``body``'s slice
+    holds, named as in ``body``."""
+    return {k[len("body."):]: v for k, v in state.items()
+            if k.startswith("body.convs.") and body.start <= int(k.split(".")[2]) < body.stop}
+
+
 class SpeechEmbedding(nn.Module):
     """Front-end plus body, pretrained: ``[B, samples]`` 16 kHz in [-1, 1] ->
-    ``[B, windows, 96]`` (one embedding every 80 ms; 16 windows for a 2 s clip)."""
+    ``[B, windows, 96]`` (one embedding every 80 ms; 16 windows for a 2 s clip).
+
+    ``blocks=s < 20`` stops after convolution ``s - 1``: ``[B, windows, *block_shape(s)]``,
+    the input of the top ``20 - s`` convolutions a model trains.
+    """
 
     def __init__(self, *, input_scale: float = 32768.0, pretrained: bool = True,
-                 cache: str | os.PathLike[str] | None = None) -> None:
+                 cache: str | os.PathLike[str] | None = None, blocks: int = NUM_BLOCKS) -> None:
         super().__init__()
         self.mel = SpeechEmbeddingMel(input_scale)
-        self.body = SpeechEmbeddingBody()
+        self.body = SpeechEmbeddingBody(0, blocks)
         if pretrained:
-            self.load_state_dict(pretrained_state(cache))
+            state = pretrained_state(cache)
+            self.mel.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("mel.")})
+            self.body.load_state_dict(body_state(state, self.body))
 
     def forward(self, wave: Tensor) -> Tensor:
         windows = mel_windows(self.mel(wave))  # [B, W, 1, 76, 32]
-        return self.body(windows.flatten(0, 1)).reshape(*windows.shape[:2], EMBEDDING_DIM)
+        out = self.body(windows.flatten(0, 1))
+        return out.reshape(*windows.shape[:2], *out.shape[1:])

@@ -16,7 +16,7 @@ from torch import nn
 
 from metavox.models.conv4 import Conv4
 from metavox.models.dscnn import DSCNN
-from metavox.models.embedding import EmbeddingClassifier
+from metavox.models.embedding import EmbeddingClassifier, embedding_frontend
 from metavox.models.mlp import MLP
 from metavox.models.resnet import ResNet8
 
@@ -40,13 +40,14 @@ DESCRIPTIONS: dict[str, str] = {
                         "embedding is its front-end (needs metavox[pretrained])",
 }
 
-#: The front-end a backbone declares: the ``FrontendConfig`` fields it needs (a pretrained
-#: encoder expects its own features, e.g. ``{"n_mels": 32}``). A run's ``[frontend]``
-#: settings fill in the rest and may not contradict these; the feature cache keys on the
-#: result. The from-scratch backbones declare none: they learn from any front-end.
-FRONTENDS: dict[str, dict[str, Any]] = {
+#: The front-end a backbone declares, as a function of its options: the ``FrontendConfig``
+#: fields it needs (a pretrained encoder expects its own features, and a model that trains
+#: the encoder's top blocks needs the features below them). A run's ``[frontend]`` settings
+#: fill in the rest and may not contradict these; the feature cache keys on the result.
+#: The from-scratch backbones declare none: they learn from any front-end.
+FRONTENDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     # 2 s around the clip: 16 windows of 775 ms, every 80 ms
-    "speech-embedding": {"kind": "speech-embedding", "duration": 2.0, "sample_rate": 16000},
+    "speech-embedding": embedding_frontend,
 }
 
 _FIXED = ("self", "num_classes", "input_shape")
@@ -62,9 +63,11 @@ def list_models() -> dict[str, str]:
     return {name: DESCRIPTIONS[name] for name in REGISTRY if name not in ALIASES}
 
 
-def model_frontend(name: str) -> dict[str, Any]:
-    """The front-end fields the backbone ``name`` fixes (empty: any front-end)."""
-    return dict(FRONTENDS.get(ALIASES.get(name, name), {}))
+def model_frontend(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The front-end fields the backbone ``name`` with ``options`` fixes (empty: any
+    front-end)."""
+    declare = FRONTENDS.get(ALIASES.get(name, name))
+    return declare(dict(options or {})) if declare is not None else {}
 
 
 def model_options(name: str) -> list[str] | None:

@@ -34,8 +34,20 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class MixConfig:
+    """One more corpus whose tasks join meta-training (``[[data.mix]]``). All its classes
+    are training classes, except any that the run's validation or test parts name: those
+    are left out, so the held-out words stay unseen by meta-training."""
+
+    corpus: str = ""  # as data.corpus: preset, pattern, manifest, folder or "synth"
+    root: str = ""
+    weight: float = 1.0  # share of training episodes, relative to data.weight and the others
+
+
+@dataclass
 class DataConfig:
-    """Which corpus, how it is split, where features are cached."""
+    """Which corpus, how it is split, where features are cached; optionally more corpora
+    mixed into meta-training with stated weights (``[[data.mix]]``)."""
 
     corpus: str = "synth"  # preset name, pattern, manifest (.csv), folder, or "synth"
     root: str = ""  # the corpus folder for a preset or a pattern
@@ -49,6 +61,8 @@ class DataConfig:
     test_fraction: float = 0.2
     cache_dir: str = ""  # default: $METAVOX_CACHE or ~/.cache/metavox
     workers: int = 0  # DataLoader workers for episodes
+    weight: float = 1.0  # this corpus's share of training episodes when data.mix is set
+    mix: list[MixConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -179,7 +193,7 @@ class RunConfig:
         may not contradict it; defaults filled in."""
         from metavox.models import model_frontend
 
-        fixed = model_frontend(self.model.name)
+        fixed = model_frontend(self.model.name, self.model.options)
         clash = sorted(k for k in set(fixed) & set(self.frontend) if fixed[k] != self.frontend[k])
         if clash:
             raise ConfigError(f"[frontend]: model {self.model.name!r} needs "
@@ -279,6 +293,13 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.precision not in PRECISIONS:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got "
                         f"{cfg.precision!r}")
+    for i, m in enumerate(cfg.data.mix):
+        if not m.corpus:
+            problems.append(f"data.mix[{i}].corpus is empty: name a preset, manifest or folder")
+    weights = [cfg.data.weight, *(m.weight for m in cfg.data.mix)]
+    if min(weights) < 0 or sum(weights) <= 0:
+        problems.append(f"data.weight and data.mix weights must be >= 0 and not all 0, "
+                        f"got {weights}")
     if cfg.data.split not in ("class", "speaker", "both"):
         problems.append(f"data.split must be 'class', 'speaker' or 'both', got {cfg.data.split!r}")
     for name in ("ways", "shots", "queries", "meta_batch"):
