@@ -189,3 +189,20 @@ def test_argument_checks(fsdd: FeatureStore) -> None:
         ClassEpisodeSampler(fsdd, 2, 1, 1).sample(0)
     sub = ClassEpisodeSampler(fsdd, 2, 1, 1, labels=["0", "4"]).sample(10, 0)
     assert all(sorted(c) == ["0", "4"] for c in sub.classes)
+
+
+def test_mixture_checks_its_parts(fsdd: FeatureStore) -> None:
+    from metavox.data.episodes import MixtureSampler
+
+    one = ClassEpisodeSampler(fsdd, ways=3, shots=1, queries=2, seed=0)
+    other = ClassEpisodeSampler(fsdd, ways=3, shots=1, queries=2, seed=1)
+    mixed = MixtureSampler([one, other], [1.0, 0.0], seed=0)
+    assert all(mixed.source(i) == 0 for i in range(50))  # weight 0: never drawn
+    assert _same(mixed.sample(3, 2), one.sample(3, 2))  # a part's own episodes, unchanged
+    with pytest.raises(ValueError, match="disagree on"):
+        MixtureSampler([one, ClassEpisodeSampler(fsdd, ways=3, shots=2, queries=2, seed=0)],
+                       [1, 1], seed=0)
+    with pytest.raises(ValueError, match="one weight per sampler"):
+        MixtureSampler([one, other], [1.0], seed=0)
+    with pytest.raises(ValueError, match="not all 0"):
+        MixtureSampler([one, other], [0.0, 0.0], seed=0)

@@ -11,6 +11,7 @@ from train_helpers import tiny_config
 
 from metavox.data import Split
 from metavox.pipeline.build import build_model
+from metavox.pipeline.config import ConfigError
 from metavox.pipeline.train import load_trained, train
 from metavox.storage import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -284,3 +285,36 @@ def test_a_run_folder_in_use_is_refused(manifest, cache, tmp_path):
         assert proc.returncode == 1 and f"(pid {os.getpid()})" in proc.stderr
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
     assert train(cfg, progress=False).state.iteration == cfg.optim.iterations
+
+
+def test_more_corpora_join_meta_training_by_weight(manifest, cache, tmp_path):
+    """``[[data.mix]]``: a second corpus's classes join the training episodes in the stated
+    share, its classes that the run validates or tests on are left out, and the mixture is
+    deterministic per episode."""
+    from train_helpers import tone_manifest
+
+    from metavox.pipeline.build import build_run_data, training_sampler
+
+    other = tone_manifest(tmp_path / "other", labels=range(4, 12), speakers=("c", "d"))
+    cfg = tiny_config(manifest, tmp_path / "run", cache,
+                      data__weight=1.0, data__mix=[{"corpus": str(other), "weight": 3.0}])
+    data = build_run_data(cfg)
+    (store, weight), = data.mix
+    assert weight == 3.0 and sorted(set(store.labels)) == ["10", "11", "8", "9"]
+    sampler = training_sampler(cfg, data)
+    sources = [sampler.source(i) for i in range(400)]
+    assert 0.68 < sum(sources) / 400 < 0.82  # 3 : 1 for the mixed-in corpus
+    for i in range(12):
+        (classes,) = sampler.sample_range(i, 1).classes
+        own = {"0", "1", "2", "3"}
+        assert set(classes) <= (own if sources[i] == 0 else {"8", "9", "10", "11"})
+    a, b = sampler.sample(2, 5), training_sampler(cfg, build_run_data(cfg)).sample(2, 5)
+    assert torch.equal(a.support_x, b.support_x) and a.classes == b.classes
+    result = train(cfg, progress=False)
+    assert result.state.iteration == cfg.optim.iterations
+    with pytest.raises(ConfigError, match="every class is a validation or test class"):
+        build_run_data(tiny_config(manifest, tmp_path / "run2", cache, data__mix=[
+            {"corpus": str(tone_manifest(tmp_path / "held", labels=range(4, 8)))}]))
+    with pytest.raises(ConfigError, match="weights must be >= 0"):
+        tiny_config(manifest, tmp_path / "run3", cache, data__weight=-1.0,
+                    data__mix=[{"corpus": str(other)}])

@@ -18,7 +18,9 @@ from metavox.data.episodes import (
     EpisodeDataset,
     EpisodeError,
     EpisodeSampler,
+    MixtureSampler,
     SpeakerEpisodeSampler,
+    TaskSource,
 )
 from metavox.data.splits import Split, SplitPart, make_split
 
@@ -43,6 +45,8 @@ __all__ = [
     "ClassEpisodeSampler",
     "SpeakerEpisodeSampler",
     "EpisodeSampler",
+    "MixtureSampler",
+    "TaskSource",
     "EpisodeDataset",
     "EpisodeError",
 ]

@@ -55,7 +55,31 @@ def _can_split(counts: Sequence[int], shots: int, queries: int) -> bool:
     return window & ((1 << (total - queries - shots + 1)) - 1) != 0
 
 
-class EpisodeSampler:
+class TaskSource:
+    """Anything that gives numbered meta-batches of episodes: ``sample_range(first, n)``
+    (episodes ``first .. first+n-1``), deterministic in the episode numbers."""
+
+    ways: int
+    shots: int
+    queries: int
+
+    def sample_range(self, first: int, meta_batch: int) -> EpisodeBatch:
+        raise NotImplementedError
+
+    def sample(self, meta_batch: int = 1, index: int = 0) -> EpisodeBatch:
+        """Batch ``index`` of ``meta_batch`` tasks (episodes ``index*meta_batch + t``)."""
+        if meta_batch < 1:
+            raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
+        return self.sample_range(int(index) * meta_batch, meta_batch)
+
+    def dataset(self, meta_batch: int, length: int, *, start: int = 0, rank: int = 0,
+                world: int = 1) -> EpisodeDataset:
+        """An :class:`EpisodeDataset` of ``length`` batches over this sampler (rank
+        ``rank``'s share of them when ``world`` ranks train together)."""
+        return EpisodeDataset(self, meta_batch, length, start=start, rank=rank, world=world)
+
+
+class EpisodeSampler(TaskSource):
     """Base of the samplers: seeding, feature gathering, batching, augmentation."""
 
     def __init__(
@@ -85,12 +109,6 @@ class EpisodeSampler:
     def episode_rows(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Store rows of episode ``index``: support ``[N, K]``, query ``[N, Q]``, classes."""
         return self._draw(np.random.default_rng([self.seed, int(index)]))
-
-    def sample(self, meta_batch: int = 1, index: int = 0) -> EpisodeBatch:
-        """Batch ``index`` of ``meta_batch`` tasks (episodes ``index*meta_batch + t``)."""
-        if meta_batch < 1:
-            raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
-        return self.sample_range(int(index) * meta_batch, meta_batch)
 
     def sample_range(self, first: int, meta_batch: int) -> EpisodeBatch:
         """Episodes ``first .. first + meta_batch - 1`` as one batch (a rank's slice of a
@@ -124,12 +142,6 @@ class EpisodeSampler:
         support_y = labels.repeat_interleave(K).expand(meta_batch, -1).contiguous()
         query_y = labels.repeat_interleave(Q).expand(meta_batch, -1).contiguous()
         return EpisodeBatch(support_x, support_y, query_x, query_y, classes, speakers)
-
-    def dataset(self, meta_batch: int, length: int, *, start: int = 0, rank: int = 0,
-                world: int = 1) -> EpisodeDataset:
-        """An :class:`EpisodeDataset` of ``length`` batches over this sampler (rank
-        ``rank``'s share of them when ``world`` ranks train together)."""
-        return EpisodeDataset(self, meta_batch, length, start=start, rank=rank, world=world)
 
 
 class ClassEpisodeSampler(EpisodeSampler):
@@ -316,6 +328,51 @@ class SpeakerEpisodeSampler(EpisodeSampler):
         return sup, qry, [names[c] for c in picked]
 
 
+class MixtureSampler(TaskSource):
+    """Episodes drawn from several samplers (corpora) with stated weights: episode ``i``
+    comes from sampler ``k`` with probability ``weights[k] / sum(weights)``, chosen by a
+    generator seeded with ``(seed, i)``, and is that sampler's own episode ``i``. So the
+    mixture is deterministic per episode, like every sampler, and any worker count or
+    rank split gives the same tasks.
+
+    The samplers must agree on ways, shots, queries and feature shape.
+    """
+
+    def __init__(self, samplers: Sequence[TaskSource], weights: Sequence[float], *,
+                 seed: int) -> None:
+        if not samplers or len(samplers) != len(weights):
+            raise ValueError(f"need one weight per sampler, got {len(samplers)} samplers and "
+                             f"{len(weights)} weights")
+        w = np.asarray(weights, dtype=np.float64)
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise ValueError(f"weights must be >= 0, finite and not all 0, got {list(weights)}")
+        sizes = {(s.ways, s.shots, s.queries) for s in samplers}
+        if len(sizes) != 1:
+            raise ValueError(f"the samplers disagree on (ways, shots, queries): {sorted(sizes)}")
+        self.samplers = list(samplers)
+        self.probs = w / w.sum()
+        self.seed = int(seed)
+        self.ways, self.shots, self.queries = next(iter(sizes))
+
+    def source(self, index: int) -> int:
+        """Which sampler episode ``index`` comes from."""
+        rng = np.random.default_rng([self.seed, int(index), 2])
+        return int(rng.choice(len(self.samplers), p=self.probs))
+
+    def sample_range(self, first: int, meta_batch: int) -> EpisodeBatch:
+        if meta_batch < 1 or first < 0:
+            raise ValueError(f"need first >= 0 and meta_batch >= 1, got {first}, {meta_batch}")
+        tasks = [self.samplers[self.source(i)].sample_range(i, 1)
+                 for i in range(first, first + meta_batch)]
+        shapes = {tuple(t.support_x.shape[2:]) for t in tasks}
+        if len(shapes) != 1:
+            raise ValueError(f"the samplers give features of different shapes: {sorted(shapes)}")
+        return EpisodeBatch(
+            *(torch.cat([getattr(t, f) for t in tasks])
+              for f in ("support_x", "support_y", "query_x", "query_y")),
+            [c for t in tasks for c in t.classes], [s for t in tasks for s in t.speakers])
+
+
 class EpisodeDataset(Dataset):
     """``length`` batches of ``meta_batch`` tasks; item ``b`` is ``sampler.sample(meta_batch,
     start + b)``. Use with ``DataLoader(dataset, batch_size=None, num_workers=k)``: every
@@ -326,7 +383,7 @@ class EpisodeDataset(Dataset):
     together see exactly the tasks of one process with the whole meta-batch.
     """
 
-    def __init__(self, sampler: EpisodeSampler, meta_batch: int, length: int, *, start: int = 0,
+    def __init__(self, sampler: TaskSource, meta_batch: int, length: int, *, start: int = 0,
                  rank: int = 0, world: int = 1):
         if meta_batch < 1 or length < 0:
             raise ValueError(f"need meta_batch >= 1 and length >= 0, got {meta_batch}, {length}")

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from metavox import __version__
-from metavox.data.episodes import EpisodeSampler
+from metavox.data.episodes import TaskSource
 from metavox.engine.checkpoint import optimizer_state, restore_optimizer
 from metavox.engine.distributed import (
     SINGLE,
@@ -133,7 +133,7 @@ class Trainer:
     def __init__(
         self,
         algo: MetaAlgorithm,
-        train: EpisodeSampler,
+        train: TaskSource,
         config: EngineConfig,
         *,
         out: str | Path,

@@ -4,7 +4,7 @@ CLI."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from metavox.data import (
     load_corpus,
     make_split,
 )
-from metavox.data.episodes import EpisodeSampler
+from metavox.data.episodes import EpisodeSampler, MixtureSampler, TaskSource
 from metavox.engine.precision import resolve_device
 from metavox.meta import MetaAlgorithm, create_algorithm
 from metavox.models import create_model
@@ -41,18 +41,22 @@ def run_device(cfg: RunConfig) -> torch.device:
 
 def load_run_corpus(cfg: RunConfig) -> Corpus:
     """The corpus the config names; ``"synth"`` builds the built-in corpus if needed."""
-    spec = cfg.data.corpus
+    return corpus_from_spec(cfg.data.corpus, cfg.data.root, "data")
+
+
+def corpus_from_spec(spec: str, root: str, where: str) -> Corpus:
+    """A corpus named as in ``[data]`` (``where`` names the section in errors)."""
     if spec == "synth":
         from metavox.data.synth import ensure_default_corpus
 
-        if cfg.data.root:  # a synthetic corpus made elsewhere (any settings): read it
-            manifest = Path(cfg.data.root) / "manifest.csv"
+        if root:  # a synthetic corpus made elsewhere (any settings): read it
+            manifest = Path(root) / "manifest.csv"
             if not manifest.is_file():
-                raise ConfigError(f"data.root {cfg.data.root} holds no synthetic corpus "
+                raise ConfigError(f"{where}.root {root} holds no synthetic corpus "
                                   "(no manifest.csv); run `metavox data synth` first")
             return load_corpus(str(manifest))
         return load_corpus(str(Path(ensure_default_corpus()) / "manifest.csv"))
-    return load_corpus(spec, cfg.data.root or None)
+    return load_corpus(spec, root or None)
 
 
 def make_run_split(cfg: RunConfig, corpus: Corpus) -> Split:
@@ -80,13 +84,15 @@ def make_run_split(cfg: RunConfig, corpus: Corpus) -> Split:
 
 @dataclass
 class RunData:
-    """A corpus's features, split into parts."""
+    """A corpus's features, split into parts; and the training features of the corpora
+    mixed into meta-training, with their weights."""
 
     corpus: Corpus
     split: Split
     frontend: FrontendConfig
     store: FeatureStore
     parts: dict[str, FeatureStore]
+    mix: list[tuple[FeatureStore, float]] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -103,7 +109,17 @@ def build_run_data(cfg: RunConfig, *, progress: bool = False) -> RunData:
     for name in split.names:
         part = split.part(name)
         parts[name] = store.filter(labels=part.labels, speakers=part.speakers)
-    return RunData(corpus, split, frontend, store, parts)
+    held_out = {x for name in ("val", "test") if name in parts for x in parts[name].labels}
+    mix = []
+    for i, m in enumerate(cfg.data.mix):
+        extra = build_feature_store(corpus_from_spec(m.corpus, m.root, f"data.mix[{i}]"),
+                                    frontend, cfg.data.cache_dir or None, progress=progress)
+        keep = sorted(set(extra.labels) - held_out)
+        if not keep:
+            raise ConfigError(f"data.mix[{i}] ({m.corpus}): every class is a validation or "
+                              "test class of the run, so none is left to train on")
+        mix.append((extra.filter(labels=keep), m.weight))
+    return RunData(corpus, split, frontend, store, parts, mix)
 
 
 def spec_augmenter(cfg: AugmentConfig):
@@ -142,6 +158,19 @@ def make_sampler(
     return ClassEpisodeSampler(store, ways, shots, episodes.queries, seed=s,
                                speaker_disjoint=episodes.speaker_disjoint, too_few=too_few,
                                augment=aug)
+
+
+def training_sampler(cfg: RunConfig, data: RunData) -> TaskSource:
+    """The meta-training episodes: the run's training part, mixed with the ``[[data.mix]]``
+    corpora by their weights when there are any."""
+    own = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train",
+                       augment=cfg.augment)
+    if not data.mix:
+        return own
+    extra = [make_sampler(store, cfg.episodes, seed=cfg.seed + 7919 * (i + 1), stream="train",
+                          augment=cfg.augment) for i, (store, _) in enumerate(data.mix)]
+    return MixtureSampler([own, *extra], [cfg.data.weight, *(w for _, w in data.mix)],
+                          seed=cfg.seed + STREAM["train"])
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, int], num_classes: int) -> nn.Module:

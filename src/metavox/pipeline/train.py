@@ -36,10 +36,20 @@ from metavox.pipeline.build import (
     build_run_data,
     make_sampler,
     run_device,
+    training_sampler,
 )
 from metavox.pipeline.config import ConfigError, RunConfig, config_from_dict, to_toml
 from metavox.pipeline.select import Selection, adaptation_config, select_adaptation
-from metavox.storage import Checkpoint, CheckpointError, folder_lock, load_checkpoint
+from metavox.storage import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write,
+    folder_lock,
+    load_checkpoint,
+)
+
+#: the checkpoints a run writes into its folder
+CHECKPOINTS = ("latest.safetensors", "best.safetensors")
 
 
 @dataclass
@@ -84,14 +94,14 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, data.input_shape, cfg.episodes.ways)
         algo = build_algorithm(cfg, model)
-        train_s = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train",
-                               augment=cfg.augment)
+        train_s = training_sampler(cfg, data)
         val_s = None
         if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
             val_s = make_sampler(data.parts["val"], cfg.episodes, seed=cfg.seed, stream="val")
         if d.main:  # one writer per run folder: a second `metavox train` into it is refused
             lock.enter_context(folder_lock(out))
-            (out / "config.toml").write_text(to_toml(cfg.to_dict()), encoding="utf-8")
+            remove_stale_checkpoint_temps(out)
+            atomic_write(out / "config.toml", to_toml(cfg.to_dict()))
             data.split.save(out / "split.json")
         meta = {"config": cfg.to_dict(), "frontend": data.frontend.to_dict(),
                 "ways": cfg.episodes.ways}
@@ -109,6 +119,16 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         if d.enabled and not joined:
             shutdown()
     return TrainResult(state, out, data, trainer.algo, selection)
+
+
+def remove_stale_checkpoint_temps(out: Path) -> list[Path]:
+    """Delete the temporary files of checkpoints whose write a killed run left unfinished
+    (``.latest.safetensors.XXXX.tmp``, see :func:`metavox.storage.atomic_path`). Call it
+    holding the folder's lock: no other process is writing them then."""
+    stale = [p for c in CHECKPOINTS for p in out.glob(f".{c}.*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def engine_config(cfg: RunConfig) -> EngineConfig:
