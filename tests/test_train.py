@@ -318,3 +318,30 @@ def test_more_corpora_join_meta_training_by_weight(manifest, cache, tmp_path):
     with pytest.raises(ConfigError, match="weights must be >= 0"):
         tiny_config(manifest, tmp_path / "run3", cache, data__weight=-1.0,
                     data__mix=[{"corpus": str(other)}])
+
+
+def test_pre_train_then_meta_train(manifest, cache, tmp_path):
+    """``optim.pretrain_iterations``: the body meta-training starts from is the one a plain
+    classifier of the training classes learned, not the random initialisation."""
+    from metavox.pipeline.build import build_run_data
+    from metavox.pipeline.train import pretrain_body
+
+    cfg = tiny_config(manifest, tmp_path / "run", cache, optim__pretrain_iterations=5)
+    data = build_run_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.input_shape, cfg.episodes.ways)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pretrain_body(cfg, model, data)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("body.") for k in changed)
+    assert any(k.endswith("weight") for k in changed)
+    first = train(cfg, progress=False)
+    again = train(tiny_config(manifest, tmp_path / "again", cache,
+                              optim__pretrain_iterations=5), progress=False)
+    plain = train(tiny_config(manifest, tmp_path / "plain", cache), progress=False)
+    p1, p2, p0 = (dict(r.algo.model.named_parameters()) for r in (first, again, plain))
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)  # deterministic by seed
+    assert not all(torch.equal(p1[k], p0[k]) for k in p1)
+    with pytest.raises(ConfigError, match="pretrain_iterations must be >= 0"):
+        tiny_config(manifest, tmp_path / "bad", cache, optim__pretrain_iterations=-1)

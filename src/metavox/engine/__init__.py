@@ -18,10 +18,11 @@ from metavox.engine.loop import (
     warmup_cosine,
 )
 from metavox.engine.precision import autocast, resolve_device
+from metavox.engine.pretrain import pretrain_classifier
 
 __all__ = [
     "CSVLog", "Callback", "Checkpointing", "DivergenceError", "EngineConfig",
     "EpisodeResults", "IterationRecord", "ProgressBar", "TensorBoardLog", "TrainState",
     "Trainer", "Validation", "autocast", "confidence_interval", "evaluate_episodes",
-    "resolve_device", "warmup_cosine",
+    "pretrain_classifier", "resolve_device", "warmup_cosine",
 ]

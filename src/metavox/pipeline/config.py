@@ -133,6 +133,9 @@ class OptimConfig:
     #: non-finite meta-losses or gradients skip their update; this many in a row stop the
     #: run (naming the iteration and the last good checkpoint)
     max_nonfinite: int = 5
+    #: before meta-training, train the backbone as a plain classifier of every training
+    #: class for this many mini-batches of 64 clips, and meta-train from its body (0: off)
+    pretrain_iterations: int = 0
 
 
 @dataclass
@@ -312,8 +315,9 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.validation.episodes < 0 or e.max_steps < 0 or cfg.optim.max_nonfinite < 0:
         problems.append("validation.episodes, evaluation.max_steps and optim.max_nonfinite "
                         "must be >= 0")
-    if cfg.optim.iterations < 0 or cfg.optim.warmup < 0:
-        problems.append("optim.iterations and optim.warmup must be >= 0")
+    if cfg.optim.iterations < 0 or cfg.optim.warmup < 0 or cfg.optim.pretrain_iterations < 0:
+        problems.append("optim.iterations, optim.warmup and optim.pretrain_iterations must "
+                        "be >= 0")
     if cfg.optim.lr <= 0:
         problems.append(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.validation.every < 1 or cfg.validation.checkpoint_every < 1:

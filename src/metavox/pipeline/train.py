@@ -20,6 +20,7 @@ from metavox.engine import (
     Trainer,
     TrainState,
     Validation,
+    pretrain_classifier,
 )
 from metavox.engine.distributed import (
     from_environment,
@@ -93,6 +94,8 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
             data = build_run_data(cfg, progress=progress and d.main)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, data.input_shape, cfg.episodes.ways)
+        if cfg.optim.pretrain_iterations and not resume:
+            pretrain_body(cfg, model, data, progress=progress and d.main)
         algo = build_algorithm(cfg, model)
         train_s = training_sampler(cfg, data)
         val_s = None
@@ -129,6 +132,19 @@ def remove_stale_checkpoint_temps(out: Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def pretrain_body(cfg: RunConfig, model: nn.Module, data: RunData, *,
+                  progress: bool = False) -> None:
+    """Pre-train then meta-train: a classifier of every training class, starting from
+    ``model``'s weights, learns with plain mini-batches; its body replaces ``model``'s (the
+    head, sized for the episodes' ways, stays as it is)."""
+    store = data.parts["train"]
+    classifier = build_model(cfg, data.input_shape, len(set(store.labels)))
+    classifier.body.load_state_dict(model.body.state_dict())
+    pretrain_classifier(classifier, store, iterations=cfg.optim.pretrain_iterations,
+                        lr=cfg.optim.lr, seed=cfg.seed, progress=progress)
+    model.body.load_state_dict(classifier.body.state_dict())
 
 
 def engine_config(cfg: RunConfig) -> EngineConfig:
