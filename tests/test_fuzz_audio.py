@@ -11,15 +11,12 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+from train_helpers import tone
 from typer.testing import CliRunner
 
 from metavox.cli import app
 
 RATES = [4000, 8000, 11025, 16000, 22050, 44100, 48000, 96000]
-
-
-def tone(n: int, rate: int) -> np.ndarray:
-    return (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
 
 
 def wav_header(frames_claimed: int, rate: int = 16000) -> bytes:

@@ -1,11 +1,20 @@
-"""Tiny real-speech configs for training tests: a manifest over a slice of FSDD."""
+"""Tiny corpora and configs for training tests: a manifest over a slice of the real FSDD,
+or over generated tones (no data folder needed)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+
 from metavox.pipeline.config import config_from_dict
+
+
+def tone(n: int, rate: int, freq: float = 440.0) -> np.ndarray:
+    """``n`` samples of a sine at ``freq`` Hz (amplitude 0.3), float32."""
+    return (0.3 * np.sin(2 * np.pi * freq * np.arange(n) / rate)).astype(np.float32)
 
 
 def fsdd_manifest(shared_data: Path, out: Path, digits=range(8), speakers=("jackson", "theo"),
@@ -17,6 +26,29 @@ def fsdd_manifest(shared_data: Path, out: Path, digits=range(8), speakers=("jack
             for i in range(per):
                 rows.append((str(shared_data / "fsdd" / "recordings" / f"{d}_{s}_{i}.wav"),
                              str(d), s))
+    return _write_manifest(out, rows)
+
+
+def tone_manifest(out: Path, labels=range(8), speakers=("a", "b"), per=6,
+                  seconds: float = 0.5) -> Path:
+    """A CSV manifest (as :func:`fsdd_manifest`) over generated clips: class ``d`` is a tone
+    near ``300 + 150 d`` Hz, each clip detuned and noised by a seeded generator."""
+    rng = np.random.default_rng(0)
+    rate = 16000
+    rows = []
+    for d in labels:
+        for s in speakers:
+            for i in range(per):
+                path = out / "clips" / f"{d}_{s}_{i}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                freq = 300 + 150 * int(d) + rng.uniform(-20, 20)
+                noise = 0.05 * rng.standard_normal(int(seconds * rate))
+                sf.write(path, tone(int(seconds * rate), rate, freq) + noise, rate)
+                rows.append((str(path), str(d), s))
+    return _write_manifest(out, rows)
+
+
+def _write_manifest(out: Path, rows: list[tuple[str, str, str]]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.csv"
     with path.open("w", newline="") as f:
