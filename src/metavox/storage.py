@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 
 @contextmanager
@@ -121,6 +121,17 @@ class Checkpoint:
         """The tensors stored under ``prefix/`` with the prefix removed."""
         p = prefix + "/"
         return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[str],
+              metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as a safetensors file, straight to ``filename``.
+
+    ``safetensors.torch.save_file`` writes through a temporary file of its own
+    (``.tmpXXXXXX`` beside the target) that a killed process leaves behind; here the only
+    temporary file is :func:`atomic_path`'s, which the next run into the folder removes.
+    """
+    Path(filename).write_bytes(save(tensors, metadata=metadata))
 
 
 def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
