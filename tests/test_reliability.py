@@ -189,3 +189,93 @@ def test_killed_training_resumes_bit_identically(setup, reference):
     assert_same_checkpoints(reference.out, out)
     # the resumed run removed the temporary files the kills left behind: nothing else there
     assert sorted(os.listdir(out)) == sorted(os.listdir(reference.out))
+
+
+def test_a_second_training_into_a_busy_folder_is_refused(setup, reference):
+    """While one `metavox train` holds a run folder (stopped there with SIGSTOP, so the race
+    is certain), a second one into it stops with one line naming the holder, exit status 1;
+    the first then finishes exactly as if alone."""
+    out = setup.root / "busy"
+    first = setup.train(out)
+    assert poll(first, lambda: holds_lock(out, first.pid))
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = setup.train(out)
+        _, stderr = second.communicate(timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert stderr.strip().splitlines() == [
+        f"error: {out} is in use by another metavox process (pid {first.pid}): wait for it "
+        "to finish, or write to another folder"]
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert_same_checkpoints(reference.out, out)
+
+
+RACE = """
+import hashlib, json, pickle, sys, time
+from pathlib import Path
+from metavox.audio.features import FrontendConfig
+from metavox.data import build_feature_store, load_corpus
+
+manifest, cache, ready, go = sys.argv[1:]
+corpus = load_corpus(manifest)
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.0005)
+store = build_feature_store(corpus, FrontendConfig(n_mels=20, duration=0.5), cache, workers=0,
+                            progress=True)
+inode = (store.path / "features.npy").stat().st_ino  # the file it got
+sha = hashlib.sha256(store.take(range(len(store))).tobytes()).hexdigest()
+# then reopen it by path for a while, as DataLoader workers do, while the other one finishes
+end, reads = time.monotonic() + 0.5, 0
+while time.monotonic() < end:
+    again = pickle.loads(pickle.dumps(store))
+    assert hashlib.sha256(again.take(range(len(again))).tobytes()).hexdigest() == sha
+    reads += 1
+print(json.dumps({"path": str(store.path), "rows": len(store), "sha": sha, "inode": inode}))
+"""
+
+
+def test_two_processes_filling_one_feature_cache(setup, tmp_path):
+    """Two processes released at the same instant build the features of the same corpus
+    into the same cache folder, three times over: both succeed with the same complete entry,
+    equal to one built alone, which neither replaced under the other (same file, reread by
+    path meanwhile), and nothing else is left in the cache. One builds, the other waits."""
+    import hashlib
+    import json
+
+    from metavox.audio.features import FrontendConfig
+    from metavox.data import build_feature_store, load_corpus
+
+    manifest = tone_manifest(tmp_path / "data", per=20)
+    alone = build_feature_store(load_corpus(str(manifest)),
+                                FrontendConfig(n_mels=20, duration=0.5), tmp_path / "alone",
+                                workers=0)
+    want = hashlib.sha256(alone.take(range(len(alone))).tobytes()).hexdigest()
+    waits = []
+    for round_ in range(3):
+        cache, go = tmp_path / f"cache{round_}", tmp_path / f"go{round_}"
+        ready = [tmp_path / f"ready{round_}.{i}" for i in range(2)]
+        procs = [subprocess.Popen([sys.executable, "-c", RACE, str(manifest), str(cache),
+                                   str(r), str(go)], env=setup.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for r in ready]
+        end = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < end:
+            time.sleep(0.001)
+        go.touch()
+        results, waited = [], 0
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=300)
+            assert p.returncode == 0, stderr
+            results.append(json.loads(stdout))
+            waited += "waiting for another process building" in stderr
+        entry = Path(results[0]["path"])
+        inode = (entry / "features.npy").stat().st_ino
+        assert results[0] == results[1] == {"path": str(entry), "rows": len(alone),
+                                            "sha": want, "inode": inode}, round_
+        assert list(cache.iterdir()) == [entry] and (entry / "index.json").is_file()
+        waits.append(waited)
+    print(f"rounds in which one process waited for the other's build: {sum(waits)} of 3")
+    assert max(waits) == 1, waits  # one built while the other waited (not both building)

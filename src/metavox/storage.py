@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +80,43 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def waiting_lock(path: str | os.PathLike[str], on_wait: Callable[[], None] | None = None
+                 ) -> Iterator[Path]:
+    """Hold the lock file ``path`` exclusively for the block, first waiting for any other
+    holder to finish (``on_wait`` is called once if it has to). ``fcntl.flock``, so a
+    killed holder releases it; the file is removed on release. Where ``fcntl`` is missing it
+    does nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield path
+        return
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None and not waited:
+                on_wait()
+            waited = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # the holder before may have removed the file: then lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: a waiter then retries
+        os.close(fd)
 
 
 def cache_root() -> Path:

@@ -5,8 +5,10 @@ A cache entry is a folder ``{cache_dir}/{corpus}-{key}/`` holding ``features.npy
 row order, the front-end config, the corpus fingerprint, the clips that failed to decode).
 ``key`` hashes the front-end config, the dtype and the corpus fingerprint, so a change to
 either gives a new entry. Entries are built in a temporary folder and renamed into place,
-so an interrupted build is never mistaken for a complete one. The cache never lives inside
-the (read-only) data folder.
+so an interrupted build is never mistaken for a complete one; two processes that need the
+same entry at once take turns on a lock file beside it (``.{corpus}-{key}.lock``): one
+builds, the other waits and opens what it built. The cache never lives inside the
+(read-only) data folder.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -30,7 +33,7 @@ import torch
 from metavox.audio import io as audio_io
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.data.corpus import Corpus, Utterance
-from metavox.storage import cache_root
+from metavox.storage import cache_root, waiting_lock
 
 _FORMAT = "metavox-features"
 _VERSION = 1
@@ -283,9 +286,23 @@ class FeatureCache:
             store = self._open_valid(target, key)
             if store is not None:
                 return store
-        return self._build(corpus, fp, key, target)
+        if not len(corpus):
+            raise ValueError(f"corpus {corpus.name!r} is empty: nothing to cache")
+        self._check_location(corpus)
 
-    def _open_valid(self, target: Path, key: str) -> FeatureStore | None:
+        def waiting() -> None:
+            if self.progress:
+                print(f"waiting for another process building {target}", file=sys.stderr)
+
+        # one builder per entry: a second process waits, then opens what the first built
+        with waiting_lock(self.cache_dir / f".{target.name}.lock", on_wait=waiting):
+            if not rebuild:
+                store = self._open_valid(target, key, warn=False)
+                if store is not None:
+                    return store
+            return self._build(corpus, fp, key, target)
+
+    def _open_valid(self, target: Path, key: str, *, warn: bool = True) -> FeatureStore | None:
         if not target.is_dir():
             return None
         try:
@@ -298,10 +315,13 @@ class FeatureCache:
             if ok:
                 return FeatureStore(target)
         except (OSError, ValueError, KeyError) as exc:
-            warnings.warn(f"feature cache entry {target} is unreadable ({exc}); rebuilding",
-                          stacklevel=3)
+            if warn:
+                warnings.warn(f"feature cache entry {target} is unreadable ({exc}); "
+                              "rebuilding", stacklevel=3)
             return None
-        warnings.warn(f"feature cache entry {target} is incomplete; rebuilding", stacklevel=3)
+        if warn:
+            warnings.warn(f"feature cache entry {target} is incomplete; rebuilding",
+                          stacklevel=3)
         return None
 
     def _check_location(self, corpus: Corpus) -> None:
@@ -372,9 +392,6 @@ class FeatureCache:
         return kept, failures
 
     def _build(self, corpus: Corpus, fp: str, key: str, target: Path) -> FeatureStore:
-        if not len(corpus):
-            raise ValueError(f"corpus {corpus.name!r} is empty: nothing to cache")
-        self._check_location(corpus)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._clean_stale()
         cfg = self.config
@@ -411,16 +428,21 @@ class FeatureCache:
             with open(tmp / "index.json", "w", encoding="utf-8") as fh:
                 # ASCII escapes keep file names that are not valid UTF-8 (surrogates)
                 json.dump(index, fh)
-            if target.exists():  # an incomplete or stale entry under the same name
-                shutil.rmtree(target)
+            old = None
+            if target.exists():  # an incomplete or stale entry, or a rebuild: moved aside
+                old = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=self.cache_dir))
+                os.rename(target, old / "entry")
             try:
                 os.rename(tmp, target)
-            except OSError:  # another process finished the same entry first
+            except OSError:  # another process (without a working lock) finished it first
                 store = self._open_valid(target, key)
                 if store is None:
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
                 return store
+            finally:
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
