@@ -70,3 +70,34 @@ def spec_augment(
     else:
         fill = torch.full((), float(mask_value), dtype=feats.dtype, device=feats.device)
     return torch.where(mask, fill, x).reshape(feats.shape)
+
+
+#: the kinds of background :func:`background_noise` makes
+NOISES = ("white", "pink", "brown", "hum", "silence")
+
+
+def background_noise(kind: str, samples: int, rate: int, rng: np.random.Generator,
+                     level: float = 0.05) -> np.ndarray:
+    """``samples`` of a background of ``kind`` at RMS ``level`` (float32 in [-1, 1]):
+    white, pink (1/f) and brown (1/f^2) noise, mains hum with harmonics, or near-silence
+    (a faint hiss). Negatives for open-set calibration and backgrounds for test streams."""
+    if kind not in NOISES:
+        raise ValueError(f"noise kind must be one of {NOISES}, got {kind!r}")
+    if kind == "hum":
+        t = np.arange(samples) / rate
+        f0 = rng.choice([50.0, 60.0])
+        x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)) / k
+                for k in range(1, 6)) + 0.1 * rng.standard_normal(samples)
+    else:
+        white = rng.standard_normal(samples)
+        if kind in ("white", "silence"):
+            x = white
+        else:
+            spectrum = np.fft.rfft(white)
+            f = np.maximum(np.fft.rfftfreq(samples, 1.0 / rate), 1.0)
+            spectrum /= np.sqrt(f) if kind == "pink" else f
+            x = np.fft.irfft(spectrum, n=samples)
+        if kind == "silence":
+            level = level * 0.02
+    x = x / max(float(np.sqrt(np.mean(np.square(x)))), 1e-12) * level
+    return np.clip(x, -1.0, 1.0).astype(np.float32)

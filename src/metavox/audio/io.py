@@ -191,26 +191,26 @@ def load_audio(path: PathLike, sample_rate: int | None = 16000, *, mono: bool = 
     return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
 
 
-def trim_silence(
+def speech_bounds(
     wave: np.ndarray,
     sample_rate: int,
     *,
     top_db: float = 40.0,
     frame_ms: float = 25.0,
     floor_db: float = -100.0,
-) -> np.ndarray:
-    """Cut leading and trailing silence, judged by frame RMS energy.
+) -> tuple[int, int]:
+    """``(start, end)`` samples of the speech in ``wave``, judged by frame RMS energy.
 
     A frame (``frame_ms`` long, hop a quarter of that) is speech when its RMS is within
-    ``top_db`` of the loudest frame and above ``floor_db`` dBFS. The result runs from the
-    first to the last speech frame, so it is never empty for non-silent input; a clip with
-    no frame above ``floor_db`` (all silence) is returned unchanged. Works on the last axis.
+    ``top_db`` of the loudest frame and above ``floor_db`` dBFS; the bounds run from the
+    first to the last speech frame. All silence (no frame above ``floor_db``) gives the
+    whole clip. Works on the last axis (channels averaged).
     """
     wave = np.asarray(wave)
     n = wave.shape[-1]
     frame = max(1, int(round(sample_rate * frame_ms / 1000.0)))
     if n == 0:
-        return wave
+        return 0, 0
     hop = max(1, frame // 4)
     mono = wave if wave.ndim == 1 else wave.reshape(-1, n).mean(axis=0)
     n_frames = 1 + -(-max(n - frame, 0) // hop)  # ceil: the last frame reaches the end
@@ -220,11 +220,24 @@ def trim_silence(
     peak = rms.max()
     floor = 10.0 ** (floor_db / 20.0)
     if peak <= floor:
-        return wave
+        return 0, n
     loud = np.flatnonzero((rms >= peak * 10.0 ** (-top_db / 20.0)) & (rms > floor))
-    start = int(loud[0]) * hop
-    end = min(n, int(loud[-1]) * hop + frame)
-    return wave[..., start:end]
+    return int(loud[0]) * hop, min(n, int(loud[-1]) * hop + frame)
+
+
+def trim_silence(
+    wave: np.ndarray,
+    sample_rate: int,
+    *,
+    top_db: float = 40.0,
+    frame_ms: float = 25.0,
+    floor_db: float = -100.0,
+) -> np.ndarray:
+    """Cut leading and trailing silence (see :func:`speech_bounds`); never empty for
+    non-silent input, unchanged for all silence. Works on the last axis."""
+    start, end = speech_bounds(wave, sample_rate, top_db=top_db, frame_ms=frame_ms,
+                               floor_db=floor_db)
+    return np.asarray(wave)[..., start:end]
 
 
 def fix_length(

@@ -56,6 +56,14 @@ BODY_SPEC: list[tuple[int, tuple[int, int], int, tuple[int, int] | None]] = [
 NUM_BLOCKS = len(BODY_SPEC)
 
 
+FLOOR_DB = 80.0  # the mel features' floor, below the clip's loudest value
+
+
+def floored(db: Tensor, floor: Tensor | float) -> Tensor:
+    """The front-end's last step: ``max(db, floor) / 10 + 2``."""
+    return torch.maximum(db, torch.as_tensor(floor, dtype=db.dtype)) / 10.0 + 2.0
+
+
 class EmbeddingError(RuntimeError):
     """The pretrained weights cannot be had or read; the message says what to install."""
 
@@ -74,14 +82,18 @@ class SpeechEmbeddingMel(nn.Module):
         self.register_buffer("stft_imag", torch.zeros(FFT_SIZE // 2 + 1, 1, FFT_SIZE))
         self.register_buffer("mel_basis", torch.zeros(FFT_SIZE // 2 + 1, N_MELS))
 
-    def forward(self, wave: Tensor) -> Tensor:
+    def decibels(self, wave: Tensor) -> Tensor:
+        """``[B, samples]`` -> ``[B, frames, 32]`` mel power in dB, before the floor: each
+        frame depends on its own 512 samples only (what a stream computes once)."""
         x = (wave * self.input_scale).unsqueeze(1)  # [B, 1, samples]
         real = F.conv1d(x, self.stft_real, stride=HOP_SAMPLES)
         imag = F.conv1d(x, self.stft_imag, stride=HOP_SAMPLES)
         power = (real.square() + imag.square()).transpose(1, 2)  # [B, frames, 257]
-        db = 10.0 * torch.log10((power @ self.mel_basis).clamp_min(1e-10))
-        floor = db.amax(dim=(1, 2), keepdim=True) - 80.0
-        return torch.maximum(db, floor) / 10.0 + 2.0
+        return 10.0 * torch.log10((power @ self.mel_basis).clamp_min(1e-10))
+
+    def forward(self, wave: Tensor) -> Tensor:
+        db = self.decibels(wave)
+        return floored(db, db.amax(dim=(1, 2), keepdim=True) - FLOOR_DB)
 
 
 class SpeechEmbeddingBody(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from metavox.cli import commands
+from metavox.cli import commands, kws
 from metavox.cli.data import data_app
 
 app = typer.Typer(
@@ -22,6 +22,9 @@ app.command("train")(commands.train_command)
 app.command("evaluate")(commands.evaluate_command)
 app.command("adapt")(commands.adapt_command)
 app.command("predict")(commands.predict_command)
+app.command("listen")(kws.listen_command)
+app.command("export")(kws.export_command)
+app.command("streams")(kws.streams_command)
 app.command("models")(commands.models_command)
 app.command("algorithms")(commands.algorithms_command)
 

@@ -244,8 +244,13 @@ class MAML(InnerLoopAlgorithm):
         start = None
         if self.head_init != "meta":
             with torch.no_grad():
-                start = self._start(meta_parameters(self.model), support_x, support_y,
+                params = meta_parameters(self.model)
+                start = self._start(params, support_x, support_y,
                                     int(support_y.max()) + 1, functional_buffers(self.model))
+                # fewer classes than the head has rows: the spare rows never win (weight 0,
+                # bias -1e4), so the learner keeps the model's shape and saves and loads
+                start = {k: _pad_rows(v, params[k].shape[0], -1e4 if v.ndim == 1 else 0.0)
+                         for k, v in start.items()}
         module = self.fine_tuned(self.model, support_x, support_y, steps, start=start,
                                  lr=self._step_size(), adapt_names=self._adapt_names(),
                                  overrides=self._overrides if self.bn_names else None,
@@ -269,3 +274,10 @@ class MAMLPlusPlus(MAML):
     def __init__(self, model: nn.Module, **options) -> None:
         super().__init__(model, **{"lr_mode": "per_step", "multi_step_loss": True,
                                    "per_step_bn": True, **options})
+
+
+def _pad_rows(t: Tensor, rows: int, value: float) -> Tensor:
+    """``t`` with rows of ``value`` appended up to ``rows`` (unchanged if it has them)."""
+    if t.shape[0] >= rows:
+        return t
+    return torch.cat([t, t.new_full((rows - t.shape[0], *t.shape[1:]), value)])

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metavox.audio.augment import NOISES, background_noise
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.audio.io import AudioError, load_clip
 from metavox.meta import Learner
+from metavox.meta.openset import OpenSet, calibrate
 from metavox.pipeline.train import LoadedModel, rebuild_model
 from metavox.storage import CheckpointError, load_checkpoint
 
@@ -77,31 +79,81 @@ def read_examples(folder: str | Path, frontend: FrontendConfig) -> tuple[Tensor,
     return torch.cat(feats), torch.tensor(labels, dtype=torch.int64), words
 
 
+UNKNOWN = "unknown"
+
+
 @dataclass
 class Adapted:
     """An adapted model (a :class:`~metavox.meta.Learner`) with the front-end its clips
-    go through."""
+    go through and its open-set rule (the default accepts everything)."""
 
     learner: Learner
     frontend: FrontendConfig
+    open_set: OpenSet = OpenSet()
 
     @property
     def classes(self) -> list[str]:
         return list(self.learner.classes or [])
 
+    def logits(self, x: Tensor) -> Tensor:
+        """``[N, words]`` logits of features ``x`` (``[N, 1, features, frames]``)."""
+        return self.learner(x)[:, : len(self.classes)]
+
     def predict_files(self, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
-        """The predicted word and every word's probability, per file."""
-        x = featurize(paths, self.frontend)
-        probs = self.learner(x)[:, : len(self.classes)].softmax(-1)
+        """The recognised word (or ``"unknown"``, by the open-set rule) and every word's
+        probability, per file."""
+        logits = self.logits(featurize(paths, self.frontend))
+        decided, _ = self.open_set.decide(logits)
         out = []
-        for row in probs:
+        for row, k in zip(logits.softmax(-1), decided.tolist(), strict=True):
             p = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
-            out.append((max(p, key=p.get), p))
+            out.append((self.classes[k] if k >= 0 else UNKNOWN, p))
         return out
 
 
-def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None) -> Adapted:
-    """Adapt ``loaded`` to the words in ``examples``."""
+def builtin_negatives(frontend: FrontendConfig, *, per_kind: int = 8, seed: int = 0) -> Tensor:
+    """Features of generated backgrounds (every kind of :data:`NOISES`, at levels from
+    faint to loud): negatives that need no data."""
+    rng = np.random.default_rng([seed, 11])
+    n = frontend.num_samples
+    waves = [background_noise(kind, n, frontend.sample_rate, rng, level=float(level))
+             for kind in NOISES for level in np.geomspace(0.003, 0.3, per_kind)]
+    with torch.no_grad():
+        return build_frontend(frontend)(torch.from_numpy(np.stack(waves))).unsqueeze(1)
+
+
+def corpus_negatives(loaded: LoadedModel, *, limit: int = 600, seed: int = 0) -> Tensor | None:
+    """Features of up to ``limit`` clips of the run's own meta-training words (other words
+    than the user's: negatives with speech in them), from its feature cache; ``None``
+    when the run's corpus is not at hand."""
+    from metavox.data import CorpusError
+    from metavox.pipeline.build import build_run_data
+    from metavox.pipeline.config import ConfigError
+
+    try:
+        store = build_run_data(loaded.config).parts["train"]
+    except (CorpusError, ConfigError, OSError, KeyError):
+        return None
+    rows = np.random.default_rng([seed, 12]).permutation(len(store))[:limit]
+    return torch.from_numpy(store.take(np.sort(rows))).unsqueeze(1)
+
+
+def calibrate_open_set(adapted: Adapted, negatives: list[Tensor], *, far: float,
+                       rule: str = "logit") -> OpenSet:
+    """The open-set rule for ``adapted`` accepting at most ``far`` of the ``negatives``
+    (feature batches ``[n, 1, features, frames]``)."""
+    x = torch.cat([n for n in negatives if n is not None and len(n)])
+    logits = torch.cat([adapted.logits(x[i:i + 256]) for i in range(0, len(x), 256)])
+    return calibrate(logits, far, rule)
+
+
+def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None,
+           far: float | None = None, rule: str = "logit",
+           negatives: str | Path | None = None) -> Adapted:
+    """Adapt ``loaded`` to the words in ``examples``; with ``far``, calibrate the
+    open-set rule on negatives (generated backgrounds, the run's own meta-training words
+    when its corpus is at hand, and the clips of ``negatives/`` if given) so that at most
+    that fraction of them is accepted as a word."""
     x, y, words = read_examples(examples, loaded.frontend)
     head = int(loaded.meta.get("ways", len(words)))
     if loaded.algo.fixed_ways and len(words) > head:
@@ -111,7 +163,34 @@ def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = Non
             "words, or meta-train with episodes.ways set to the number you need (ProtoNet "
             "models take any number)"
         )
-    return Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
+    adapted = Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
+    if far is None:
+        return adapted
+    pool = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
+            corpus_negatives(loaded, seed=loaded.config.seed)]
+    if negatives is not None:
+        pool.append(read_negatives(negatives, loaded.frontend))
+    adapted.open_set = calibrate_open_set(adapted, pool, far=far, rule=rule)
+    return adapted
+
+
+def read_negatives(folder: str | Path, frontend: FrontendConfig) -> Tensor:
+    """Features of every readable audio file under ``folder`` (unreadable ones are skipped
+    with a warning)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EnrollError(f"negatives folder {folder} does not exist")
+    feats = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS:
+            try:
+                feats.append(featurize([p], frontend))
+            except AudioError as err:
+                warnings.warn(f"skipping {p}: {err}", stacklevel=2)
+    if not feats:
+        raise EnrollError(f"no readable recording in {folder} "
+                          f"(looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return torch.cat(feats)
 
 
 def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Path:
@@ -119,7 +198,8 @@ def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Pat
     its base model and featurise new clips."""
     return adapted.learner.save(path, meta={
         "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
-        "ways": int(loaded.meta.get("ways", len(adapted.classes)))})
+        "ways": int(loaded.meta.get("ways", len(adapted.classes))),
+        "open_set": adapted.open_set.to_dict()})
 
 
 def load_adapted(path: str | Path) -> Adapted:
@@ -129,4 +209,8 @@ def load_adapted(path: str | Path) -> Adapted:
         raise CheckpointError(f"{path} is not an adapted model (run `metavox adapt` first); "
                               "it looks like a meta-training checkpoint")
     model, _, frontend = rebuild_model(ckpt, path)
-    return Adapted(Learner.from_checkpoint(ckpt, model, source=str(path)), frontend)
+    try:
+        open_set = OpenSet.from_dict(ckpt.meta.get("open_set") or {})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unusable open-set settings ({err})") from None
+    return Adapted(Learner.from_checkpoint(ckpt, model, source=str(path)), frontend, open_set)

@@ -1,0 +1,134 @@
+"""Export an adapted model to ONNX: the whole thing, waveform in, scores and *unknown* out,
+to run without metavox or torch (onnxruntime, numpy).
+
+The graph takes ``waveform [batch, samples]`` (mono, float32 in [-1, 1], at the model's
+sample rate, ``samples`` = one clip: the front-end's ``duration``) and gives
+
+- ``logits [batch, words]``: the adapted model's logits (what a stream smooths);
+- ``probabilities [batch, words]``: softmax over the enrolled words;
+- ``scores [batch]``: the open-set score of the best word (its logit or probability, by
+  the rule);
+- ``word [batch]`` (int64): the best word's index, or ``-1`` for *unknown* (score below
+  the calibrated threshold).
+
+The word names, sample rate, clip length, hop, smoothing, refractory period and open-set
+settings go into the ONNX
+file's metadata (``metadata_props``: ``metavox`` holds them as JSON), so a program needs
+nothing else. To spot words in a stream, run it on the last ``duration`` seconds every
+hop: what :class:`metavox.kws.spotter.Spotter` computes (see ``examples/spot_onnx.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from metavox.audio.features import build_frontend
+from metavox.audio.streaming import default_hop
+from metavox.kws.spotter import SpotSettings
+from metavox.meta.openset import RULES
+from metavox.pipeline.enroll import Adapted
+
+OPSET = 18
+OUTPUTS = ("logits", "probabilities", "scores", "word")
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported; the message says what to install or change."""
+
+
+class ClipSpotter(nn.Module):
+    """An adapted model as one module: front-end, learner, open-set decision."""
+
+    def __init__(self, adapted: Adapted) -> None:
+        super().__init__()
+        self.frontend = build_frontend(adapted.frontend).eval()
+        self.model = adapted.learner.to_module().eval()
+        self.words = len(adapted.classes)
+        self.use_logit = adapted.open_set.rule == "logit"
+        t = adapted.open_set.threshold
+        self.register_buffer("threshold", torch.tensor(max(t, -3.0e38), dtype=torch.float32))
+
+    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits = self.model(self.frontend(waveform).unsqueeze(1))[:, : self.words]
+        probs = logits.softmax(-1)
+        score, best = (logits if self.use_logit else probs).max(-1)
+        word = torch.where(score >= self.threshold, best, torch.full_like(best, -1))
+        return logits, probs, score, word
+
+
+def export_metadata(adapted: Adapted, hop: float, settings: SpotSettings) -> dict:
+    """What a program running the exported file needs to know."""
+    fe = adapted.frontend
+    return {"format": "metavox-clip-spotter/1", "words": adapted.classes,
+            "sample_rate": fe.sample_rate, "clip_samples": fe.num_samples, "hop_seconds": hop,
+            "smooth": settings.smooth, "refractory": settings.refractory,
+            "open_set": adapted.open_set.to_dict(), "outputs": list(OUTPUTS),
+            "unknown": -1}
+
+
+def export_onnx(adapted: Adapted, path: str | os.PathLike[str], *, hop: float | None = None,
+                settings: SpotSettings | None = None, quantize: bool = False) -> Path:
+    """Write ``adapted`` as an ONNX file (opset 18; see the module doc); ``hop``: seconds
+    between windows a stream should use (the front-end's default, as ``metavox listen``)
+    and ``settings`` its smoothing and refractory period, both stored for the program that
+    runs it; ``quantize``: int8 dynamic quantisation of its weights (onnxruntime's),
+    written instead."""
+    settings = settings or SpotSettings()
+    if hop is None:
+        hop = default_hop(adapted.frontend) / adapted.frontend.sample_rate
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ExportError("exporting needs the export extra: pip install 'metavox[export]' "
+                          "(onnx, onnxscript, onnxruntime)") from None
+    if adapted.open_set.rule not in RULES:
+        raise ExportError(f"unknown open-set rule {adapted.open_set.rule!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ClipSpotter(adapted).eval()
+    example = torch.zeros(2, adapted.frontend.num_samples)
+    import logging
+    import warnings
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=["waveform"], output_names=list(OUTPUTS),
+            dynamic_shapes={"waveform": {0: torch.export.Dim("batch")}})
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "metavox", json.dumps(export_metadata(adapted, hop, settings))
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(proto, str(tmp))
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8)
+        tmp.unlink()
+        q = onnx.load(str(path))  # quantize_dynamic keeps no custom metadata: add it back
+        if not any(p.key == "metavox" for p in q.metadata_props):
+            e = q.metadata_props.add()
+            e.key, e.value = "metavox", json.dumps(export_metadata(adapted, hop, settings))
+            onnx.save(q, str(path))
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict:
+    """The ``metavox`` metadata of an exported file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == "metavox":
+            return json.loads(p.value)
+    raise ExportError(f"{path} holds no metavox metadata (not made by `metavox export`)")

@@ -1,0 +1,265 @@
+"""Keyword spotting on streams, reproducibly: long test streams built from a corpus, and
+detection rate against false accepts per hour.
+
+A stream (one per episode, seeded by ``(seed, episode)``) enrolls ``ways`` words drawn from
+the test words, with up to ``max(shots)`` clips each (the first ``k`` of them for
+``k``-shot), then lays out the words' other clips (up to ``targets`` each) among clips of
+every other word of the corpus (``nontargets`` per target), separated by random gaps, over
+a continuous background noise at a signal-to-noise ratio drawn from ``snr_db``. Each word's
+time span in the stream is known (its clip's speech, found by energy).
+
+Every method adapts on the same enrollment clips and scores the same stream (the stream's
+features are computed once, then each adapted model scores them). A detection is a *hit*
+when it names a placed target word and falls between the word's start and ``tolerance``
+seconds after its end (each placement is hit at most once); any other detection is a
+*false accept*. Rates: hits over placements, and false accepts per hour of the stream
+outside the target words' spans.
+
+The operating point is the one a user sets: the open-set rule is calibrated at enrollment
+to accept a fraction ``far`` of negative clips (generated noise and the run's own
+meta-training words, never the test stream), and sweeping ``far`` traces the DET curve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metavox.audio.augment import background_noise
+from metavox.audio.io import load_audio, speech_bounds
+from metavox.data import Corpus
+from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
+from metavox.meta import MetaAlgorithm
+from metavox.meta.openset import calibrate
+from metavox.pipeline.enroll import Adapted, featurize
+
+#: the far values swept for the DET curve (fraction of negative clips accepted)
+FAR_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How test streams are built and scored (see the module doc)."""
+
+    episodes: int = 12
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 3, 5)
+    targets: int = 10  # placements per enrolled word (fewer if the word has fewer clips)
+    nontargets: int = 3  # non-target clips per target placement
+    gap: tuple[float, float] = (0.3, 1.5)  # seconds between clips, uniform
+    snr_db: tuple[float, ...] = (20.0, 10.0)
+    noise: str = "pink"
+    tolerance: float = 0.75  # seconds after a word's end in which a detection counts
+    far: float = 0.01  # the operating point reported beside the DET curve
+    rule: str = "logit"
+    seed: int = 0
+    settings: SpotSettings = field(default_factory=SpotSettings)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.ways < 1 or not self.shots or min(self.shots) < 1:
+            raise ValueError("episodes, ways and every shots must be >= 1")
+        if self.targets < 1 or self.nontargets < 0 or not 0 <= self.gap[0] <= self.gap[1]:
+            raise ValueError("need targets >= 1, nontargets >= 0 and 0 <= gap[0] <= gap[1]")
+        if self.far not in FAR_GRID:
+            raise ValueError(f"far must be one of the swept values {FAR_GRID}, got {self.far}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A clip in a stream: its ``word``, the span of its speech (seconds), whether the
+    word was enrolled."""
+
+    word: str
+    start: float
+    end: float
+    target: bool
+
+
+@dataclass
+class TestStream:
+    """One episode's stream: the audio, what is where, and the enrollment clips."""
+
+    wave: np.ndarray
+    sample_rate: int
+    words: list[str]
+    enroll: dict[str, list[str]]  # word -> paths, in order (the first k for k-shot)
+    placements: list[Placement]
+    snr_db: float
+
+    @property
+    def seconds(self) -> float:
+        return len(self.wave) / self.sample_rate
+
+    @property
+    def non_target_seconds(self) -> float:
+        """The stream's length outside the target words' spans (with their tolerance)."""
+        spans = [(p.start, p.end) for p in self.placements if p.target]
+        return self.seconds - sum(e - s for s, e in spans)
+
+
+def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episode: int,
+                 sample_rate: int) -> TestStream:
+    """Episode ``episode``'s stream from ``corpus`` (see the module doc)."""
+    rng = np.random.default_rng([cfg.seed, int(episode), 17])
+    by_label = corpus.by_label()
+    need = max(cfg.shots) + 1
+    eligible = [w for w in sorted(test_words) if len(by_label.get(w, [])) >= need]
+    if len(eligible) < cfg.ways:
+        raise ValueError(f"streams need {cfg.ways} test words with at least {need} clips "
+                         f"each; only {len(eligible)} have: {eligible}")
+    words = sorted(rng.choice(eligible, size=cfg.ways, replace=False).tolist())
+    enroll, items = {}, []
+    for w in words:
+        clips = [u.path for u in by_label[w]]
+        order = rng.permutation(len(clips))
+        enroll[w] = [clips[i] for i in order[: max(cfg.shots)]]
+        items += [(w, clips[i], True) for i in order[max(cfg.shots):][: cfg.targets]]
+    others = [u.path for label, us in by_label.items() if label not in words for u in us]
+    labels = {u.path: u.label for u in corpus}
+    n_other = min(len(others), cfg.nontargets * len(items))
+    items += [(labels[others[i]], others[i], False)
+              for i in rng.choice(len(others), size=n_other, replace=False)]
+    items = [items[i] for i in rng.permutation(len(items))]
+    pieces, placements, t, speech_power = [], [], 0, []
+    for word, path, target in items:
+        gap = int(rng.uniform(*cfg.gap) * sample_rate)
+        clip = load_audio(path, sample_rate)
+        a, b = speech_bounds(clip, sample_rate, top_db=30.0)
+        speech_power.append(float(np.mean(np.square(clip[a:b]))) if b > a else 0.0)
+        pieces += [np.zeros(gap, dtype=np.float32), clip]
+        start = t + gap
+        placements.append(Placement(word, (start + a) / sample_rate, (start + b) / sample_rate,
+                                    target))
+        t = start + len(clip)
+    pieces.append(np.zeros(sample_rate, dtype=np.float32))  # a second of background to end
+    speech = np.concatenate(pieces)
+    snr = float(rng.choice(cfg.snr_db))
+    level = math.sqrt(max(np.mean(speech_power), 1e-12)) / 10 ** (snr / 20)
+    noise = background_noise(cfg.noise, len(speech), sample_rate, rng, level=level)
+    wave = np.clip(speech + noise, -1.0, 1.0).astype(np.float32)
+    return TestStream(wave, sample_rate, words, enroll, placements, snr)
+
+
+def stream_features(stream: TestStream, adapted_frontend, *, chunk: float = 1.0
+                    ) -> tuple[np.ndarray, Tensor]:
+    """``(times [hops], features [hops, 1, F, frames])`` of a whole stream, through the
+    front-end's feature stream (shared by every method that scores it)."""
+    from metavox.audio.streaming import feature_stream
+
+    fs = feature_stream(adapted_frontend)
+    step = int(chunk * stream.sample_rate)
+    out = []
+    for i in range(0, len(stream.wave), step):
+        out += fs.push(stream.wave[i:i + step])
+    times = np.array([t for t, _ in out])
+    return times, torch.stack([f for _, f in out]).unsqueeze(1)
+
+
+def score(adapted: Adapted, feats: Tensor, *, batch: int = 512) -> Tensor:
+    """Per-hop logits ``[hops, words]`` of an adapted model on stream features."""
+    return torch.cat([adapted.logits(feats[i:i + batch]) for i in range(0, len(feats), batch)])
+
+
+def match(stream: TestStream, words: list[str], times: np.ndarray, best: np.ndarray,
+          fired: np.ndarray, tolerance: float) -> tuple[int, int, int, list[float]]:
+    """``(hits, targets, false accepts, latencies)`` of detections at hops ``fired``;
+    latency: detection time minus the word's end, per hit."""
+    targets = [p for p in stream.placements if p.target]
+    used = [False] * len(targets)
+    hits, false, latencies = 0, 0, []
+    for i in fired.tolist():
+        t, word = float(times[i]), words[int(best[i])]
+        for k, p in enumerate(targets):
+            if not used[k] and p.word == word and p.start <= t <= p.end + tolerance:
+                used[k] = True
+                hits += 1
+                latencies.append(t - p.end)
+                break
+        else:
+            false += 1
+    return hits, len(targets), false, latencies
+
+
+@dataclass
+class StreamResult:
+    """One method at one number of shots, pooled over the episodes, per ``far`` value."""
+
+    method: str
+    shots: int
+    far: list[float]
+    hits: list[int]
+    targets: int
+    false_accepts: list[int]
+    hours: float
+    latencies: list[float] = field(default_factory=list)  # at the reported operating point
+
+    @property
+    def detection_rate(self) -> list[float]:
+        return [h / max(self.targets, 1) for h in self.hits]
+
+    @property
+    def fa_per_hour(self) -> list[float]:
+        return [f / max(self.hours, 1e-9) for f in self.false_accepts]
+
+    def rate_at(self, max_fa_per_hour: float) -> float:
+        """The best detection rate among the swept points with at most this many false
+        accepts per hour (0 if none qualifies)."""
+        ok = [d for d, f in zip(self.detection_rate, self.fa_per_hour, strict=True)
+              if f <= max_fa_per_hour]
+        return max(ok, default=0.0)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(detection_rate=self.detection_rate, fa_per_hour=self.fa_per_hour)
+        return d
+
+
+def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_words: list[str],
+                     frontend, negatives: list[Tensor], cfg: StreamConfig, *,
+                     progress: bool = False) -> list[StreamResult]:
+    """Every method at every number of shots on the same streams (see the module doc).
+    ``negatives``: feature batches for open-set calibration."""
+    neg = torch.cat([n for n in negatives if n is not None and len(n)])
+    results = {(m, k): StreamResult(m, k, list(FAR_GRID), [0] * len(FAR_GRID), 0,
+                                    [0] * len(FAR_GRID), 0.0)
+               for m in methods for k in cfg.shots}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.episodes, desc="streams", unit="stream", dynamic_ncols=True)
+    for e in range(cfg.episodes):
+        stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate)
+        times, feats = stream_features(stream, frontend)
+        hours = stream.non_target_seconds / 3600
+        for k in cfg.shots:
+            paths = [p for w in stream.words for p in stream.enroll[w][:k]]
+            x = featurize([Path(p) for p in paths], frontend)
+            y = torch.arange(len(stream.words)).repeat_interleave(k)
+            for name, algo in methods.items():
+                adapted = Adapted(algo.adapt(x, y, classes=stream.words), frontend)
+                neg_logits = score(adapted, neg)
+                best, scores = smoothed_scores(score(adapted, feats), cfg.rule,
+                                               cfg.settings.smooth)
+                r = results[(name, k)]
+                r.targets += sum(p.target for p in stream.placements)
+                r.hours += hours
+                for j, far in enumerate(FAR_GRID):
+                    rule = calibrate(neg_logits, far, cfg.rule)
+                    fired = triggered(times, scores, rule.threshold, cfg.settings.refractory)
+                    hits, _, false, lat = match(stream, stream.words, times, best, fired,
+                                                cfg.tolerance)
+                    r.hits[j] += hits
+                    r.false_accepts[j] += false
+                    if far == cfg.far:
+                        r.latencies += lat
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return list(results.values())

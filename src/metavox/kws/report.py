@@ -1,0 +1,99 @@
+"""The stream protocol for a meta-trained run: methods, negatives, the report (JSON,
+Markdown table, DET plot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metavox.kws.protocol import StreamConfig, StreamResult, evaluate_streams
+from metavox.meta import ProtoNet
+from metavox.pipeline.build import build_model, build_run_data
+from metavox.pipeline.enroll import builtin_negatives, corpus_negatives
+from metavox.pipeline.train import load_trained
+from metavox.storage import atomic_write
+
+
+def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] | None = None,
+                ways: int = 5, far: float = 0.01, out: str | Path | None = None,
+                progress: bool = False, config: StreamConfig | None = None) -> dict:
+    """Run the stream protocol on the run's test words for its meta-learner and the
+    nearest-centroid baseline on its untrained backbone; write the report."""
+    loaded = load_trained(checkpoint)
+    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
+                                 ways=ways, far=far, seed=loaded.config.seed)
+    data = build_run_data(loaded.config, progress=progress)
+    if "test" not in data.parts:
+        raise ValueError("the run's split has no test part to build streams from")
+    test_words = sorted(set(data.parts["test"].labels))
+    torch.manual_seed(loaded.config.seed + 13)
+    fresh = build_model(loaded.config, (loaded.frontend.num_features,
+                                        loaded.frontend.num_frames), loaded.config.episodes.ways)
+    methods = {loaded.config.algorithm.name: loaded.algo, "nearest centroid": ProtoNet(fresh)}
+    negatives = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
+                 corpus_negatives(loaded, seed=loaded.config.seed)]
+    results = evaluate_streams(methods, data.corpus, test_words, loaded.frontend, negatives,
+                               cfg, progress=progress)
+    folder = Path(out) if out is not None else run_dir / "report" / "streams"
+    return write_report(results, cfg, folder, test_words)
+
+
+def summary(r: StreamResult, cfg: StreamConfig) -> dict:
+    """One table row: rates at <= 1 FA/h and at the configured far, latency there."""
+    j = list(r.far).index(cfg.far)
+    lat = float(np.median(r.latencies)) * 1000 if r.latencies else float("nan")
+    return {"method": r.method, "shots": r.shots, "rate_at_1": r.rate_at(1.0),
+            "rate_at_far": r.detection_rate[j], "fa_per_hour_at_far": r.fa_per_hour[j],
+            "latency_ms": lat, "targets": r.targets, "hours": r.hours}
+
+
+def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
+                 test_words: list[str]) -> dict:
+    """``streams.json``, ``streams.md`` and ``streams.png`` (DET curves) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [summary(r, cfg) for r in results]
+    data = {"config": {k: v for k, v in vars(cfg).items() if k != "settings"}
+            | {"settings": vars(cfg.settings)}, "test_words": test_words, "rows": rows,
+            "curves": [r.to_dict() for r in results]}
+    atomic_write(folder / "streams.json", json.dumps(data, indent=1, default=list))
+    lines = ["| method | shots | detection rate at <= 1 FA/h | at far = "
+             f"{cfg.far:g}: detection rate | FA/h | median latency (ms) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['shots']} | {100 * r['rate_at_1']:.1f}% | "
+              f"{100 * r['rate_at_far']:.1f}% | {r['fa_per_hour_at_far']:.2f} | "
+              f"{r['latency_ms']:.0f} |" for r in rows]
+    hours = rows[0]["hours"] if rows else 0.0
+    lines.append(f"\n{cfg.episodes} streams, {rows[0]['targets'] if rows else 0} target words "
+                 f"and {hours:.2f} h of non-target audio per cell; test words: "
+                 f"{', '.join(test_words)}.")
+    atomic_write(folder / "streams.md", "\n".join(lines) + "\n")
+    plot_det(results, folder / "streams.png")
+    return {"rows": rows, "path": str(folder)}
+
+
+def plot_det(results: list[StreamResult], path: Path) -> None:
+    """Detection rate against false accepts per hour, one curve per method and shots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in results:
+        fa = np.maximum(np.asarray(r.fa_per_hour), 0.05)  # 0 on a log axis: drawn at 0.05
+        ax.plot(fa, 100 * np.asarray(r.detection_rate), marker="o", ms=3,
+                label=f"{r.method}, {r.shots}-shot")
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false accepts per hour of non-target audio (0 drawn at 0.05)")
+    ax.set_ylabel("detection rate (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,202 @@
+"""Keyword spotting in a stream: an adapted model scores a sliding window every hop, the
+scores are smoothed, and a word is detected when its score is above the open-set
+threshold, then nothing is for a refractory period.
+
+- :class:`Detector` is the decision rule alone, a small state machine over
+  ``(time, logits)`` steps, so an offline evaluation sweeping thresholds over recorded
+  scores and a live stream make the very same decisions.
+- :class:`Spotter` feeds audio chunks of any size through the front-end's
+  :func:`~metavox.audio.streaming.feature_stream` and the model, and yields detections:
+  the iterator API a service or ``metavox listen`` uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metavox.audio.io import load_audio
+from metavox.audio.streaming import feature_stream
+from metavox.meta.openset import OpenSet, best_scores
+from metavox.pipeline.enroll import Adapted
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A word heard in a stream: ``time`` (seconds from the stream's start) is the end of
+    the window whose smoothed score first crossed the threshold."""
+
+    word: str
+    time: float
+    score: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"word": self.word, "time": round(self.time, 3), "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class SpotSettings:
+    """How scores become detections: the moving average over ``smooth`` hops, and the
+    ``refractory`` seconds after a detection in which no other is made."""
+
+    smooth: int = 3
+    refractory: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.smooth < 1 or self.refractory < 0:
+            raise ValueError(f"need smooth >= 1 and refractory >= 0, got {self.smooth}, "
+                             f"{self.refractory}")
+
+
+class Smoother:
+    """Per hop: the moving average of the last ``smooth`` logit rows, and its best word and
+    score under the open-set rule (independent of the threshold)."""
+
+    def __init__(self, rule: str, smooth: int) -> None:
+        self.rule = rule
+        self._recent: deque[Tensor] = deque(maxlen=smooth)
+
+    def step(self, logits: Tensor) -> tuple[int, float]:
+        self._recent.append(logits.float())
+        mean = torch.stack(tuple(self._recent)).mean(0, keepdim=True)
+        best, score = best_scores(mean, self.rule)
+        return int(best[0]), float(score[0])
+
+
+class Trigger:
+    """Fires when the score is at or above ``threshold`` and at least ``refractory``
+    seconds have passed since it last fired (a score that stays above fires again after
+    each refractory period: a lower threshold never detects less)."""
+
+    def __init__(self, threshold: float, refractory: float) -> None:
+        self.threshold, self.refractory = threshold, refractory
+        self._last = -math.inf
+
+    def step(self, time: float, score: float) -> bool:
+        fire = score >= self.threshold and time - self._last >= self.refractory
+        if fire:
+            self._last = time
+        return fire
+
+
+class Detector:
+    """The decision rule over a stream of per-hop logits ``[words]`` (see module doc)."""
+
+    def __init__(self, words: list[str], open_set: OpenSet, settings: SpotSettings) -> None:
+        self.words = list(words)
+        self.smoother = Smoother(open_set.rule, settings.smooth)
+        self.trigger = Trigger(open_set.threshold, settings.refractory)
+
+    def step(self, time: float, logits: Tensor) -> Detection | None:
+        """The detection this hop makes, if any."""
+        best, score = self.smoother.step(logits)
+        if not self.trigger.step(time, score):
+            return None
+        return Detection(self.words[best], time, score)
+
+
+def smoothed_scores(logits: Tensor, rule: str, smooth: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(best word [hops], score [hops])`` of recorded per-hop ``logits [hops, words]``:
+    what :class:`Smoother` computes live."""
+    smoother = Smoother(rule, smooth)
+    pairs = [smoother.step(row) for row in logits]
+    return (np.array([b for b, _ in pairs], dtype=np.int64),
+            np.array([s for _, s in pairs], dtype=np.float64))
+
+
+def triggered(times: np.ndarray, scores: np.ndarray, threshold: float,
+              refractory: float) -> np.ndarray:
+    """Indices of the hops at which :class:`Trigger` fires, over recorded scores (cheap to
+    repeat for many thresholds)."""
+    trigger = Trigger(threshold, refractory)
+    return np.array([i for i, (t, s) in enumerate(zip(times.tolist(), scores.tolist(),
+                                                      strict=True)) if trigger.step(t, s)],
+                    dtype=np.int64)
+
+
+def detect(times: np.ndarray, logits: Tensor, words: list[str], open_set: OpenSet,
+           settings: SpotSettings) -> list[Detection]:
+    """Detections over recorded per-hop ``logits [hops, words]`` at ``times``: the same
+    decisions :class:`Spotter` makes live."""
+    best, scores = smoothed_scores(logits, open_set.rule, settings.smooth)
+    return [Detection(words[int(best[i])], float(times[i]), float(scores[i]))
+            for i in triggered(times, scores, open_set.threshold, settings.refractory)]
+
+
+class Spotter:
+    """Spot an adapted model's words in a stream.
+
+    >>> spotter = Spotter(load_adapted("my_words.safetensors"))
+    >>> for chunk in chunks:                 # float32 mono at the model's sample rate
+    ...     for d in spotter.feed(chunk):
+    ...         print(d.time, d.word)
+    """
+
+    def __init__(self, adapted: Adapted, *, settings: SpotSettings | None = None,
+                 hop: int | None = None, open_set: OpenSet | None = None) -> None:
+        self.adapted = adapted
+        self.settings = settings or SpotSettings()
+        self.open_set = open_set or adapted.open_set
+        self.features = feature_stream(adapted.frontend, hop)
+        self.detector = Detector(adapted.classes, self.open_set, self.settings)
+        self.sample_rate = adapted.frontend.sample_rate
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.features.hop / self.sample_rate
+
+    def scores(self, chunk: np.ndarray) -> list[tuple[float, Tensor]]:
+        """``(time, logits [words])`` for every hop ``chunk`` completes (no decisions)."""
+        steps = self.features.push(chunk)
+        if not steps:
+            return []
+        x = torch.stack([f for _, f in steps]).unsqueeze(1)
+        logits = self.adapted.logits(x)
+        return [(t, row) for (t, _), row in zip(steps, logits, strict=True)]
+
+    def feed(self, chunk: np.ndarray) -> list[Detection]:
+        """Detections the new samples complete."""
+        return [d for t, row in self.scores(chunk)
+                if (d := self.detector.step(t, row)) is not None]
+
+    def run(self, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:
+        """Detections over an iterable of chunks, as they happen."""
+        for chunk in chunks:
+            yield from self.feed(chunk)
+
+
+def file_chunks(path: str, sample_rate: int, *, seconds: float = 1.0) -> Iterator[np.ndarray]:
+    """A whole audio file, mono at ``sample_rate``, in chunks of ``seconds``, then half a
+    second of silence, so that a word at the very end is still heard through smoothing."""
+    wave = load_audio(path, sample_rate)
+    step = max(1, int(seconds * sample_rate))
+    for i in range(0, len(wave), step):
+        yield wave[i:i + step]
+    yield np.zeros(sample_rate // 2, dtype=np.float32)
+
+
+def pcm_chunks(stream, sample_rate: int, *, dtype: str = "int16",
+               seconds: float = 0.1) -> Iterator[np.ndarray]:
+    """Raw little-endian PCM (mono) from a binary file object, e.g. standard input, as
+    float32 chunks in [-1, 1]."""
+    kinds = {"int16": ("<i2", 32768.0), "float32": ("<f4", 1.0)}
+    if dtype not in kinds:
+        raise ValueError(f"PCM dtype must be one of {sorted(kinds)}, got {dtype!r}")
+    fmt, scale = kinds[dtype]
+    width = np.dtype(fmt).itemsize
+    size = max(1, int(seconds * sample_rate)) * width
+    rest = b""
+    while True:
+        data = stream.read(size)
+        if not data:
+            break
+        data = rest + data
+        cut = len(data) - len(data) % width
+        rest = data[cut:]
+        yield (np.frombuffer(data[:cut], dtype=fmt).astype(np.float32) / scale)

