@@ -1,6 +1,7 @@
 """A fuzzed corpus made in the test: malformed, odd and good audio files side by side.
-`metavox data scan` and a training run over it finish without a traceback, name every
-bad file once with a reason, and use every good one."""
+Every command that reads audio (`metavox data scan`, `train`, `evaluate`, `adapt`,
+`predict`) finishes over it without a traceback, names every bad file once with a reason,
+and uses every good one."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
-from train_helpers import tone
+from train_helpers import tiny_config, tone, tone_manifest
 from typer.testing import CliRunner
 
 from metavox.cli import app
+
+runner = CliRunner()
 
 RATES = [4000, 8000, 11025, 16000, 22050, 44100, 48000, 96000]
 
@@ -48,8 +51,8 @@ def make_corpus(root) -> tuple[set[str], set[str]]:
     put("yes", "one_sample.wav", lambda p: sf.write(p, np.array([0.1], np.float32), 16000),
         True)
     put("yes", "silence.wav", lambda p: sf.write(p, np.zeros(16000, np.float32), 16000), True)
-    put("yes", "an hour.flac", lambda p: sf.write(p, np.zeros(3600 * 16000, np.int16),
-                                                  16000), True)
+    put("up", "an hour.flac", lambda p: sf.write(p, np.zeros(3600 * 16000, np.int16),
+                                                 16000), True)
     weird = os.fsdecode(b"weird\xff name.wav")
     put("no", weird, lambda p: sf.write(os.fsencode(p), tone(8000, 16000), 16000), True)
     # bad: empty, truncated, lying header, garbage, text, NaN samples, a directory
@@ -121,3 +124,164 @@ def test_training_on_the_fuzzed_corpus_uses_every_good_clip(fuzz, tmp_path):
         "--set", f'out="{tmp_path / "run"}"'])
     assert res.exit_code == 0, res.output
     assert "Traceback" not in res.output and (tmp_path / "run" / "best.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def tone_run(tmp_path_factory):
+    """A tiny 3-way MAML run on generated tones (the fuzzed corpus has 3 words)."""
+    from metavox.pipeline.train import train
+
+    root = tmp_path_factory.mktemp("tone_run")
+    manifest = tone_manifest(root / "data", labels=range(10))
+    cfg = tiny_config(manifest, root / "run", root / "cache",
+                      data={"corpus": str(manifest), "split": "class", "cache_dir":
+                            str(root / "cache"), "test_labels": ["7", "8", "9"],
+                            "val_labels": ["4", "5", "6"]},
+                      episodes={"ways": 3, "shots": 1, "queries": 1, "meta_batch": 1},
+                      optim={"iterations": 2, "warmup": 1},
+                      validation={"every": 2, "episodes": 0, "checkpoint_every": 2})
+    train(cfg, progress=False)
+    return root / "run"
+
+
+def finished(res, code: int = 0) -> None:
+    """The command ended by itself with status ``code``: no exception, no traceback."""
+    assert res.exit_code == code, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+
+
+def named_once(output: str, names: set[str]) -> dict[str, str]:
+    """The one line of ``output`` naming each of ``names`` (asserting there is exactly one,
+    with a reason after the name)."""
+    lines = {}
+    for name in names:
+        found = [ln for ln in output.splitlines() if name in ln]
+        assert len(found) == 1, (name, found)
+        assert found[0].split(name, 1)[1].lstrip(": ").strip(), found[0]  # a reason follows
+        lines[name] = found[0]
+    return lines
+
+
+def test_evaluate_on_the_fuzzed_corpus_uses_every_good_clip(fuzz, tone_run, tmp_path):
+    """`metavox evaluate --data` over the fuzzed corpus: each undecodable clip is named on
+    one warning line with its reason, every good one is in the test episodes' store."""
+    from metavox.data import FeatureCache, load_corpus
+    from metavox.pipeline.train import load_trained
+
+    root, good, bad = fuzz
+    res = runner.invoke(app, ["evaluate", str(tone_run), "--data", "{label}/{_}.wav",
+                              "--root", str(root), "--baselines", "", "--episodes", "2",
+                              "--max-steps", "0", "--no-progress", "--json",
+                              "--report", str(tmp_path / "report")])
+    finished(res)
+    lines = named_once(res.stderr, bad)
+    assert all(ln.startswith("  ") for ln in lines.values())  # listed under one warning
+    assert f"warning: {len(bad)} of {len(good) + len(bad)} clips" in res.stderr
+    report = json.loads(res.stdout)
+    assert report["labels"] == ["no", "up", "yes"] and report["scores"][0]["episodes"] == 2
+    cache = FeatureCache(tone_run.parent / "cache", load_trained(tone_run).frontend)
+    store = cache.load(load_corpus("{label}/{_}.wav", str(root)))
+    assert len(store) == len(good) and sorted(f["path"] for f in store.failures) == sorted(bad)
+
+
+@pytest.fixture(scope="module")
+def adapted(fuzz, tone_run, tmp_path_factory):
+    """`metavox adapt` with the fuzzed corpus as the examples folder (3 words)."""
+    out = tmp_path_factory.mktemp("adapted") / "words.safetensors"
+    res = runner.invoke(app, ["adapt", str(tone_run), "--examples", str(fuzz[0]),
+                              "--out", str(out)])
+    return res, out
+
+
+def test_adapt_on_fuzzed_examples_uses_every_good_clip(fuzz, tone_run, adapted):
+    """Each unreadable example (and the directory named .wav) is named on one warning line
+    with its reason; every readable one is enrolled."""
+    from metavox.pipeline.enroll import read_examples
+    from metavox.pipeline.train import load_trained
+
+    root, good, bad = fuzz
+    res, out = adapted
+    finished(res)
+    assert "adapted to 3 words (no, up, yes)" in res.stdout and out.is_file()
+    named_once(res.stderr, bad | {"yes/dir.wav"})
+    assert res.stderr.count("warning: ") == len(bad) + 1
+    with pytest.warns(UserWarning):
+        x, y, words = read_examples(root, load_trained(tone_run).frontend)
+    counts = {w: int((y == i).sum()) for i, w in enumerate(words)}
+    assert counts == {w: sum(g.startswith(f"{w}/") for g in good) for w in words}
+
+
+def test_predict_on_fuzzed_files_classifies_every_good_one(fuzz, adapted, tmp_path):
+    """`metavox predict` given every fuzzed file, a directory named .wav, a symlink loop
+    and a missing file: one JSON line per input in order, a word for each good file, the
+    reason for each bad one, exit status 1; without --json the bad ones are named on
+    stderr, once each."""
+    root, good, bad = fuzz
+    loop = tmp_path / "loop.wav"
+    os.symlink(loop, loop)
+    extra = {"dir": root / "yes" / "dir.wav", "loop": loop, "missing": tmp_path / "gone.wav"}
+    files = [root / n for n in sorted(good | bad)] + list(extra.values())
+    res = runner.invoke(app, ["predict", str(adapted[1]), *map(str, files), "--json"])
+    finished(res, 1)
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x["file"] for x in lines] == [str(f) for f in files]
+    for f, x in zip(sorted(good | bad), lines, strict=False):
+        if f in good:
+            assert x["word"] in ("no", "up", "yes", "unknown") and len(x["probabilities"]) == 3
+        else:
+            assert x["error"] and "word" not in x, x
+    reasons = {k: x["error"] for k, x in zip(extra, lines[-3:], strict=True)}
+    assert reasons == {"dir": "not a regular file", "loop": "no such file",
+                       "missing": "no such file"}
+    res = runner.invoke(app, ["predict", str(adapted[1]), *map(str, files)])
+    finished(res, 1)
+    assert res.stdout.count("│ /") >= len(good)  # a table row for each good file
+    named_once(res.stderr, bad | {"yes/dir.wav", "loop.wav", "gone.wav"})
+    assert res.stderr.count("error: ") == len(bad) + 3
+
+
+def permissions_bind(folder) -> bool:
+    """Whether this process is refused a file without read permission (root, or anyone
+    with CAP_DAC_OVERRIDE, reads it anyway)."""
+    probe = folder / "probe"
+    probe.write_bytes(b"x")
+    probe.chmod(0)
+    try:
+        probe.read_bytes()
+    except PermissionError:
+        return True
+    finally:
+        probe.unlink()
+    return False
+
+
+def test_an_unreadable_file_is_named_by_every_command(fuzz, tone_run, adapted, tmp_path):
+    """A clip without read permission: `data scan` lists it with its reason, the feature
+    cache leaves it out, `predict` names it and classifies the rest."""
+    from metavox.audio.features import FrontendConfig
+    from metavox.data import build_feature_store, load_corpus
+
+    if not permissions_bind(tmp_path):
+        pytest.skip("this process reads files whatever their permissions (root: euid "
+                    f"{os.geteuid()}): an unreadable file cannot be made here")
+
+    root = tmp_path / "corpus"
+    for i, word in enumerate(["yes", "yes", "no", "no"]):
+        (root / word).mkdir(parents=True, exist_ok=True)
+        sf.write(root / word / f"c{i}.wav", tone(8000, 16000, 300 + 100 * i), 16000)
+    locked = root / "no" / "c3.wav"
+    locked.chmod(0)
+    res = runner.invoke(app, ["data", "scan", str(root), "--pattern", "{label}/{_}.wav",
+                              "--json"])
+    finished(res)
+    assert [u["path"] for u in json.loads(res.stdout)["unreadable"]] == ["no/c3.wav"]
+    with pytest.warns(UserWarning, match="1 of 4 clips"):
+        store = build_feature_store(load_corpus("{label}/{_}.wav", str(root)),
+                                    FrontendConfig(n_mels=20, duration=0.5), tmp_path / "cache")
+    assert len(store) == 3 and [f["path"] for f in store.failures] == ["no/c3.wav"]
+    files = sorted(root.glob("*/*.wav"))
+    res = runner.invoke(app, ["predict", str(adapted[1]), *map(str, files), "--json"])
+    finished(res, 1)
+    errors = [x for x in map(json.loads, res.stdout.splitlines()) if "error" in x]
+    assert [x["file"] for x in errors] == [str(locked)] and errors[0]["error"]

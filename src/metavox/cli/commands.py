@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from metavox.cli.common import fail, print_table, user_errors
+from metavox.cli.common import fail, print_table, printable, user_errors
+
+if TYPE_CHECKING:
+    from metavox.audio.io import AudioError
+    from metavox.pipeline.enroll import Adapted
 
 
 def train_command(
@@ -158,30 +163,67 @@ def adapt_command(
                f"saved {path}")
 
 
+def _classify(model: Adapted, files: list[Path]) -> list[tuple[str, dict] | AudioError]:
+    """``model.predict_files(files)``, except that a file that cannot be read gives its
+    :class:`AudioError` in its place and the others are still classified (together)."""
+    from metavox.audio.io import AudioError, load_clip
+
+    try:
+        return list(model.predict_files(files))
+    except AudioError:
+        pass
+    fe, errors = model.frontend, {}
+    for f in files:
+        try:
+            load_clip(f, fe.sample_rate, fe.duration, trim=fe.trim)
+        except AudioError as err:
+            errors[f] = err
+    good = [f for f in files if f not in errors]
+    predictions = iter(model.predict_files(good) if good else [])
+    return [errors[f] if f in errors else next(predictions) for f in files]
+
+
 def predict_command(
     adapted: Path = typer.Argument(..., help="A model saved by `metavox adapt`."),
-    files: list[Path] = typer.Argument(..., help="Audio files to classify."),
+    # readable=False: an unreadable file is reported with the others, not a usage error
+    files: list[Path] = typer.Argument(..., help="Audio files to classify.", readable=False),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """Print the recognised word and each word's probability for every file.
+
+    A file that cannot be read is named on stderr with the reason (with --json: a line
+    with its "error") and the others are still classified; the exit status is then 1.
 
     Example:
 
       metavox predict my_words.safetensors clip1.wav clip2.flac
     """
+    from metavox.audio.io import AudioError
     from metavox.pipeline.enroll import load_adapted
 
     with user_errors():
         model = load_adapted(adapted)
-        results = model.predict_files(list(files))
-    if as_json:
-        for f, (word, probs) in zip(files, results, strict=True):
+        results = _classify(model, list(files))
+    rows, failed = [], 0
+    for f, res in zip(files, results, strict=True):
+        if isinstance(res, AudioError):
+            failed += 1
+            if as_json:
+                typer.echo(json.dumps({"file": str(f), "error": res.problem}))
+            else:
+                typer.echo(printable(f"error: {f}: {res.problem}"), err=True)
+            continue
+        word, probs = res
+        if as_json:
             typer.echo(json.dumps({"file": str(f), "word": word, "probabilities": probs}))
-        return
-    rows = [[str(f), word, f"{probs[word]:.3f}",
-             "  ".join(f"{k}:{v:.2f}" for k, v in probs.items())]
-            for f, (word, probs) in zip(files, results, strict=True)]
-    print_table("predictions", ["file", "word", "p", "all words"], rows)
+        else:
+            p = f"{probs[word]:.3f}" if word in probs else "-"
+            rows.append([printable(f), word, p,
+                         "  ".join(f"{k}:{v:.2f}" for k, v in probs.items())])
+    if rows:
+        print_table("predictions", ["file", "word", "p", "all words"], rows)
+    if failed:
+        raise typer.Exit(code=1)
 
 
 def models_command() -> None:

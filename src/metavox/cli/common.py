@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 import typer
 
@@ -18,11 +20,30 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def printable(text: object) -> str:
+    """``str(text)`` safe to print on any UTF-8 stream: the bytes of a file name that are
+    not valid UTF-8 (which Python keeps as surrogates) shown as ``\\xff``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # other lone surrogates
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the commands: ``warning: message`` on stderr (what was
+    skipped and why), without the source line that tells a user nothing."""
+    kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+    typer.echo(printable(f"warning: {kind}{message}"), err=True)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's input errors into a one-line message: exit status 2 for a config,
     episode setting or checkpoint that cannot be used, 1 for data, audio, a diverging run,
-    a busy run folder or a failed write."""
+    a busy run folder or a failed write. Warnings inside (a skipped clip, ...) are printed
+    as ``warning: ...`` lines."""
     from metavox.audio.io import AudioError
     from metavox.data import CorpusError, EpisodeError
     from metavox.data.synth import SynthError
@@ -31,7 +52,9 @@ def user_errors() -> Iterator[None]:
     from metavox.storage import CheckpointError
 
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            yield
     except (ConfigError, CheckpointError, EpisodeError) as err:
         raise fail(str(err), USAGE) from None
     except (CorpusError, AudioError, SynthError, DivergenceError, FileNotFoundError,

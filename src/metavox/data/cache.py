@@ -40,6 +40,7 @@ _VERSION = 1
 _CROP = "center"
 _BATCH = 64
 _STALE_TMP_S = 24 * 3600
+_LISTED = 50  # undecodable clips a build names one by one (the index lists them all)
 
 DType = Literal["float32", "float16"]
 OnError = Literal["skip", "raise"]
@@ -447,12 +448,13 @@ class FeatureCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if failures:
-            warnings.warn(
-                f"{len(failures)} of {n} clips of {corpus.name!r} could not be decoded and are "
-                f"left out of the feature store (first: {failures[0]['path']}: "
-                f"{failures[0]['reason']})",
-                stacklevel=3,
-            )
+            listed = "".join(f"\n  {f['path']}: {f['reason']}" for f in failures[:_LISTED])
+            more = len(failures) - _LISTED
+            if more > 0:
+                listed += f"\n  ... and {more} more (all in {target / 'index.json'})"
+            warnings.warn(f"{len(failures)} of {n} clips of {corpus.name!r} could not be "
+                          f"decoded and are left out of the feature store:{listed}",
+                          stacklevel=3)
         return FeatureStore(target)
 
 

@@ -66,7 +66,7 @@ def read_examples(folder: str | Path, frontend: FrontendConfig) -> tuple[Tensor,
             try:
                 feats_p = featurize([p], frontend)
             except AudioError as err:
-                warnings.warn(f"skipping {p}: {err}", stacklevel=2)
+                warnings.warn(f"skipping {p}: {err.problem}", stacklevel=2)
                 continue
             good.append(feats_p)
         if not good:
@@ -186,7 +186,7 @@ def read_negatives(folder: str | Path, frontend: FrontendConfig) -> Tensor:
             try:
                 feats.append(featurize([p], frontend))
             except AudioError as err:
-                warnings.warn(f"skipping {p}: {err}", stacklevel=2)
+                warnings.warn(f"skipping {p}: {err.problem}", stacklevel=2)
     if not feats:
         raise EnrollError(f"no readable recording in {folder} "
                           f"(looked for {', '.join(AUDIO_EXTENSIONS)})")
