@@ -40,6 +40,10 @@ def word(freq: float, rng: np.random.Generator, seconds: float = 0.4) -> np.ndar
 
 @pytest.fixture(scope="module")
 def adapted() -> Adapted:
+    return make_adapted()
+
+
+def make_adapted() -> Adapted:
     """Nearest centroid on an untrained Conv-4 over log-mel, enrolled on 3 clips per word,
     with the open set calibrated on generated backgrounds to accept none of them."""
     frontend = FrontendConfig(duration=1.0, n_mels=32)

@@ -62,6 +62,10 @@ def export_command(
     onnx_path: Path = typer.Option(..., "--onnx", help="Where to write the ONNX file."),
     quantize: bool = typer.Option(False, "--int8", help="Also write an int8 dynamically "
                                   "quantised copy beside it (NAME.int8.onnx)."),
+    smooth: int = typer.Option(3, "--smooth", help="Stored for the program that runs it: "
+                               "average the scores over this many hops."),
+    refractory: float = typer.Option(1.0, "--refractory", help="Stored likewise: seconds "
+                                     "after a detection in which no other is made."),
 ) -> None:
     """Export an adapted model to ONNX: waveform in, word probabilities, score and
     unknown out (runs with onnxruntime alone; see examples/spot_onnx.py).
@@ -71,16 +75,19 @@ def export_command(
       metavox export my_words.safetensors --onnx my_words.onnx --int8
     """
     from metavox.kws.export import ExportError, export_onnx
+    from metavox.kws.spotter import SpotSettings
     from metavox.pipeline.enroll import load_adapted
 
     with user_errors():
         adapted = load_adapted(model)
+        settings = SpotSettings(smooth=smooth, refractory=refractory)
         try:
-            path = export_onnx(adapted, onnx_path)
+            path = export_onnx(adapted, onnx_path, settings=settings)
             typer.echo(f"wrote {path} ({len(adapted.classes)} words: "
                        f"{', '.join(adapted.classes)})")
             if quantize:
-                q = export_onnx(adapted, onnx_path.with_suffix(".int8.onnx"), quantize=True)
+                q = export_onnx(adapted, onnx_path.with_suffix(".int8.onnx"),
+                                settings=settings, quantize=True)
                 typer.echo(f"wrote {q} (int8 weights)")
         except ExportError as err:
             raise ValueError(str(err)) from None
