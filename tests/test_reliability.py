@@ -8,6 +8,7 @@ would run the commands.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -279,3 +280,105 @@ def test_two_processes_filling_one_feature_cache(setup, tmp_path):
         waits.append(waited)
     print(f"rounds in which one process waited for the other's build: {sum(waits)} of 3")
     assert max(waits) == 1, waits  # one built while the other waited (not both building)
+
+
+def edited(src: Path, dest: Path, **changes) -> Path:
+    """A copy of checkpoint ``src`` at ``dest`` with metadata entries replaced (``frontend``
+    given as a dict of front-end settings to change), re-saved by metavox."""
+    from metavox.storage import save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    for key, value in changes.items():
+        if key == "frontend":
+            ckpt.meta["frontend"] = {**ckpt.meta["frontend"], **value}
+        else:
+            ckpt.meta[key] = value
+    return save_checkpoint(dest, ckpt)
+
+
+def broken_checkpoints(good: Path, folder: Path, audio: Path) -> dict[Path, str]:
+    """Unusable variants of checkpoint ``good`` in ``folder`` (one of them a copy of the
+    ``audio`` file), each with (a fragment of) the message it must give."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    v = {"version": 2, "metavox_version": "0.9.0"}
+    cases = {
+        edited(good, folder / "newer.safetensors", **v):
+            "checkpoint format version 2 (written by metavox 0.9.0); this metavox (0.1.0) "
+            "reads format version 1: upgrade metavox",
+        edited(good, folder / "older.safetensors", version=0, metavox_version="0.0.1"):
+            "checkpoint format version 0 (written by metavox 0.0.1); this metavox (0.1.0) "
+            "reads format version 1 only",
+        edited(good, folder / "foreign-front-end.safetensors",
+               frontend={"kind": "wav2vec2"}):
+            "saved with a front-end this metavox cannot build (kind must be one of",
+        edited(good, folder / "other-front-end.safetensors", frontend={"n_mels": 40}):
+            "saved with a front-end (n_mels 40, config 20) other than the one its config "
+            "makes",
+    }
+    data = good.read_bytes()
+    truncated = folder / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    cases[truncated] = "not a readable safetensors checkpoint"
+    wav = folder / "clip.wav"
+    wav.write_bytes(audio.read_bytes())
+    cases[wav] = "not a readable safetensors checkpoint"
+    plain = folder / "plain.safetensors"
+    save_file({"w": torch.zeros(3)}, str(plain))
+    cases[plain] = "safetensors file without metavox metadata"
+    return cases
+
+
+def test_unusable_checkpoints_exit_2_and_write_nothing(setup, reference, tmp_path):
+    """Checkpoints of another format version, with a front-end this metavox does not have
+    or other than their config's, truncated, not safetensors at all, or safetensors without
+    metavox metadata: `metavox evaluate`, `adapt` and `predict` each stop with one line
+    saying why, exit status 2, and write nothing. A file from another metavox release in
+    the same format version is used as it is."""
+    from typer.testing import CliRunner
+
+    from metavox.cli import app
+
+    runner = CliRunner()
+    examples = tmp_path / "examples"
+    for word, label in (("hi", "6"), ("ho", "7")):
+        (examples / word).mkdir(parents=True)
+        for i in range(2):
+            clip = setup.root / "data" / "clips" / f"{label}_a_{i}.wav"
+            (examples / word / clip.name).write_bytes(clip.read_bytes())
+    learner = tmp_path / "words.safetensors"
+    res = runner.invoke(app, ["adapt", str(reference.out), "--examples", str(examples),
+                              "--out", str(learner), "--no-open-set"])
+    assert res.exit_code == 0, res.output
+    clip = examples / "hi" / "6_a_0.wav"
+    trained = broken_checkpoints(reference.out / "best.safetensors", tmp_path / "trained", clip)
+    adapted = broken_checkpoints(learner, tmp_path / "adapted", clip)
+    commands = {
+        "evaluate": (trained, lambda p: ["evaluate", str(p), "--episodes", "2",
+                                         "--baselines", "", "--no-progress"]),
+        "adapt": (trained, lambda p: ["adapt", str(p), "--examples", str(examples),
+                                      "--out", str(tmp_path / "out.safetensors")]),
+        "predict": (adapted, lambda p: ["predict", str(p), str(clip)]),
+    }
+    seen = 0
+    for name, (cases, argv) in commands.items():
+        for path, message in cases.items():
+            before = sorted(path.parent.iterdir())
+            res = runner.invoke(app, argv(path))
+            assert res.exit_code == 2, (name, path.name, res.output)
+            assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"error: {path}: ")
+            assert message in res.stderr, (name, path.name, res.stderr)
+            assert sorted(path.parent.iterdir()) == before  # no report, no output
+            assert not (tmp_path / "out.safetensors").exists()
+            seen += 1
+    assert seen == 3 * 7
+    # another release, same format version: evaluated, adapted and used as it is
+    other = edited(reference.out / "best.safetensors", tmp_path / "release.safetensors",
+                   metavox_version="0.0.1")
+    res = runner.invoke(app, ["evaluate", str(other), "--episodes", "2", "--baselines", "",
+                              "--no-progress", "--json", "--report", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    other = edited(learner, tmp_path / "release-words.safetensors", metavox_version="9.0.0")
+    res = runner.invoke(app, ["predict", str(other), str(clip), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["word"] in ("hi", "ho", "unknown")

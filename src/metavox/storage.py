@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from metavox import __version__
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], *, mode: int = 0o644) -> Iterator[Path]:
@@ -174,7 +176,7 @@ def save_file(tensors: dict[str, torch.Tensor], filename: str | os.PathLike[str]
 def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically (see :func:`atomic_path`)."""
     path = Path(path)
-    meta = {"format": FORMAT, "version": VERSION, **ckpt.meta}
+    meta = {"format": FORMAT, "version": VERSION, "metavox_version": __version__, **ckpt.meta}
     # safetensors refuses shared or non-contiguous storage: store private contiguous copies
     tensors = {k: v.detach().contiguous().clone() for k, v in ckpt.tensors.items()}
     try:
@@ -215,11 +217,25 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         meta = json.loads(header.get("metavox", ""))
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: safetensors file without metavox metadata") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a metavox checkpoint (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {meta['version']} is newer than this metavox "
-            f"understands ({VERSION}); upgrade metavox"
-        )
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        kind = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: not a metavox checkpoint (format {kind!r})")
+    check_version(path, meta)
     return Checkpoint(tensors, meta)
+
+
+def check_version(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Refuse a checkpoint in a format version this metavox does not read, naming both
+    versions (and the metavox that wrote it). Files from another metavox release in the
+    same format version load: the format version changes when the layout does."""
+    version = meta.get("version")
+    if type(version) is int and version == VERSION:
+        return
+    by = meta.get("metavox_version")
+    found = f"checkpoint format version {version!r}" + (f" (written by metavox {by})" if by
+                                                        else "")
+    ours = f"this metavox ({__version__}) reads format version {VERSION}"
+    if type(version) is int and version > VERSION:
+        raise CheckpointError(f"{path}: {found}; {ours}: upgrade metavox")
+    raise CheckpointError(f"{path}: {found}; {ours} only: re-create the file with this "
+                          "metavox, or use the one that wrote it")

@@ -188,13 +188,37 @@ def rebuild_model(ckpt: Checkpoint, source: str | Path) -> tuple[nn.Module, RunC
     """A freshly built backbone of the architecture a checkpoint or saved learner was made
     with (from the run config, front-end and ways in its metadata), with those settings."""
     try:
-        cfg = config_from_dict(ckpt.meta["config"])
         frontend = FrontendConfig.from_dict(ckpt.meta["frontend"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: saved with a front-end this metavox cannot build "
+                              f"({err}); was it made by another metavox version?") from None
+    except KeyError:
+        raise CheckpointError(f"{source}: metadata incomplete (no front-end)") from None
+    try:
+        cfg = config_from_dict(ckpt.meta["config"])
         ways = int(ckpt.meta["ways"])
+        differ = frontend_differences(cfg, frontend)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: metadata incomplete or incompatible ({err})"
                               ) from None
+    if differ:
+        raise CheckpointError(
+            f"{source}: saved with a front-end ({'; '.join(differ)}) other than the one its "
+            "config makes: the weights would see features unlike those they learned on. "
+            "Was the file edited, or its metadata taken from another run?")
     return build_model(cfg, (frontend.num_features, frontend.num_frames), ways), cfg, frontend
+
+
+def frontend_differences(cfg: RunConfig, frontend: FrontendConfig) -> list[str]:
+    """Where ``frontend`` (stored in a checkpoint) departs from what ``cfg`` (stored beside
+    it) sets, as ``"name X, config Y"``. Only settings the config (or its model) gives are
+    compared, so a default that changed between metavox versions is no difference."""
+    wanted = cfg.frontend_config().to_dict()
+    defaults = FrontendConfig().to_dict()
+    stored = frontend.to_dict()
+    names = set(cfg.frontend) | {k for k, v in wanted.items() if v != defaults[k]}
+    return [f"{k} {stored[k]!r}, config {wanted[k]!r}" for k in sorted(names)
+            if stored[k] != wanted[k]]
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> LoadedModel:
