@@ -349,7 +349,7 @@ def test_unusable_checkpoints_exit_2_and_write_nothing(setup, reference, tmp_pat
             (examples / word / clip.name).write_bytes(clip.read_bytes())
     learner = tmp_path / "words.safetensors"
     res = runner.invoke(app, ["adapt", str(reference.out), "--examples", str(examples),
-                              "--out", str(learner), "--no-open-set"])
+                              "--out", str(learner)])
     assert res.exit_code == 0, res.output
     clip = examples / "hi" / "6_a_0.wav"
     trained = broken_checkpoints(reference.out / "best.safetensors", tmp_path / "trained", clip)
