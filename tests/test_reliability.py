@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -382,3 +383,28 @@ def test_unusable_checkpoints_exit_2_and_write_nothing(setup, reference, tmp_pat
     other = edited(learner, tmp_path / "release-words.safetensors", metavox_version="9.0.0")
     res = runner.invoke(app, ["predict", str(other), str(clip), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["word"] in ("hi", "ho", "unknown")
+
+
+def test_checkpoint_format_versions(tmp_path):
+    """Format version 1 loads, whatever metavox release wrote it; any other version, a
+    version that is not an integer, or none at all is refused naming both versions."""
+    from safetensors.torch import save_file
+
+    from metavox.storage import FORMAT, VERSION, Checkpoint, CheckpointError, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "c.safetensors",
+                           Checkpoint({"w": torch.ones(2)}, {"metavox_version": "7.0"}))
+    ckpt = load_checkpoint(path)
+    assert ckpt.meta["version"] == VERSION == 1 and ckpt.meta["metavox_version"] == "7.0"
+    assert load_checkpoint(save_checkpoint(tmp_path / "d.safetensors",
+                                           Checkpoint({"w": torch.ones(2)}))
+                           ).meta["metavox_version"] == "0.1.0"  # the writer, recorded
+    for version, words in [(2, "format version 2; this metavox (0.1.0) reads format version "
+                               "1: upgrade"),
+                           ("1", "format version '1'; this metavox (0.1.0) reads format "
+                                 "version 1 only"),
+                           (None, "format version None; this metavox")]:
+        meta = {"format": FORMAT} | ({} if version is None else {"version": version})
+        save_file({"w": torch.ones(2)}, str(path), metadata={"metavox": json.dumps(meta)})
+        with pytest.raises(CheckpointError, match=re.escape(words)):
+            load_checkpoint(path)
