@@ -33,7 +33,7 @@ CHECKPOINTS = ("latest.safetensors", "best.safetensors")
 
 
 @dataclass
-class Setup:
+class Workspace:
     """A tiny run config on generated tones, and the environment its subprocesses get."""
 
     root: Path
@@ -49,7 +49,7 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> Setup:
+def work(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("reliability")
     manifest = tone_manifest(root / "data")
     # an MLP with a wide layer: cheap iterations, but 12 MB checkpoints whose write takes
@@ -62,7 +62,7 @@ def setup(tmp_path_factory) -> Setup:
     config.write_text(to_toml(cfg.to_dict()))
     # one thread: the same float arithmetic in every process, and room for the other tests
     env = {**os.environ, "METAVOX_CACHE": str(root / "metavox-cache"), "OMP_NUM_THREADS": "1"}
-    return Setup(root, config, env)
+    return Workspace(root, config, env)
 
 
 @dataclass
@@ -75,10 +75,10 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(setup) -> Reference:
-    out = setup.root / "reference"
+def reference(work) -> Reference:
+    out = work.root / "reference"
     out.mkdir()
-    proc = setup.train(out)
+    proc = work.train(out)
     assert poll(proc, lambda: holds_lock(out, proc.pid))
     start = time.monotonic()
     stdout, stderr = proc.communicate(timeout=300)
@@ -151,7 +151,7 @@ def kill_at(proc: subprocess.Popen, out: Path, kind: str, at: float,
     return fired
 
 
-def test_killed_training_resumes_bit_identically(setup, reference):
+def test_killed_training_resumes_bit_identically(work, reference):
     """SIGKILL at six seeded random moments of a 16-iteration run, three of them as a
     checkpoint is being written (when its temporary file appears), each followed by
     ``--resume`` (or a fresh start before any checkpoint): every checkpoint in the folder
@@ -160,7 +160,7 @@ def test_killed_training_resumes_bit_identically(setup, reference):
     rng = random.Random(int(os.environ.get("METAVOX_TEST_KILL_SEED", "16")))
     kinds = ["write", "write", "write", "time", "time", "time"]
     rng.shuffle(kinds)
-    out = setup.root / "killed"
+    out = work.root / "killed"
     out.mkdir()
     kills: list[tuple[str, float, bool, int]] = []
     left: set[str] = set()  # temporary files killed writes left behind
@@ -170,7 +170,7 @@ def test_killed_training_resumes_bit_identically(setup, reference):
         rest = (ITERATIONS - done) / ITERATIONS
         at = (rng.randint(1, max(1, (ITERATIONS - done) // 2)) if kind == "write" else
               rng.uniform(0.05, 0.9) * rest * reference.seconds)
-        proc = setup.train(out, resume=done > 0)
+        proc = work.train(out, resume=done > 0)
         fired = kill_at(proc, out, kind, at, left)
         _, stderr = proc.communicate(timeout=60)
         assert fired or proc.returncode == 0, stderr  # unkilled, it finished the run
@@ -182,7 +182,7 @@ def test_killed_training_resumes_bit_identically(setup, reference):
         done = load_checkpoint(latest).meta["state"]["iteration"] if latest.is_file() else 0
         if fired:
             kills.append((kind, round(at, 3), bool(new), done))
-    proc = setup.train(out, resume=True)
+    proc = work.train(out, resume=True)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert f"trained maml for {ITERATIONS} iterations" in stdout
@@ -193,16 +193,16 @@ def test_killed_training_resumes_bit_identically(setup, reference):
     assert sorted(os.listdir(out)) == sorted(os.listdir(reference.out))
 
 
-def test_a_second_training_into_a_busy_folder_is_refused(setup, reference):
+def test_a_second_training_into_a_busy_folder_is_refused(work, reference):
     """While one `metavox train` holds a run folder (stopped there with SIGSTOP, so the race
     is certain), a second one into it stops with one line naming the holder, exit status 1;
     the first then finishes exactly as if alone."""
-    out = setup.root / "busy"
-    first = setup.train(out)
+    out = work.root / "busy"
+    first = work.train(out)
     assert poll(first, lambda: holds_lock(out, first.pid))
     first.send_signal(signal.SIGSTOP)
     try:
-        second = setup.train(out)
+        second = work.train(out)
         _, stderr = second.communicate(timeout=300)
     finally:
         first.send_signal(signal.SIGCONT)
@@ -240,7 +240,7 @@ print(json.dumps({"path": str(store.path), "rows": len(store), "sha": sha, "inod
 """
 
 
-def test_two_processes_filling_one_feature_cache(setup, tmp_path):
+def test_two_processes_filling_one_feature_cache(work, tmp_path):
     """Two processes released at the same instant build the features of the same corpus
     into the same cache folder, three times over: both succeed with the same complete entry,
     equal to one built alone, which neither replaced under the other (same file, reread by
@@ -261,7 +261,7 @@ def test_two_processes_filling_one_feature_cache(setup, tmp_path):
         cache, go = tmp_path / f"cache{round_}", tmp_path / f"go{round_}"
         ready = [tmp_path / f"ready{round_}.{i}" for i in range(2)]
         procs = [subprocess.Popen([sys.executable, "-c", RACE, str(manifest), str(cache),
-                                   str(r), str(go)], env=setup.env, stdout=subprocess.PIPE,
+                                   str(r), str(go)], env=work.env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for r in ready]
         end = time.monotonic() + 120
         while not all(r.exists() for r in ready) and time.monotonic() < end:
@@ -331,7 +331,7 @@ def broken_checkpoints(good: Path, folder: Path, audio: Path) -> dict[Path, str]
     return cases
 
 
-def test_unusable_checkpoints_exit_2_and_write_nothing(setup, reference, tmp_path):
+def test_unusable_checkpoints_exit_2_and_write_nothing(work, reference, tmp_path):
     """Checkpoints of another format version, with a front-end this metavox does not have
     or other than their config's, truncated, not safetensors at all, or safetensors without
     metavox metadata: `metavox evaluate`, `adapt` and `predict` each stop with one line
@@ -346,7 +346,7 @@ def test_unusable_checkpoints_exit_2_and_write_nothing(setup, reference, tmp_pat
     for word, label in (("hi", "6"), ("ho", "7")):
         (examples / word).mkdir(parents=True)
         for i in range(2):
-            clip = setup.root / "data" / "clips" / f"{label}_a_{i}.wav"
+            clip = work.root / "data" / "clips" / f"{label}_a_{i}.wav"
             (examples / word / clip.name).write_bytes(clip.read_bytes())
     learner = tmp_path / "words.safetensors"
     res = runner.invoke(app, ["adapt", str(reference.out), "--examples", str(examples),
