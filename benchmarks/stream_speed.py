@@ -85,9 +85,15 @@ def latency(data: Path, seconds: float, model: str | None) -> list[float]:
     from metavox.kws.protocol import StreamConfig, build_stream, match
     from metavox.kws.spotter import smoothed_scores, triggered
     from metavox.meta import ProtoNet
-    from metavox.meta.openset import calibrate
+    from metavox.meta.openset import OpenSet, threshold_for
     from metavox.models import create_model
-    from metavox.pipeline.enroll import Adapted, builtin_negatives, featurize, load_adapted
+    from metavox.pipeline.enroll import (
+        Adapted,
+        builtin_negatives,
+        featurize,
+        load_adapted,
+        negative_scores,
+    )
 
     corpus = Corpus.from_preset("speech-commands", data / "speech_commands_v2_test")
     words = ["eight", "five", "happy", "nine", "one", "six", "three", "two", "zero"]
@@ -105,14 +111,16 @@ def latency(data: Path, seconds: float, model: str | None) -> list[float]:
             adapted = Adapted(ProtoNet(base).adapt(x, y, classes=stream.words), fe)
         else:
             adapted = load_adapted(model)
-        negs = adapted.logits(builtin_negatives(adapted.frontend))
-        adapted.open_set = calibrate(negs, 0.0)
+        negatives = [builtin_negatives(adapted.frontend)]
+        scores_neg, bank = negative_scores(adapted, negatives)
+        adapted.open_set = OpenSet("background", threshold_for(scores_neg, 0.0), 0.0,
+                                   len(scores_neg), background=bank)
         spotter = Spotter(adapted, settings=SpotSettings())
         steps = []
         for i in range(0, len(stream.wave), 16000):
             steps += spotter.scores(stream.wave[i:i + 16000])
         times = np.array([t for t, _ in steps])
-        best, scores = smoothed_scores(torch.stack([x for _, x in steps]), "logit", 3)
+        best, scores = smoothed_scores(torch.stack([x for _, x in steps]), 3)
         fired = triggered(times, scores, adapted.open_set.threshold, 1.0)
         _, _, _, lats = match(stream, stream.words, times, best, fired, 0.75)
         lat += lats

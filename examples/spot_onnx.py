@@ -6,7 +6,7 @@ or torch: numpy, soundfile and onnxruntime only.
 
 The exported model scores one clip (the last `clip_samples` samples of the stream, zeros
 before the stream starts) every hop; this script slides that window over the file, averages
-each word's logits over the last `smooth` hops, and reports a word when its score is at or
+each word's open-set score over the last `smooth` hops, and reports a word when its score is at or
 above the calibrated threshold, then reports nothing for `refractory` seconds: the
 decisions `metavox listen` makes (all settings are read from the file's metadata).
 """
@@ -49,14 +49,11 @@ def spot(model_path: str, wave: np.ndarray) -> list[dict]:
                              np.zeros(rate // 2, dtype=np.float32)])
     ends = range(size + hop, len(padded) + 1, hop)  # one window per completed hop
     windows = np.stack([padded[e - size:e] for e in ends])
-    logits = np.concatenate([session.run(["logits"], {"waveform": windows[i:i + 64]})[0]
+    values = np.concatenate([session.run(["values"], {"waveform": windows[i:i + 64]})[0]
                              for i in range(0, len(windows), 64)])
     out, last = [], -np.inf
-    for k in range(len(logits)):
-        mean = logits[max(0, k - smooth + 1): k + 1].mean(axis=0)
-        if rule["rule"] == "probability":
-            mean = np.exp(mean - mean.max())
-            mean /= mean.sum()
+    for k in range(len(values)):  # every word's open-set score, averaged over `smooth` hops
+        mean = values[max(0, k - smooth + 1): k + 1].mean(axis=0)
         best = int(np.argmax(mean))
         score = float(mean[best])
         t = (k + 1) * hop / rate

@@ -65,7 +65,8 @@ def make_adapted() -> Adapted:
         x = fe(torch.from_numpy(np.stack(clips))).unsqueeze(1)
     learner = ProtoNet(model).adapt(x, torch.tensor(labels), classes=list(WORDS))
     result = Adapted(learner, frontend)
-    result.open_set = calibrate_open_set(result, [builtin_negatives(frontend)], far=0.0)
+    result.open_set = calibrate_open_set(result, [builtin_negatives(frontend)], far=0.0,
+                                         rule="logit")
     return result
 
 
@@ -101,6 +102,33 @@ def test_open_set_calibration_accepts_at_most_the_rate():
         OpenSet(rule="margin")
     with pytest.raises(ValueError, match="far"):
         calibrate(negatives, 1.5)
+
+
+def test_background_rule_rejects_what_is_nearer_a_negative_than_a_word():
+    """On normalised features, a clip close to a word's prototype but closer to a known
+    negative is *unknown* under the background rule, though the logit rule accepts it;
+    the word's own clips pass both."""
+    from metavox.meta.openset import rule_values, threshold_for
+
+    g = torch.Generator().manual_seed(0)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    protos = unit(torch.randn(3, 16, generator=g))
+    negative = unit(protos[0] + 1.2 * unit(torch.randn(16, generator=g)))
+    bank = torch.stack([negative, *unit(torch.randn(20, 16, generator=g))])
+    lookalike = unit(negative + 0.05 * torch.randn(16, generator=g))
+    word = unit(protos[0] + 0.1 * torch.randn(16, generator=g))
+    x = torch.stack([word, lookalike])
+    logits = 2 * x @ protos.t() - protos.square().sum(-1)
+    calib = unit(torch.randn(50, 16, generator=g))  # other negatives set the thresholds
+    calib_logits = 2 * calib @ protos.t() - protos.square().sum(-1)
+    logit_rule = OpenSet("logit", threshold_for(calib_logits.max(-1).values, 0.1))
+    bg_values = rule_values("background", calib_logits, calib, bank)
+    bg_rule = OpenSet("background", threshold_for(bg_values.max(-1).values, 0.1),
+                      background=bank)
+    assert logit_rule.decide(logit_rule.values(logits))[0].tolist() == [0, 0]
+    assert bg_rule.decide(bg_rule.values(logits, x))[0].tolist() == [0, -1]
+    with pytest.raises(ValueError, match="bank"):
+        OpenSet("background")
 
 
 @pytest.mark.parametrize("kind", ["logmel", "speech-embedding", "speech-embedding-top2"])
@@ -289,3 +317,35 @@ def test_a_learner_with_fewer_words_than_ways_saves_and_loads(tmp_path):
     fresh = create_model("conv4", num_classes=3, input_shape=(32, 101), channels=8)
     again = Learner.load(tmp_path / "l.safetensors", fresh)
     torch.testing.assert_close(again(x), logits)
+
+
+def test_onnx_export_of_the_background_rule_matches_pytorch(tmp_path, adapted):
+    """The background bank travels inside the ONNX graph: same scores and words."""
+    pytest.importorskip("onnxscript", reason="needs metavox[export]")
+    ort = pytest.importorskip("onnxruntime")
+    from metavox.kws.export import ClipSpotter, export_onnx
+
+    bg = Adapted(adapted.learner, adapted.frontend, calibrate_open_set(
+        adapted, [builtin_negatives(adapted.frontend)], far=0.1, rule="background"))
+    assert bg.open_set.background is not None and bg.open_set.negatives == 20
+    path = export_onnx(bg, tmp_path / "bg.onnx")
+    wave, _ = synthetic_stream()
+    x = np.stack([wave[i:i + RATE] for i in range(0, len(wave) - RATE, RATE // 3)])
+    with torch.no_grad():
+        ref = [t.numpy() for t in ClipSpotter(bg)(torch.from_numpy(x))]
+    out = ort.InferenceSession(str(path)).run(None, {"waveform": x})
+    np.testing.assert_allclose(out[0], ref[0], atol=1e-4, rtol=1e-4)
+    assert np.array_equal(out[3], ref[3])
+    # and in the adapted model's file
+    from metavox.pipeline.config import config_from_dict
+    from metavox.pipeline.enroll import load_adapted, save_adapted
+    from metavox.pipeline.train import LoadedModel
+
+    cfg = config_from_dict({"model": {"name": "conv4", "options": {"channels": 8}},
+                            "frontend": {"duration": 1.0, "n_mels": 32},
+                            "algorithm": {"name": "protonet"}, "episodes": {"ways": 3}})
+    saved = save_adapted(tmp_path / "bg.safetensors", bg, LoadedModel(None, cfg, bg.frontend,
+                                                                       {"ways": 3}))
+    again = load_adapted(saved)
+    assert again.open_set == bg.open_set
+    assert torch.equal(again.open_set.background, bg.open_set.background)

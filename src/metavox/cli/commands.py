@@ -145,22 +145,42 @@ def adapt_command(
                              help="Where to save the adapted model."),
     steps: int | None = typer.Option(None, "--steps", help="Inner steps (default: the "
                                      "model's evaluation steps)."),
+    far: float | None = typer.Option(
+        0.01, "--far", help="Open set: calibrate the 'unknown' answer so that at most this "
+        "fraction of negative clips (generated noise, the run's own training words, "
+        "--negatives) is taken for a word; --no-open-set turns it off."),
+    open_set: bool = typer.Option(True, "--open-set/--no-open-set",
+                                  help="Answer 'unknown' for clips that are none of the words."),
+    rule: str = typer.Option("background", "--rule", help="Open-set score: background (the "
+                             "word's logit minus the nearest negative's), logit (distance to "
+                             "the word's prototype) or probability."),
+    negatives: Path | None = typer.Option(None, "--negatives", help="A folder of your own "
+                                          "clips that are none of the words (any depth)."),
 ) -> None:
     """Teach a meta-trained model your own words from a few recordings.
 
     Example:
 
       metavox adapt runs/demo --examples my_words/ --out my_words.safetensors
+
+      metavox adapt runs/demo -e my_words/ --far 0.002 --negatives my_noise/
     """
     from metavox.pipeline.enroll import enroll, save_adapted
     from metavox.pipeline.train import load_trained
 
     with user_errors():
+        if far is not None and not 0.0 <= far <= 1.0:
+            raise typer.BadParameter(f"--far must be a rate in [0, 1], got {far}")
         loaded = load_trained(checkpoint)
-        adapted = enroll(loaded, examples, steps=steps)
+        adapted = enroll(loaded, examples, steps=steps, far=far if open_set else None,
+                         rule=rule, negatives=negatives)
         path = save_adapted(out, adapted, loaded)
     typer.echo(f"adapted to {len(adapted.classes)} words ({', '.join(adapted.classes)}); "
                f"saved {path}")
+    o = adapted.open_set
+    if o.far is not None:
+        typer.echo(f"open set: '{o.rule}' threshold {o.threshold:.4g}, calibrated on "
+                   f"{o.negatives} negative clips to accept at most {o.far:g} of them")
 
 
 def _classify(model: Adapted, files: list[Path]) -> list[tuple[str, dict] | AudioError]:

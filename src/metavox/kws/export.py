@@ -4,7 +4,8 @@ to run without metavox or torch (onnxruntime, numpy).
 The graph takes ``waveform [batch, samples]`` (mono, float32 in [-1, 1], at the model's
 sample rate, ``samples`` = one clip: the front-end's ``duration``) and gives
 
-- ``logits [batch, words]``: the adapted model's logits (what a stream smooths);
+- ``values [batch, words]``: every word's open-set score (what a stream smooths; the
+  best is compared with the threshold);
 - ``probabilities [batch, words]``: softmax over the enrolled words;
 - ``scores [batch]``: the open-set score of the best word (its logit or probability, by
   the rule);
@@ -30,11 +31,12 @@ from torch import Tensor, nn
 from metavox.audio.features import build_frontend
 from metavox.audio.streaming import default_hop
 from metavox.kws.spotter import SpotSettings
-from metavox.meta.openset import RULES
+from metavox.meta.learner import LEARNER_FEATURES
+from metavox.meta.openset import RULES, background_logits, rule_values
 from metavox.pipeline.enroll import Adapted
 
 OPSET = 18
-OUTPUTS = ("logits", "probabilities", "scores", "word")
+OUTPUTS = ("values", "probabilities", "scores", "word")
 
 
 class ExportError(RuntimeError):
@@ -49,16 +51,24 @@ class ClipSpotter(nn.Module):
         self.frontend = build_frontend(adapted.frontend).eval()
         self.model = adapted.learner.to_module().eval()
         self.words = len(adapted.classes)
-        self.use_logit = adapted.open_set.rule == "logit"
+        self.rule = adapted.open_set.rule
+        self.features = LEARNER_FEATURES[adapted.learner.kind](self.model)
         t = adapted.open_set.threshold
         self.register_buffer("threshold", torch.tensor(max(t, -3.0e38), dtype=torch.float32))
+        bank = adapted.open_set.background
+        self.register_buffer("bank", torch.zeros(1, 1) if bank is None else bank.float())
 
     def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        logits = self.model(self.frontend(waveform).unsqueeze(1))[:, : self.words]
-        probs = logits.softmax(-1)
-        score, best = (logits if self.use_logit else probs).max(-1)
+        x = self.frontend(waveform).unsqueeze(1)
+        logits = self.model(x)[:, : self.words]
+        if self.rule == "background":
+            values = logits - background_logits(self.features(x).flatten(1),
+                                                self.bank).unsqueeze(-1)
+        else:
+            values = rule_values(self.rule, logits)
+        score, best = values.max(-1)
         word = torch.where(score >= self.threshold, best, torch.full_like(best, -1))
-        return logits, probs, score, word
+        return values, logits.softmax(-1), score, word
 
 
 def export_metadata(adapted: Adapted, hop: float, settings: SpotSettings) -> dict:

@@ -4,7 +4,9 @@ detection rate against false accepts per hour.
 A stream (one per episode, seeded by ``(seed, episode)``) enrolls ``ways`` words drawn from
 the test words, with up to ``max(shots)`` clips each (the first ``k`` of them for
 ``k``-shot), then lays out the words' other clips (up to ``targets`` each) among clips of
-every other word of the corpus (``nontargets`` per target), separated by random gaps, over
+every other word of the corpus except the run's meta-training words (``nontargets`` per
+target; those words are among the negatives the open set is calibrated on, so using them
+would flatter it), separated by random gaps, over
 a continuous background noise at a signal-to-noise ratio drawn from ``snr_db``. Each word's
 time span in the stream is known (its clip's speech, found by energy).
 
@@ -15,9 +17,10 @@ seconds after its end (each placement is hit at most once); any other detection 
 *false accept*. Rates: hits over placements, and false accepts per hour of the stream
 outside the target words' spans.
 
-The operating point is the one a user sets: the open-set rule is calibrated at enrollment
-to accept a fraction ``far`` of negative clips (generated noise and the run's own
-meta-training words, never the test stream), and sweeping ``far`` traces the DET curve.
+The operating point is the one a user sets: the open-set rule (``background`` by default)
+is calibrated at enrollment to accept a fraction ``far`` of negative clips (generated
+noise and the run's own meta-training words, never the test stream), and sweeping ``far``
+traces the DET curve.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from metavox.audio.io import load_audio, speech_bounds
 from metavox.data import Corpus
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta import MetaAlgorithm
-from metavox.meta.openset import calibrate
-from metavox.pipeline.enroll import Adapted, featurize
+from metavox.meta.openset import OpenSet, threshold_for
+from metavox.pipeline.enroll import Adapted, featurize, negative_scores
 
 #: the far values swept for the DET curve (fraction of negative clips accepted)
 FAR_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -56,7 +59,7 @@ class StreamConfig:
     noise: str = "pink"
     tolerance: float = 0.75  # seconds after a word's end in which a detection counts
     far: float = 0.01  # the operating point reported beside the DET curve
-    rule: str = "logit"
+    rule: str = "background"
     seed: int = 0
     settings: SpotSettings = field(default_factory=SpotSettings)
 
@@ -103,8 +106,10 @@ class TestStream:
 
 
 def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episode: int,
-                 sample_rate: int) -> TestStream:
-    """Episode ``episode``'s stream from ``corpus`` (see the module doc)."""
+                 sample_rate: int, *, exclude: set[str] | frozenset[str] = frozenset()
+                 ) -> TestStream:
+    """Episode ``episode``'s stream from ``corpus`` (see the module doc); words in
+    ``exclude`` are never non-targets."""
     rng = np.random.default_rng([cfg.seed, int(episode), 17])
     by_label = corpus.by_label()
     need = max(cfg.shots) + 1
@@ -119,7 +124,8 @@ def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episo
         order = rng.permutation(len(clips))
         enroll[w] = [clips[i] for i in order[: max(cfg.shots)]]
         items += [(w, clips[i], True) for i in order[max(cfg.shots):][: cfg.targets]]
-    others = [u.path for label, us in by_label.items() if label not in words for u in us]
+    others = [u.path for label, us in by_label.items()
+              if label not in words and label not in exclude for u in us]
     labels = {u.path: u.label for u in corpus}
     n_other = min(len(others), cfg.nontargets * len(items))
     items += [(labels[others[i]], others[i], False)
@@ -160,9 +166,10 @@ def stream_features(stream: TestStream, adapted_frontend, *, chunk: float = 1.0
     return times, torch.stack([f for _, f in out]).unsqueeze(1)
 
 
-def score(adapted: Adapted, feats: Tensor, *, batch: int = 512) -> Tensor:
-    """Per-hop logits ``[hops, words]`` of an adapted model on stream features."""
-    return torch.cat([adapted.logits(feats[i:i + batch]) for i in range(0, len(feats), batch)])
+def score(adapted: Adapted, feats: Tensor, open_set: OpenSet, *, batch: int = 512) -> Tensor:
+    """Per-hop open-set scores ``[hops, words]`` of an adapted model on stream features."""
+    return torch.cat([adapted.values(feats[i:i + batch], open_set)
+                      for i in range(0, len(feats), batch)])
 
 
 def match(stream: TestStream, words: list[str], times: np.ndarray, best: np.ndarray,
@@ -220,11 +227,12 @@ class StreamResult:
 
 
 def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_words: list[str],
-                     frontend, negatives: list[Tensor], cfg: StreamConfig, *,
+                     frontend, negatives: list[Tensor | None], cfg: StreamConfig, *,
+                     exclude: set[str] | frozenset[str] = frozenset(),
                      progress: bool = False) -> list[StreamResult]:
     """Every method at every number of shots on the same streams (see the module doc).
-    ``negatives``: feature batches for open-set calibration."""
-    neg = torch.cat([n for n in negatives if n is not None and len(n)])
+    ``negatives``: feature batches for open-set calibration; ``exclude``: words never used
+    as non-targets (the run's meta-training words, which the negatives hold)."""
     results = {(m, k): StreamResult(m, k, list(FAR_GRID), [0] * len(FAR_GRID), 0,
                                     [0] * len(FAR_GRID), 0.0)
                for m in methods for k in cfg.shots}
@@ -234,7 +242,8 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
 
         bar = tqdm(total=cfg.episodes, desc="streams", unit="stream", dynamic_ncols=True)
     for e in range(cfg.episodes):
-        stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate)
+        stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate,
+                              exclude=exclude)
         times, feats = stream_features(stream, frontend)
         hours = stream.non_target_seconds / 3600
         for k in cfg.shots:
@@ -243,15 +252,15 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
             y = torch.arange(len(stream.words)).repeat_interleave(k)
             for name, algo in methods.items():
                 adapted = Adapted(algo.adapt(x, y, classes=stream.words), frontend)
-                neg_logits = score(adapted, neg)
-                best, scores = smoothed_scores(score(adapted, feats), cfg.rule,
-                                               cfg.settings.smooth)
+                neg, bank = negative_scores(adapted, negatives, rule=cfg.rule, seed=cfg.seed)
+                probe = OpenSet(cfg.rule, background=bank)
+                best, scores = smoothed_scores(score(adapted, feats, probe), cfg.settings.smooth)
                 r = results[(name, k)]
                 r.targets += sum(p.target for p in stream.placements)
                 r.hours += hours
                 for j, far in enumerate(FAR_GRID):
-                    rule = calibrate(neg_logits, far, cfg.rule)
-                    fired = triggered(times, scores, rule.threshold, cfg.settings.refractory)
+                    fired = triggered(times, scores, threshold_for(neg, far),
+                                      cfg.settings.refractory)
                     hits, _, false, lat = match(stream, stream.words, times, best, fired,
                                                 cfg.tolerance)
                     r.hits[j] += hits

@@ -36,8 +36,9 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     methods = {loaded.config.algorithm.name: loaded.algo, "nearest centroid": ProtoNet(fresh)}
     negatives = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
                  corpus_negatives(loaded, seed=loaded.config.seed)]
+    train_words = set(data.parts["train"].labels)
     results = evaluate_streams(methods, data.corpus, test_words, loaded.frontend, negatives,
-                               cfg, progress=progress)
+                               cfg, exclude=train_words, progress=progress)
     folder = Path(out) if out is not None else run_dir / "report" / "streams"
     return write_report(results, cfg, folder, test_words)
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from metavox.audio.io import load_audio
 from metavox.audio.streaming import feature_stream
-from metavox.meta.openset import OpenSet, best_scores
+from metavox.meta.openset import OpenSet
 from metavox.pipeline.enroll import Adapted
 
 
@@ -55,18 +55,17 @@ class SpotSettings:
 
 
 class Smoother:
-    """Per hop: the moving average of the last ``smooth`` logit rows, and its best word and
-    score under the open-set rule (independent of the threshold)."""
+    """Per hop: the moving average of the last ``smooth`` rows of open-set scores (one per
+    word, see :meth:`metavox.meta.openset.OpenSet.values`), and its best word and score
+    (independent of the threshold)."""
 
-    def __init__(self, rule: str, smooth: int) -> None:
-        self.rule = rule
+    def __init__(self, smooth: int) -> None:
         self._recent: deque[Tensor] = deque(maxlen=smooth)
 
-    def step(self, logits: Tensor) -> tuple[int, float]:
-        self._recent.append(logits.float())
-        mean = torch.stack(tuple(self._recent)).mean(0, keepdim=True)
-        best, score = best_scores(mean, self.rule)
-        return int(best[0]), float(score[0])
+    def step(self, values: Tensor) -> tuple[int, float]:
+        self._recent.append(values.float())
+        score, best = torch.stack(tuple(self._recent)).mean(0).max(-1)
+        return int(best), float(score)
 
 
 class Trigger:
@@ -86,26 +85,27 @@ class Trigger:
 
 
 class Detector:
-    """The decision rule over a stream of per-hop logits ``[words]`` (see module doc)."""
+    """The decision rule over a stream of per-hop open-set scores ``[words]`` (see module
+    doc)."""
 
     def __init__(self, words: list[str], open_set: OpenSet, settings: SpotSettings) -> None:
         self.words = list(words)
-        self.smoother = Smoother(open_set.rule, settings.smooth)
+        self.smoother = Smoother(settings.smooth)
         self.trigger = Trigger(open_set.threshold, settings.refractory)
 
-    def step(self, time: float, logits: Tensor) -> Detection | None:
+    def step(self, time: float, values: Tensor) -> Detection | None:
         """The detection this hop makes, if any."""
-        best, score = self.smoother.step(logits)
+        best, score = self.smoother.step(values)
         if not self.trigger.step(time, score):
             return None
         return Detection(self.words[best], time, score)
 
 
-def smoothed_scores(logits: Tensor, rule: str, smooth: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(best word [hops], score [hops])`` of recorded per-hop ``logits [hops, words]``:
-    what :class:`Smoother` computes live."""
-    smoother = Smoother(rule, smooth)
-    pairs = [smoother.step(row) for row in logits]
+def smoothed_scores(values: Tensor, smooth: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(best word [hops], score [hops])`` of recorded per-hop open-set scores
+    ``values [hops, words]``: what :class:`Smoother` computes live."""
+    smoother = Smoother(smooth)
+    pairs = [smoother.step(row) for row in values]
     return (np.array([b for b, _ in pairs], dtype=np.int64),
             np.array([s for _, s in pairs], dtype=np.float64))
 
@@ -120,11 +120,11 @@ def triggered(times: np.ndarray, scores: np.ndarray, threshold: float,
                     dtype=np.int64)
 
 
-def detect(times: np.ndarray, logits: Tensor, words: list[str], open_set: OpenSet,
+def detect(times: np.ndarray, values: Tensor, words: list[str], open_set: OpenSet,
            settings: SpotSettings) -> list[Detection]:
-    """Detections over recorded per-hop ``logits [hops, words]`` at ``times``: the same
-    decisions :class:`Spotter` makes live."""
-    best, scores = smoothed_scores(logits, open_set.rule, settings.smooth)
+    """Detections over recorded per-hop open-set scores ``values [hops, words]`` at
+    ``times``: the same decisions :class:`Spotter` makes live."""
+    best, scores = smoothed_scores(values, settings.smooth)
     return [Detection(words[int(best[i])], float(times[i]), float(scores[i]))
             for i in triggered(times, scores, open_set.threshold, settings.refractory)]
 
@@ -152,13 +152,14 @@ class Spotter:
         return self.features.hop / self.sample_rate
 
     def scores(self, chunk: np.ndarray) -> list[tuple[float, Tensor]]:
-        """``(time, logits [words])`` for every hop ``chunk`` completes (no decisions)."""
+        """``(time, open-set scores [words])`` for every hop ``chunk`` completes (no
+        decisions)."""
         steps = self.features.push(chunk)
         if not steps:
             return []
         x = torch.stack([f for _, f in steps]).unsqueeze(1)
-        logits = self.adapted.logits(x)
-        return [(t, row) for (t, _), row in zip(steps, logits, strict=True)]
+        values = self.adapted.values(x, self.open_set)
+        return [(t, row) for (t, _), row in zip(steps, values, strict=True)]
 
     def feed(self, chunk: np.ndarray) -> list[Detection]:
         """Detections the new samples complete."""

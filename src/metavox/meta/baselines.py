@@ -53,7 +53,7 @@ class _Net(nn.Module):
         return self.head(self.scale * F.normalize(self.body(x).flatten(1), dim=1))
 
 
-@register_learner_kind("finetune")
+@register_learner_kind("finetune", features=lambda module: module.body)
 def _finetuned(model: nn.Module, info: dict[str, Any]) -> nn.Module:
     """The structure of a fine-tuned learner: ``info`` gives ``dim``, ``ways``, ``scale``."""
     body, _ = split_body_head(model)

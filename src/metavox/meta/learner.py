@@ -26,27 +26,32 @@ from metavox.storage import Checkpoint, CheckpointError, load_checkpoint, save_c
 #: kind -> ``rebuild(model, info) -> module``: the adapted module's structure around a
 #: freshly built base model, before its saved weights are loaded
 LEARNER_KINDS: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {}
+#: kind -> ``features(module) -> the part of the adapted module that embeds an input``
+#: (what its class scores compare; open-set background scoring uses it)
+LEARNER_FEATURES: dict[str, Callable[[nn.Module], nn.Module]] = {}
 
 
-def register_learner_kind(name: str):
-    """Decorator: register ``rebuild(model, info) -> nn.Module`` for learners of ``name``."""
+def register_learner_kind(name: str, *, features: Callable[[nn.Module], nn.Module]):
+    """Decorator: register ``rebuild(model, info) -> nn.Module`` for learners of ``name``,
+    and ``features(module)``, the embedding part of such a module."""
 
     def decorate(fn: Callable[[nn.Module, dict[str, Any]], nn.Module]):
         if name in LEARNER_KINDS:
             raise ValueError(f"learner kind {name!r} is registered twice")
         LEARNER_KINDS[name] = fn
+        LEARNER_FEATURES[name] = features
         return fn
 
     return decorate
 
 
-@register_learner_kind("model")
+@register_learner_kind("model", features=lambda module: module.body)
 def _the_model(model: nn.Module, info: dict[str, Any]) -> nn.Module:
     """The base model itself, with adapted weights (MAML, Reptile, ...)."""
     return model
 
 
-@register_learner_kind("body_head")
+@register_learner_kind("body_head", features=lambda module: module[0])
 def _body_then_head(model: nn.Module, info: dict[str, Any]) -> nn.Module:
     """``Sequential(model.body, model.head)`` (ANIL's learner)."""
     return nn.Sequential(model.body, model.head)
@@ -86,14 +91,22 @@ class Learner:
         """Class probabilities per row of ``x``."""
         return self(x).softmax(dim=-1)
 
+    def features(self, x: Tensor) -> Tensor:
+        """``[N, dim]``: the inputs embedded by the adapted module's feature part."""
+        with torch.no_grad():
+            return LEARNER_FEATURES[self.kind](self.module)(x).flatten(1)
+
     def to_module(self) -> nn.Module:
         """The adapted network as a plain ``nn.Module`` (for export or serving)."""
         return self.module
 
     # -- files ------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
-        """Write the learner (weights + kind, info, classes and ``meta``) atomically."""
-        tensors = {f"module/{k}": v for k, v in self.module.state_dict().items()}
+    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None, *,
+             tensors: dict[str, Tensor] | None = None) -> Path:
+        """Write the learner (weights + kind, info, classes and ``meta``, and the caller's
+        ``tensors``, e.g. ``open_set/background``) atomically."""
+        tensors = {**(tensors or {}),
+                   **{f"module/{k}": v for k, v in self.module.state_dict().items()}}
         header = {**(meta or {}), "kind": self.FORMAT_KIND, "learner": self.kind,
                   "info": self.info, "classes": self.classes}
         return save_checkpoint(path, Checkpoint(tensors, header))

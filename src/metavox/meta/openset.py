@@ -1,39 +1,57 @@
 """Open-set answers: "none of these" for inputs that are none of the enrolled classes.
 
-An adapted classifier always picks one of its classes. :class:`OpenSet` adds a rule that
-scores the best class and answers *unknown* below a threshold, calibrated on negatives
-(clips known to be none of the classes) to a false-accept rate the user sets:
+An adapted classifier always picks one of its classes. :class:`OpenSet` scores every class
+of an input by a *rule*, takes the best, and answers *unknown* below a threshold that is
+calibrated on negatives (clips known to be none of the classes) to a false-accept rate the
+user sets:
 
-- ``"logit"``: the best class's logit. For a prototype-initialised head on normalised
-  features (Proto-MAML, the speech-embedding backbone) the logit ``2c·f - |c|^2`` is
+- ``"logit"``: the class's logit. For a prototype-initialised head on normalised features
+  (Proto-MAML, the speech-embedding backbone) the logit ``2c·f - |c|^2`` is
   ``|f|^2 - |f - c|^2``: a monotone function of the distance to the class's prototype,
   so this is the distance rule of few-shot open-set recognition.
-- ``"probability"``: the best class's softmax probability (the classic confidence rule;
-  it cannot reject an input that is far from every class but farthest from one).
-
-Calibration picks the threshold at which at most ``far`` of the negatives are accepted.
+- ``"probability"``: the class's softmax probability (the classic confidence rule; it
+  cannot reject an input that is far from every class but farthest from one).
+- ``"background"``: the class's logit minus the input's best *background* logit
+  ``max_j 2 b_j·f - |b_j|^2`` over a bank of negatives' embeddings ``b_j`` (the same
+  prototype formula, so on normalised features it compares the distance to the class's
+  prototype with the distance to the nearest negative): a background class built from
+  negatives, a likelihood ratio in spirit. The bank and the calibration use disjoint
+  halves of the negatives.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-RULES = ("logit", "probability")
+RULES = ("background", "logit", "probability")
 
 
-def best_scores(logits: Tensor, rule: str) -> tuple[Tensor, Tensor]:
-    """``(best class [N], its score [N])`` of ``logits [N, C]`` under ``rule``."""
-    if rule not in RULES:
-        raise ValueError(f"open-set rule must be one of {RULES}, got {rule!r}")
-    values = logits if rule == "logit" else logits.softmax(-1)
-    score, best = values.max(-1)
-    return best, score
+def background_logits(features: Tensor, bank: Tensor) -> Tensor:
+    """``[N]``: each input's best logit among the background embeddings ``bank [M, dim]``
+    (``max_j 2 b_j·f - |b_j|^2``)."""
+    return (2 * features @ bank.t() - bank.square().sum(-1)).max(-1).values
+
+
+def rule_values(rule: str, logits: Tensor, features: Tensor | None = None,
+                bank: Tensor | None = None) -> Tensor:
+    """``[N, classes]``: every class's open-set score under ``rule`` (the best is
+    compared with the threshold)."""
+    if rule == "logit":
+        return logits
+    if rule == "probability":
+        return logits.softmax(-1)
+    if rule == "background":
+        if features is None or bank is None:
+            raise ValueError("the background rule needs the inputs' features and a bank of "
+                             "negatives' embeddings")
+        return logits - background_logits(features, bank.to(features.dtype)).unsqueeze(-1)
+    raise ValueError(f"open-set rule must be one of {RULES}, got {rule!r}")
 
 
 @dataclass(frozen=True)
@@ -41,49 +59,69 @@ class OpenSet:
     """A rejection rule: accept the best class when its score is ``>= threshold``.
 
     ``far``: the false-accept rate on the negatives it was calibrated to; ``negatives``:
-    how many there were (both for the record).
+    how many there were (both for the record); ``background``: the bank of negatives'
+    embeddings for the ``"background"`` rule.
     """
 
     rule: str = "logit"
     threshold: float = -math.inf
     far: float | None = None
     negatives: int = 0
+    background: Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"open-set rule must be one of {RULES}, got {self.rule!r}")
         if self.far is not None and not 0.0 <= self.far <= 1.0:
             raise ValueError(f"far must be a rate in [0, 1], got {self.far}")
+        if self.rule == "background" and self.background is None:
+            raise ValueError("the background rule needs its bank of negatives' embeddings")
 
-    def decide(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """``(class [N], score [N])``; class ``-1`` is *unknown*."""
-        best, score = best_scores(logits, self.rule)
+    def values(self, logits: Tensor, features: Tensor | None = None) -> Tensor:
+        """Every class's score ``[N, classes]`` (see :func:`rule_values`)."""
+        return rule_values(self.rule, logits, features, self.background)
+
+    def decide(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``(class [N], score [N])`` from :meth:`values`; class ``-1`` is *unknown*."""
+        score, best = values.max(-1)
         return torch.where(score >= self.threshold, best, torch.full_like(best, -1)), score
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["threshold"] = None if math.isinf(self.threshold) else float(self.threshold)
-        return d
+        """JSON-able settings (the background bank is stored as a tensor beside them)."""
+        t = self.threshold
+        return {"rule": self.rule, "threshold": None if math.isinf(t) else float(t),
+                "far": self.far, "negatives": self.negatives}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OpenSet:
+    def from_dict(cls, d: dict[str, Any], background: Tensor | None = None) -> OpenSet:
         t = d.get("threshold")
         return cls(rule=d.get("rule", "logit"), threshold=-math.inf if t is None else float(t),
-                   far=d.get("far"), negatives=int(d.get("negatives", 0)))
+                   far=d.get("far"), negatives=int(d.get("negatives", 0)),
+                   background=background)
+
+
+def threshold_for(scores: Tensor, far: float) -> float:
+    """The smallest threshold at which at most a fraction ``far`` of ``scores`` (the
+    negatives' best scores) pass: just above the ``floor(far·n)+1``-th highest."""
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be a rate in [0, 1], got {far}")
+    if scores.ndim != 1 or len(scores) == 0:
+        raise ValueError("calibration needs at least one negative's score")
+    s = np.sort(scores.float().numpy())[::-1]
+    allowed = int(math.floor(far * len(s)))
+    if allowed >= len(s):
+        return -math.inf
+    return float(np.nextafter(np.float32(s[allowed]), np.float32(np.inf)))
 
 
 def calibrate(negative_logits: Tensor, far: float, rule: str = "logit") -> OpenSet:
-    """The rule whose threshold accepts at most a fraction ``far`` of the negatives (the
-    smallest such threshold, so as many true words as possible still pass)."""
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must be a rate in [0, 1], got {far}")
+    """The ``logit`` or ``probability`` rule accepting at most ``far`` of the negatives
+    (their logits ``[N, classes]``); the background rule: see
+    :func:`metavox.pipeline.enroll.calibrate_open_set`."""
     if negative_logits.ndim != 2 or len(negative_logits) == 0:
         raise ValueError("calibration needs at least one negative clip's logits [N, C]")
-    _, score = best_scores(negative_logits.float(), rule)
-    s = np.sort(score.numpy())[::-1]  # descending
-    allowed = int(math.floor(far * len(s)))  # negatives that may pass
-    if allowed >= len(s):
-        return OpenSet(rule, -math.inf, far, len(s))
-    # strictly above the (allowed+1)-th highest negative: at most `allowed` pass
-    threshold = float(np.nextafter(np.float32(s[allowed]), np.float32(np.inf)))
-    return OpenSet(rule, threshold, far, len(s))
+    if rule == "background":
+        raise ValueError("the background rule is calibrated with its bank: "
+                         "see calibrate_open_set")
+    scores = rule_values(rule, negative_logits.float()).max(-1).values
+    return OpenSet(rule, threshold_for(scores, far), far, len(scores))

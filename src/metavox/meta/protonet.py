@@ -58,7 +58,7 @@ class PrototypeClassifier(nn.Module):
         return prototype_logits(self.encoder(x).flatten(1), self.prototypes)
 
 
-@register_learner_kind("prototypes")
+@register_learner_kind("prototypes", features=lambda module: module.encoder)
 def _prototype_classifier(model: nn.Module, info: dict[str, Any]) -> nn.Module:
     """The structure of a ProtoNet learner: ``info`` gives ``ways`` and ``dim``."""
     return PrototypeClassifier(embedding_network(model),

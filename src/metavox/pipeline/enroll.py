@@ -20,7 +20,7 @@ from metavox.audio.augment import NOISES, background_noise
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.audio.io import AudioError, load_clip
 from metavox.meta import Learner
-from metavox.meta.openset import OpenSet, calibrate
+from metavox.meta.openset import OpenSet, threshold_for
 from metavox.pipeline.train import LoadedModel, rebuild_model
 from metavox.storage import CheckpointError, load_checkpoint
 
@@ -99,11 +99,19 @@ class Adapted:
         """``[N, words]`` logits of features ``x`` (``[N, 1, features, frames]``)."""
         return self.learner(x)[:, : len(self.classes)]
 
+    def values(self, x: Tensor, open_set: OpenSet | None = None) -> Tensor:
+        """``[N, words]``: every word's open-set score (by ``open_set``, default this
+        model's rule); the best is compared with the threshold."""
+        rule = open_set or self.open_set
+        features = self.learner.features(x) if rule.rule == "background" else None
+        return rule.values(self.logits(x), features)
+
     def predict_files(self, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
         """The recognised word (or ``"unknown"``, by the open-set rule) and every word's
         probability, per file."""
-        logits = self.logits(featurize(paths, self.frontend))
-        decided, _ = self.open_set.decide(logits)
+        x = featurize(paths, self.frontend)
+        logits = self.logits(x)
+        decided, _ = self.open_set.decide(self.values(x))
         out = []
         for row, k in zip(logits.softmax(-1), decided.tolist(), strict=True):
             p = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
@@ -138,17 +146,36 @@ def corpus_negatives(loaded: LoadedModel, *, limit: int = 600, seed: int = 0) ->
     return torch.from_numpy(store.take(np.sort(rows))).unsqueeze(1)
 
 
-def calibrate_open_set(adapted: Adapted, negatives: list[Tensor], *, far: float,
-                       rule: str = "logit") -> OpenSet:
-    """The open-set rule for ``adapted`` accepting at most ``far`` of the ``negatives``
-    (feature batches ``[n, 1, features, frames]``)."""
+def negative_scores(adapted: Adapted, negatives: list[Tensor | None], *,
+                    rule: str = "background", seed: int = 0) -> tuple[Tensor, Tensor | None]:
+    """The negatives' best open-set scores under ``rule`` for ``adapted``, and the
+    background bank (``None`` unless ``rule == "background"``). For the background rule
+    the negatives (feature batches ``[n, 1, features, frames]``) are shuffled and split in
+    two: one half's embeddings (by the adapted model) are the bank, the other half is
+    scored."""
     x = torch.cat([n for n in negatives if n is not None and len(n)])
-    logits = torch.cat([adapted.logits(x[i:i + 256]) for i in range(0, len(x), 256)])
-    return calibrate(logits, far, rule)
+    bank = None
+    if rule == "background":
+        order = torch.from_numpy(np.random.default_rng([seed, 13]).permutation(len(x)))
+        bank_x, x = x[order[::2]], x[order[1::2]]
+        bank = torch.cat([adapted.learner.features(bank_x[i:i + 256])
+                          for i in range(0, len(bank_x), 256)])
+    probe = OpenSet(rule, background=bank)
+    scores = torch.cat([adapted.values(x[i:i + 256], probe).max(-1).values
+                        for i in range(0, len(x), 256)])
+    return scores, bank
+
+
+def calibrate_open_set(adapted: Adapted, negatives: list[Tensor | None], *, far: float,
+                       rule: str = "background", seed: int = 0) -> OpenSet:
+    """The open-set rule for ``adapted`` accepting at most ``far`` of the ``negatives``
+    (see :func:`negative_scores`)."""
+    scores, bank = negative_scores(adapted, negatives, rule=rule, seed=seed)
+    return OpenSet(rule, threshold_for(scores, far), far, len(scores), background=bank)
 
 
 def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None,
-           far: float | None = None, rule: str = "logit",
+           far: float | None = None, rule: str = "background",
            negatives: str | Path | None = None) -> Adapted:
     """Adapt ``loaded`` to the words in ``examples``; with ``far``, calibrate the
     open-set rule on negatives (generated backgrounds, the run's own meta-training words
@@ -170,7 +197,8 @@ def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = Non
             corpus_negatives(loaded, seed=loaded.config.seed)]
     if negatives is not None:
         pool.append(read_negatives(negatives, loaded.frontend))
-    adapted.open_set = calibrate_open_set(adapted, pool, far=far, rule=rule)
+    adapted.open_set = calibrate_open_set(adapted, pool, far=far, rule=rule,
+                                          seed=loaded.config.seed)
     return adapted
 
 
@@ -196,10 +224,12 @@ def read_negatives(folder: str | Path, frontend: FrontendConfig) -> Tensor:
 def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Path:
     """Save an adapted model: the learner, plus the run config and front-end that rebuild
     its base model and featurise new clips."""
+    bank = adapted.open_set.background
     return adapted.learner.save(path, meta={
         "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
         "ways": int(loaded.meta.get("ways", len(adapted.classes))),
-        "open_set": adapted.open_set.to_dict()})
+        "open_set": adapted.open_set.to_dict()},
+        tensors={} if bank is None else {"open_set/background": bank.contiguous()})
 
 
 def load_adapted(path: str | Path) -> Adapted:
@@ -210,7 +240,8 @@ def load_adapted(path: str | Path) -> Adapted:
                               "it looks like a meta-training checkpoint")
     model, _, frontend = rebuild_model(ckpt, path)
     try:
-        open_set = OpenSet.from_dict(ckpt.meta.get("open_set") or {})
+        bank = ckpt.section("open_set").get("background")
+        open_set = OpenSet.from_dict(ckpt.meta.get("open_set") or {}, bank)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: unusable open-set settings ({err})") from None
     return Adapted(Learner.from_checkpoint(ckpt, model, source=str(path)), frontend, open_set)
