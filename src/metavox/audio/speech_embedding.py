@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from metavox.storage import atomic_path, cache_root
+from metavox.storage import atomic_path, cache_root, save_file
 
 SAMPLE_RATE = 16000
 N_MELS = 32
