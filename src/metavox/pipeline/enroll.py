@@ -130,10 +130,11 @@ def builtin_negatives(frontend: FrontendConfig, *, per_kind: int = 8, seed: int 
         return build_frontend(frontend)(torch.from_numpy(np.stack(waves))).unsqueeze(1)
 
 
-def corpus_negatives(loaded: LoadedModel, *, limit: int = 600, seed: int = 0) -> Tensor | None:
-    """Features of up to ``limit`` clips of the run's own meta-training words (other words
-    than the user's: negatives with speech in them), from its feature cache; ``None``
-    when the run's corpus is not at hand."""
+def corpus_negatives(loaded: LoadedModel, *, exclude: list[str] | None = None,
+                     limit: int = 600, seed: int = 0) -> Tensor | None:
+    """Features of up to ``limit`` clips of the run's own meta-training words other than
+    ``exclude`` (the words being enrolled: negatives with speech in them), from its
+    feature cache; ``None`` when the run's corpus is not at hand."""
     from metavox.data import CorpusError
     from metavox.pipeline.build import build_run_data
     from metavox.pipeline.config import ConfigError
@@ -142,6 +143,11 @@ def corpus_negatives(loaded: LoadedModel, *, limit: int = 600, seed: int = 0) ->
         store = build_run_data(loaded.config).parts["train"]
     except (CorpusError, ConfigError, OSError, KeyError):
         return None
+    own = {w.casefold() for w in exclude or []}
+    keep = sorted({x for x in store.labels if x.casefold() not in own})
+    if not keep:
+        return None
+    store = store.filter(labels=keep)
     rows = np.random.default_rng([seed, 12]).permutation(len(store))[:limit]
     return torch.from_numpy(store.take(np.sort(rows))).unsqueeze(1)
 
@@ -179,8 +185,8 @@ def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = Non
            negatives: str | Path | None = None) -> Adapted:
     """Adapt ``loaded`` to the words in ``examples``; with ``far``, calibrate the
     open-set rule on negatives (generated backgrounds, the run's own meta-training words
-    when its corpus is at hand, and the clips of ``negatives/`` if given) so that at most
-    that fraction of them is accepted as a word."""
+    other than these when its corpus is at hand, and the clips of ``negatives/`` if given)
+    so that at most that fraction of them is accepted as a word."""
     x, y, words = read_examples(examples, loaded.frontend)
     head = int(loaded.meta.get("ways", len(words)))
     if loaded.algo.fixed_ways and len(words) > head:
@@ -194,7 +200,7 @@ def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = Non
     if far is None:
         return adapted
     pool = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
-            corpus_negatives(loaded, seed=loaded.config.seed)]
+            corpus_negatives(loaded, exclude=words, seed=loaded.config.seed)]
     if negatives is not None:
         pool.append(read_negatives(negatives, loaded.frontend))
     adapted.open_set = calibrate_open_set(adapted, pool, far=far, rule=rule,
