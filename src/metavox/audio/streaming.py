@@ -91,7 +91,10 @@ class EmbeddingFeatureStream(FeatureStream):
             raise ValueError(f"hop must be a multiple of {self.STEP} samples (80 ms), got {hop}")
         super().__init__(config, hop)
         embedding = build_frontend(config).eval().embedding
-        self.mel, self.body = embedding.mel, embedding.body
+        # one window at a time: channels-last convolutions are ~4x faster than the default
+        # layout for a single 76 x 32 window on one CPU core (same values within 3e-5)
+        self.mel = embedding.mel
+        self.body = embedding.body.to(memory_format=torch.channels_last)
         self.samples = np.zeros(self.size, dtype=np.float32)
         self.frames = 1 + (self.size - FFT_SIZE) // HOP_SAMPLES
         with torch.no_grad():
@@ -126,7 +129,8 @@ class EmbeddingFeatureStream(FeatureStream):
             return
         x = torch.stack([self.db[w * WINDOW_HOP: w * WINDOW_HOP + WINDOW_FRAMES] for w, _ in todo])
         with torch.no_grad():
-            feats = self.body(floored(x, floor).unsqueeze(1)).flatten(1)  # [n, F]
+            x = floored(x, floor).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            feats = self.body(x).flatten(1)  # [n, F]
         for (w, low), f in zip(todo, feats, strict=True):
             self.cache[w] = (f, floor, low)
 
