@@ -188,11 +188,19 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
     from train_helpers import tone_manifest
 
     from metavox.data import load_corpus
-    from metavox.kws.protocol import FAR_GRID, StreamConfig, build_stream, evaluate_streams
+    from metavox.kws.protocol import (
+        FA_PER_HOUR_GRID,
+        FAR_GRID,
+        StreamConfig,
+        build_stream,
+        evaluate_streams,
+    )
+    from metavox.pipeline.enroll import featurize
 
     corpus = load_corpus(str(tone_manifest(tmp_path / "tones", labels=range(6), per=6,
                                            seconds=0.5)))
-    cfg = StreamConfig(episodes=2, ways=3, shots=(1, 2), targets=3, nontargets=2, seed=4)
+    cfg = StreamConfig(episodes=2, ways=3, shots=(1, 2), targets=3, nontargets=2, seed=4,
+                       calibration="clips")
     a = build_stream(corpus, ["0", "1", "2", "3", "4"], cfg, 0, RATE)
     b = build_stream(corpus, ["0", "1", "2", "3", "4"], cfg, 0, RATE)
     assert np.array_equal(a.wave, b.wave) and a.placements == b.placements
@@ -210,6 +218,28 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
         assert r.targets == 2 * 9 and r.hours > 0 and len(r.far) == len(FAR_GRID)
         assert all(0 <= d <= 1 for d in r.detection_rate)
         assert r.detection_rate[-1] >= r.detection_rate[0]  # accepting more finds more
+    # calibrated on negative streams (the held-out tone 5 laid out as a stream)
+    from metavox.kws.calibrate import calibrate_on_streams, negative_streams
+
+    five = [u.path for u in corpus if u.label == "5"]
+    streams = negative_streams(five, frontend, clips=8,
+                               config=StreamConfig(gap=(0.2, 0.5), snr_db=(20.0,)))
+    assert streams.hours > 0 and len(streams.times) == len(streams.features)
+    on_streams = evaluate_streams({"centroid": algo}, corpus, ["0", "1", "2", "3", "4"],
+                                  frontend, [builtin_negatives(frontend)],
+                                  StreamConfig(episodes=1, ways=3, shots=(2,), targets=3,
+                                               nontargets=2, seed=4), streams=streams)
+    (r,) = on_streams
+    assert r.far == list(FA_PER_HOUR_GRID) and r.targets == 9
+    by = corpus.by_label()
+    x = featurize([Path(u.path) for w in "012" for u in by[w][:2]], frontend)
+    adapted_tones = Adapted(algo.adapt(x, torch.arange(3).repeat_interleave(2),
+                                       classes=["0", "1", "2"]), frontend)
+    cal = calibrate_on_streams(adapted_tones, streams, None, SpotSettings())
+    for target in (0.0, 50.0, 500.0):
+        assert cal.false_accepts_per_hour(cal.threshold(target)) <= target
+    assert cal.threshold(0.0) >= cal.threshold(50.0) >= cal.threshold(500.0)
+    assert cal.open_set(50.0).fa_per_hour == 50.0 and cal.open_set(50.0).rule == "background"
 
 
 @pytest.fixture(scope="module")

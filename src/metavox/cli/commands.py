@@ -156,6 +156,10 @@ def adapt_command(
                              "the word's prototype) or probability."),
     negatives: Path | None = typer.Option(None, "--negatives", help="A folder of your own "
                                           "clips that are none of the words (any depth)."),
+    fa_per_hour: float | None = typer.Option(
+        1.0, "--fa-per-hour", help="Then, when the run's corpus is at hand, set the "
+        "threshold on streams of its other words instead: at most this many false accepts "
+        "per hour (background rule)."),
 ) -> None:
     """Teach a meta-trained model your own words from a few recordings.
 
@@ -174,11 +178,21 @@ def adapt_command(
         loaded = load_trained(checkpoint)
         adapted = enroll(loaded, examples, steps=steps, far=far if open_set else None,
                          rule=rule, negatives=negatives)
+        if open_set and fa_per_hour is not None and rule == "background":
+            from metavox.kws.calibrate import calibrate_enrolled
+
+            on_streams = calibrate_enrolled(adapted, loaded, adapted.classes, fa_per_hour)
+            if on_streams is not None:
+                adapted.open_set = on_streams
         path = save_adapted(out, adapted, loaded)
     typer.echo(f"adapted to {len(adapted.classes)} words ({', '.join(adapted.classes)}); "
                f"saved {path}")
     o = adapted.open_set
-    if o.far is not None:
+    if o.fa_per_hour is not None:
+        typer.echo(f"open set: '{o.rule}' threshold {o.threshold:.4g}, calibrated on a "
+                   f"negative stream of the run's other words to at most {o.fa_per_hour:g} "
+                   "false accepts per hour")
+    elif o.far is not None:
         typer.echo(f"open set: '{o.rule}' threshold {o.threshold:.4g}, calibrated on "
                    f"{o.negatives} negative clips to accept at most {o.far:g} of them")
 

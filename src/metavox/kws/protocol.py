@@ -41,8 +41,10 @@ from metavox.meta import MetaAlgorithm
 from metavox.meta.openset import OpenSet, threshold_for
 from metavox.pipeline.enroll import Adapted, featurize, negative_scores
 
-#: the far values swept for the DET curve (fraction of negative clips accepted)
+#: the far values swept for the DET curve when calibrating on clips (fraction of negative
+#: clips accepted) and on streams (false accepts per hour of the negative stream)
 FAR_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+FA_PER_HOUR_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class StreamConfig:
     snr_db: tuple[float, ...] = (20.0, 10.0)
     noise: str = "pink"
     tolerance: float = 0.75  # seconds after a word's end in which a detection counts
-    far: float = 0.01  # the operating point reported beside the DET curve
+    far: float = 0.01  # the operating point reported (clip calibration)
+    fa_per_hour: float = 1.0  # the operating point reported (stream calibration)
+    calibration: str = "streams"  # "streams" (negative streams, FA/h) or "clips" (far)
     rule: str = "background"
     seed: int = 0
     settings: SpotSettings = field(default_factory=SpotSettings)
@@ -68,8 +72,23 @@ class StreamConfig:
             raise ValueError("episodes, ways and every shots must be >= 1")
         if self.targets < 1 or self.nontargets < 0 or not 0 <= self.gap[0] <= self.gap[1]:
             raise ValueError("need targets >= 1, nontargets >= 0 and 0 <= gap[0] <= gap[1]")
-        if self.far not in FAR_GRID:
-            raise ValueError(f"far must be one of the swept values {FAR_GRID}, got {self.far}")
+        if self.far not in FAR_GRID or self.fa_per_hour not in FA_PER_HOUR_GRID:
+            raise ValueError(f"far must be one of {FAR_GRID} and fa_per_hour one of "
+                             f"{FA_PER_HOUR_GRID}, got {self.far}, {self.fa_per_hour}")
+        if self.calibration not in ("streams", "clips"):
+            raise ValueError(f"calibration must be 'streams' or 'clips', got "
+                             f"{self.calibration!r}")
+        if self.calibration == "streams" and self.rule != "background":
+            raise ValueError("calibration on streams uses the background rule")
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The calibration targets swept: FA/h on streams, or far on clips."""
+        return FA_PER_HOUR_GRID if self.calibration == "streams" else FAR_GRID
+
+    @property
+    def operating_point(self) -> float:
+        return self.fa_per_hour if self.calibration == "streams" else self.far
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,14 @@ def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episo
     items += [(labels[others[i]], others[i], False)
               for i in rng.choice(len(others), size=n_other, replace=False)]
     items = [items[i] for i in rng.permutation(len(items))]
+    wave, placements, snr = lay_out(items, cfg, rng, sample_rate)
+    return TestStream(wave, sample_rate, words, enroll, placements, snr)
+
+
+def lay_out(items: list[tuple[str, str, bool]], cfg: StreamConfig, rng: np.random.Generator,
+            sample_rate: int) -> tuple[np.ndarray, list[Placement], float]:
+    """Clips ``(word, path, target)`` in order, separated by random gaps, over background
+    noise at an SNR drawn from ``cfg.snr_db``: ``(wave, placements, snr)``."""
     pieces, placements, t, speech_power = [], [], 0, []
     for word, path, target in items:
         gap = int(rng.uniform(*cfg.gap) * sample_rate)
@@ -147,8 +174,19 @@ def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episo
     snr = float(rng.choice(cfg.snr_db))
     level = math.sqrt(max(np.mean(speech_power), 1e-12)) / 10 ** (snr / 20)
     noise = background_noise(cfg.noise, len(speech), sample_rate, rng, level=level)
-    wave = np.clip(speech + noise, -1.0, 1.0).astype(np.float32)
-    return TestStream(wave, sample_rate, words, enroll, placements, snr)
+    return np.clip(speech + noise, -1.0, 1.0).astype(np.float32), placements, snr
+
+
+def negative_stream(paths: list[str], cfg: StreamConfig, seed: int, sample_rate: int, *,
+                    clips: int = 150) -> TestStream:
+    """A stream of ``clips`` clips drawn from ``paths`` (words that are none of the
+    enrolled ones), laid out as a test stream: what open-set calibration on streams
+    listens to."""
+    rng = np.random.default_rng([seed, 23])
+    chosen = rng.choice(len(paths), size=min(clips, len(paths)), replace=False)
+    wave, placements, snr = lay_out([("", paths[i], False) for i in chosen], cfg, rng,
+                                    sample_rate)
+    return TestStream(wave, sample_rate, [], {}, placements, snr)
 
 
 def stream_features(stream: TestStream, adapted_frontend, *, chunk: float = 1.0
@@ -228,13 +266,19 @@ class StreamResult:
 
 def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_words: list[str],
                      frontend, negatives: list[Tensor | None], cfg: StreamConfig, *,
-                     exclude: set[str] | frozenset[str] = frozenset(),
+                     exclude: set[str] | frozenset[str] = frozenset(), streams=None,
                      progress: bool = False) -> list[StreamResult]:
     """Every method at every number of shots on the same streams (see the module doc).
-    ``negatives``: feature batches for open-set calibration; ``exclude``: words never used
-    as non-targets (the run's meta-training words, which the negatives hold)."""
-    results = {(m, k): StreamResult(m, k, list(FAR_GRID), [0] * len(FAR_GRID), 0,
-                                    [0] * len(FAR_GRID), 0.0)
+    ``negatives``: feature batches of negative clips for open-set calibration; ``streams``:
+    the :class:`~metavox.kws.calibrate.NegativeStreams` (needed when
+    ``cfg.calibration == "streams"``); ``exclude``: words never used as non-targets (the
+    run's meta-training words, which the negatives hold)."""
+    from metavox.kws.calibrate import calibrate_on_streams
+
+    if cfg.calibration == "streams" and streams is None:
+        raise ValueError("calibration on streams needs the negative streams")
+    grid = cfg.grid
+    results = {(m, k): StreamResult(m, k, list(grid), [0] * len(grid), 0, [0] * len(grid), 0.0)
                for m in methods for k in cfg.shots}
     bar = None
     if progress:
@@ -253,19 +297,24 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
             for name, algo in methods.items():
                 adapted = Adapted(algo.adapt(x, y, classes=stream.words), frontend)
                 neg, bank = negative_scores(adapted, negatives, rule=cfg.rule, seed=cfg.seed)
+                if cfg.calibration == "streams":
+                    cal = calibrate_on_streams(adapted, streams, bank, cfg.settings)
+                    bank = cal.bank
+                    thresholds = [cal.threshold(f) for f in grid]
+                else:
+                    thresholds = [threshold_for(neg, f) for f in grid]
                 probe = OpenSet(cfg.rule, background=bank)
                 best, scores = smoothed_scores(score(adapted, feats, probe), cfg.settings.smooth)
                 r = results[(name, k)]
                 r.targets += sum(p.target for p in stream.placements)
                 r.hours += hours
-                for j, far in enumerate(FAR_GRID):
-                    fired = triggered(times, scores, threshold_for(neg, far),
-                                      cfg.settings.refractory)
+                for j, (target, threshold) in enumerate(zip(grid, thresholds, strict=True)):
+                    fired = triggered(times, scores, threshold, cfg.settings.refractory)
                     hits, _, false, lat = match(stream, stream.words, times, best, fired,
                                                 cfg.tolerance)
                     r.hits[j] += hits
                     r.false_accepts[j] += false
-                    if far == cfg.far:
+                    if target == cfg.operating_point:
                         r.latencies += lat
         if bar is not None:
             bar.update(1)

@@ -18,14 +18,16 @@ from metavox.storage import atomic_write
 
 
 def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] | None = None,
-                ways: int = 5, far: float = 0.01, out: str | Path | None = None,
-                progress: bool = False, config: StreamConfig | None = None) -> dict:
+                ways: int = 5, far: float = 0.01, calibration: str = "streams",
+                out: str | Path | None = None, progress: bool = False,
+                config: StreamConfig | None = None) -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
     nearest-centroid baseline on its untrained backbone; write the report."""
     loaded = load_trained(checkpoint)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
-                                 ways=ways, far=far, seed=loaded.config.seed)
+                                 ways=ways, far=far, calibration=calibration,
+                                 seed=loaded.config.seed)
     data = build_run_data(loaded.config, progress=progress)
     if "test" not in data.parts:
         raise ValueError("the run's split has no test part to build streams from")
@@ -37,15 +39,21 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     negatives = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
                  corpus_negatives(loaded, seed=loaded.config.seed)]
     train_words = set(data.parts["train"].labels)
+    streams = None
+    if cfg.calibration == "streams":
+        from metavox.kws.calibrate import negative_streams
+
+        paths = [u.path for u in data.corpus if u.label in train_words]
+        streams = negative_streams(paths, loaded.frontend, seed=loaded.config.seed)
     results = evaluate_streams(methods, data.corpus, test_words, loaded.frontend, negatives,
-                               cfg, exclude=train_words, progress=progress)
+                               cfg, exclude=train_words, streams=streams, progress=progress)
     folder = Path(out) if out is not None else run_dir / "report" / "streams"
     return write_report(results, cfg, folder, test_words)
 
 
 def summary(r: StreamResult, cfg: StreamConfig) -> dict:
     """One table row: rates at <= 1 FA/h and at the configured far, latency there."""
-    j = list(r.far).index(cfg.far)
+    j = list(r.far).index(cfg.operating_point)
     lat = float(np.median(r.latencies)) * 1000 if r.latencies else float("nan")
     return {"method": r.method, "shots": r.shots, "rate_at_1": r.rate_at(1.0),
             "rate_at_far": r.detection_rate[j], "fa_per_hour_at_far": r.fa_per_hour[j],
@@ -61,9 +69,10 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
             | {"settings": vars(cfg.settings)}, "test_words": test_words, "rows": rows,
             "curves": [r.to_dict() for r in results]}
     atomic_write(folder / "streams.json", json.dumps(data, indent=1, default=list))
-    lines = ["| method | shots | detection rate at <= 1 FA/h | at far = "
-             f"{cfg.far:g}: detection rate | FA/h | median latency (ms) |",
-             "|---|---|---|---|---|---|"]
+    point = (f"calibrated to {cfg.fa_per_hour:g} FA/h on negative streams"
+             if cfg.calibration == "streams" else f"calibrated to far = {cfg.far:g} on clips")
+    lines = ["| method | shots | detection rate at <= 1 FA/h | " + point
+             + ": detection rate | FA/h | median latency (ms) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['shots']} | {100 * r['rate_at_1']:.1f}% | "
               f"{100 * r['rate_at_far']:.1f}% | {r['fa_per_hour_at_far']:.2f} | "
               f"{r['latency_ms']:.0f} |" for r in rows]

@@ -58,9 +58,10 @@ def rule_values(rule: str, logits: Tensor, features: Tensor | None = None,
 class OpenSet:
     """A rejection rule: accept the best class when its score is ``>= threshold``.
 
-    ``far``: the false-accept rate on the negatives it was calibrated to; ``negatives``:
-    how many there were (both for the record); ``background``: the bank of negatives'
-    embeddings for the ``"background"`` rule.
+    ``far``: the false-accept rate on the negative clips it was calibrated to, or
+    ``fa_per_hour``: the false accepts per hour on a negative stream; ``negatives``: how
+    many clips (or stream hops) there were (all for the record); ``background``: the bank
+    of negatives' embeddings for the ``"background"`` rule.
     """
 
     rule: str = "logit"
@@ -68,6 +69,7 @@ class OpenSet:
     far: float | None = None
     negatives: int = 0
     background: Tensor | None = field(default=None, compare=False, repr=False)
+    fa_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -90,14 +92,14 @@ class OpenSet:
         """JSON-able settings (the background bank is stored as a tensor beside them)."""
         t = self.threshold
         return {"rule": self.rule, "threshold": None if math.isinf(t) else float(t),
-                "far": self.far, "negatives": self.negatives}
+                "far": self.far, "negatives": self.negatives, "fa_per_hour": self.fa_per_hour}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], background: Tensor | None = None) -> OpenSet:
         t = d.get("threshold")
         return cls(rule=d.get("rule", "logit"), threshold=-math.inf if t is None else float(t),
                    far=d.get("far"), negatives=int(d.get("negatives", 0)),
-                   background=background)
+                   background=background, fa_per_hour=d.get("fa_per_hour"))
 
 
 def threshold_for(scores: Tensor, far: float) -> float:

@@ -1,0 +1,130 @@
+"""Open-set calibration on *streams*: the background bank and the threshold from negative
+streams laid out like a test stream, with the threshold set on false accepts per hour.
+
+Calibrating on isolated clips (one word padded with silence, as at enrollment) misses what
+a stream's windows hold: parts of words, two neighbouring words, noise. Here two negative
+streams are built from clips of words that are none of the enrolled ones (the run's own
+meta-training words): the first one's windows, embedded by the adapted model, join the
+background bank; on the second one the spotter runs with that bank, and the threshold is
+the smallest at which its detections (with the smoothing and refractory period of
+``settings``) stay at or below the target number of false accepts per hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metavox.kws.protocol import StreamConfig, negative_stream, stream_features
+from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
+from metavox.meta.openset import OpenSet
+from metavox.pipeline.enroll import Adapted
+
+
+@dataclass
+class NegativeStreams:
+    """Features of the two negative streams (see the module doc)."""
+
+    bank_features: Tensor  # [hops, 1, F, frames]
+    times: np.ndarray  # the calibration stream's hop times
+    features: Tensor  # [hops, 1, F, frames]
+    hours: float  # the calibration stream's length
+
+
+def negative_streams(paths: list[str], frontend, *, seed: int = 0, clips: int = 150,
+                     config: StreamConfig | None = None) -> NegativeStreams:
+    """Two negative streams of ``clips`` clips each from disjoint halves of ``paths``."""
+    if len(paths) < 4:
+        raise ValueError(f"stream calibration needs negative clips; got {len(paths)}")
+    cfg = config or StreamConfig()
+    order = np.random.default_rng([seed, 29]).permutation(len(paths))
+    halves = [[paths[i] for i in order[k::2]] for k in (0, 1)]
+    bank = negative_stream(halves[0], cfg, seed, frontend.sample_rate, clips=clips)
+    calib = negative_stream(halves[1], cfg, seed + 1, frontend.sample_rate, clips=clips)
+    _, bank_x = stream_features(bank, frontend)
+    times, x = stream_features(calib, frontend)
+    return NegativeStreams(bank_x[::2], times, x, calib.seconds / 3600)
+
+
+def values_on(adapted: Adapted, x: Tensor, open_set: OpenSet, batch: int = 512) -> Tensor:
+    """Per-hop open-set scores of ``adapted`` on stream features ``x``."""
+    return torch.cat([adapted.values(x[i:i + batch], open_set) for i in range(0, len(x), batch)])
+
+
+@dataclass
+class StreamCalibration:
+    """An adapted model's bank (clip negatives plus negative-stream windows) and its
+    smoothed scores on the calibration stream, from which thresholds are read."""
+
+    bank: Tensor
+    times: np.ndarray
+    scores: np.ndarray
+    hours: float
+    settings: SpotSettings
+
+    def false_accepts_per_hour(self, threshold: float) -> float:
+        fired = triggered(self.times, self.scores, threshold, self.settings.refractory)
+        return len(fired) / self.hours
+
+    def threshold(self, fa_per_hour: float) -> float:
+        """The smallest threshold (among the scores seen) whose false accepts per hour on
+        the calibration stream are at most ``fa_per_hour``."""
+        candidates = np.unique(self.scores)
+        lo, hi = 0, len(candidates)  # search the first candidate index that satisfies
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.false_accepts_per_hour(float(candidates[mid])) <= fa_per_hour:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo == len(candidates):  # even the highest score fires too often: above it
+            return float(np.nextafter(candidates[-1], np.inf))
+        return float(candidates[lo])
+
+    def open_set(self, fa_per_hour: float) -> OpenSet:
+        return OpenSet("background", self.threshold(fa_per_hour), None,
+                       len(self.scores), background=self.bank, fa_per_hour=fa_per_hour)
+
+
+def calibrate_on_streams(adapted: Adapted, streams: NegativeStreams, clip_bank: Tensor | None,
+                         settings: SpotSettings | None = None) -> StreamCalibration:
+    """See the module doc; ``clip_bank``: the bank from clip negatives, kept in the bank."""
+    settings = settings or SpotSettings()
+    windows = torch.cat([adapted.learner.features(streams.bank_features[i:i + 512])
+                         for i in range(0, len(streams.bank_features), 512)])
+    bank = windows if clip_bank is None else torch.cat([clip_bank, windows])
+    probe = OpenSet("background", background=bank)
+    _, scores = smoothed_scores(values_on(adapted, streams.features, probe), settings.smooth)
+    return StreamCalibration(bank, streams.times, scores, streams.hours, settings)
+
+
+
+
+def calibrate_enrolled(adapted: Adapted, loaded, words: list[str], fa_per_hour: float, *,
+                       settings: SpotSettings | None = None) -> OpenSet | None:
+    """Stream calibration for a freshly enrolled model (``metavox adapt``): negative
+    streams from the run's own meta-training words other than ``words``; ``None`` when
+    the run's corpus is not at hand (the clip calibration then stays)."""
+    from metavox.data import CorpusError
+    from metavox.pipeline.build import build_run_data
+    from metavox.pipeline.config import ConfigError
+
+    try:
+        data = build_run_data(loaded.config)
+    except (CorpusError, ConfigError, OSError):
+        return None
+    own = {w.casefold() for w in words}
+    train = set(data.parts["train"].labels) if "train" in data.parts else set()
+    paths = [u.path for u in data.corpus if u.label in train and u.label.casefold() not in own]
+    if len(paths) < 20:
+        return None
+    streams = negative_streams(paths, adapted.frontend, seed=loaded.config.seed)
+    cal = calibrate_on_streams(adapted, streams, adapted.open_set.background, settings)
+    return cal.open_set(fa_per_hour)
+
+
+__all__ = ["NegativeStreams", "StreamCalibration", "calibrate_enrolled", "calibrate_on_streams",
+           "negative_streams", "values_on"]
