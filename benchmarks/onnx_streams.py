@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from metavox.kws.export import export_onnx
-from metavox.kws.protocol import StreamConfig, build_stream
+from metavox.kws.protocol import StreamConfig, build_stream, match_events
 from metavox.kws.spotter import Spotter
 from metavox.pipeline.build import build_run_data
 from metavox.pipeline.enroll import (
@@ -48,22 +48,6 @@ def load_example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def score(stream, events: list[tuple[str, float]], tolerance: float = 0.75) -> tuple[int, int]:
-    """(hits, false accepts) of ``events`` against the stream's target placements."""
-    targets = [p for p in stream.placements if p.target]
-    used = [False] * len(targets)
-    hits = false = 0
-    for word, t in events:
-        for k, p in enumerate(targets):
-            if not used[k] and p.word == word and p.start <= t <= p.end + tolerance:
-                used[k] = True
-                hits += 1
-                break
-        else:
-            false += 1
-    return hits, false
 
 
 def main() -> None:
@@ -101,7 +85,7 @@ def main() -> None:
                                   for d in spot_onnx.spot(str(i8), stream.wave)]}
             targets += sum(p.target for p in stream.placements)
             for k, ev in runs.items():
-                h, f = score(stream, ev)
+                h, f, _ = match_events(stream, ev, 0.75)
                 totals[k][0] += h
                 totals[k][1] += f
                 totals[k][2] += len(set(ev) & set(runs["pytorch"]))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metavox.kws.protocol import StreamConfig, negative_stream, stream_features
+from metavox.kws.protocol import StreamConfig, negative_stream, score, stream_features
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta.openset import OpenSet
 from metavox.pipeline.enroll import Adapted
@@ -47,11 +47,6 @@ def negative_streams(paths: list[str], frontend, *, seed: int = 0, clips: int = 
     _, bank_x = stream_features(bank, frontend)
     times, x = stream_features(calib, frontend)
     return NegativeStreams(bank_x[::2], times, x, calib.seconds / 3600)
-
-
-def values_on(adapted: Adapted, x: Tensor, open_set: OpenSet, batch: int = 512) -> Tensor:
-    """Per-hop open-set scores of ``adapted`` on stream features ``x``."""
-    return torch.cat([adapted.values(x[i:i + batch], open_set) for i in range(0, len(x), batch)])
 
 
 @dataclass
@@ -97,7 +92,7 @@ def calibrate_on_streams(adapted: Adapted, streams: NegativeStreams, clip_bank: 
                          for i in range(0, len(streams.bank_features), 512)])
     bank = windows if clip_bank is None else torch.cat([clip_bank, windows])
     probe = OpenSet("background", background=bank)
-    _, scores = smoothed_scores(values_on(adapted, streams.features, probe), settings.smooth)
+    _, scores = smoothed_scores(score(adapted, streams.features, probe), settings.smooth)
     return StreamCalibration(bank, streams.times, scores, streams.hours, settings)
 
 
@@ -127,4 +122,4 @@ def calibrate_enrolled(adapted: Adapted, loaded, words: list[str], fa_per_hour: 
 
 
 __all__ = ["NegativeStreams", "StreamCalibration", "calibrate_enrolled", "calibrate_on_streams",
-           "negative_streams", "values_on"]
+           "negative_streams"]

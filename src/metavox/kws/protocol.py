@@ -210,15 +210,15 @@ def score(adapted: Adapted, feats: Tensor, open_set: OpenSet, *, batch: int = 51
                       for i in range(0, len(feats), batch)])
 
 
-def match(stream: TestStream, words: list[str], times: np.ndarray, best: np.ndarray,
-          fired: np.ndarray, tolerance: float) -> tuple[int, int, int, list[float]]:
-    """``(hits, targets, false accepts, latencies)`` of detections at hops ``fired``;
-    latency: detection time minus the word's end, per hit."""
+def match_events(stream: TestStream, events: list[tuple[str, float]], tolerance: float
+                 ) -> tuple[int, int, list[float]]:
+    """``(hits, false accepts, latencies)`` of detections ``(word, time)`` against the
+    stream's target placements (each hit at most once); latency: detection time minus the
+    word's end, per hit."""
     targets = [p for p in stream.placements if p.target]
     used = [False] * len(targets)
     hits, false, latencies = 0, 0, []
-    for i in fired.tolist():
-        t, word = float(times[i]), words[int(best[i])]
+    for word, t in events:
         for k, p in enumerate(targets):
             if not used[k] and p.word == word and p.start <= t <= p.end + tolerance:
                 used[k] = True
@@ -227,7 +227,15 @@ def match(stream: TestStream, words: list[str], times: np.ndarray, best: np.ndar
                 break
         else:
             false += 1
-    return hits, len(targets), false, latencies
+    return hits, false, latencies
+
+
+def match(stream: TestStream, words: list[str], times: np.ndarray, best: np.ndarray,
+          fired: np.ndarray, tolerance: float) -> tuple[int, int, int, list[float]]:
+    """``(hits, targets, false accepts, latencies)`` of detections at hops ``fired``."""
+    events = [(words[int(best[i])], float(times[i])) for i in fired.tolist()]
+    hits, false, latencies = match_events(stream, events, tolerance)
+    return hits, sum(p.target for p in stream.placements), false, latencies
 
 
 @dataclass
