@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "metavox"
 
 #: lower numbers are lower layers; a module may import its own layer or lower ones
 LAYERS = {"storage": 0, "audio": 1, "data": 2, "models": 2, "meta": 3, "engine": 4,
-          "pipeline": 5, "kws": 6, "cli": 7}
+          "pipeline": 5, "kws": 6, "service": 7, "cli": 8}
 
 
 def _layer(module: str) -> tuple[str, int] | None:

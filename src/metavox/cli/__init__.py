@@ -25,6 +25,7 @@ app.command("predict")(commands.predict_command)
 app.command("listen")(kws.listen_command)
 app.command("export")(kws.export_command)
 app.command("streams")(kws.streams_command)
+app.command("serve")(kws.serve_command)
 app.command("models")(commands.models_command)
 app.command("algorithms")(commands.algorithms_command)
 

@@ -130,3 +130,35 @@ def streams_command(
                 ["method", "shots", "DR% @<=1 FA/h", f"DR% @{point}", "FA/h there",
                  "median latency ms"], rows)
     typer.echo(f"report: {report['path']}")
+
+
+def serve_command(
+    run: Path = typer.Argument(..., help="Meta-trained run folder or checkpoint to adapt."),
+    data: Path = typer.Option(Path("metavox-service"), "--data", help="The service's state: "
+                              "SQLite database, clips (FLAC), adapted models."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by "
+                             "default; set --token for anything else)."),
+    port: int = typer.Option(8000, "--port"),
+    token: str | None = typer.Option(None, "--token", envvar="METAVOX_TOKEN",
+                                     help="Require 'Authorization: Bearer TOKEN'."),
+) -> None:
+    """Serve enrollment and spotting over HTTP: profiles, clips, adaptation,
+    classification, ONNX download and a live WebSocket (OpenAPI at /docs).
+
+    Example:
+
+      metavox serve runs/sc-embedding-top1 --data ~/metavox-service --port 8000
+    """
+    from metavox.cli.common import fail
+
+    try:
+        import uvicorn
+
+        from metavox.service.app import Service, create_app
+    except ImportError:
+        raise fail("the service needs the serve extra: pip install 'metavox[serve]'") from None
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        raise fail(f"binding to {host} exposes the service: set --token (or METAVOX_TOKEN)")
+    with user_errors():
+        service = Service(run, data)
+    uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="info")

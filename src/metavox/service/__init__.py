@@ -1,0 +1,1 @@
+"""The enrollment service: state (store) and the HTTP app (app)."""

@@ -1,0 +1,187 @@
+"""The enrollment service over HTTP (FastAPI's TestClient): profiles, clips, adaptation,
+classification, ONNX download, the live WebSocket, a token, bad input with 4xx codes
+(never a 5xx), and state that survives a restart. Self-contained: generated tones."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+from train_helpers import tiny_config, tone, tone_manifest
+
+pytest.importorskip("fastapi", reason="needs the service extra: pip install 'metavox[serve]'")
+pytest.importorskip("httpx", reason="needs httpx (FastAPI's TestClient)")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from metavox.service.app import Limits, Service, create_app  # noqa: E402
+
+RATE = 16000
+FREQS = {"low": 1900.0, "mid": 2500.0, "high": 3200.0}
+
+
+def wav(freq: float, seconds: float = 0.5, rate: int = RATE, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    x = tone(int(seconds * rate), rate, freq) + 0.01 * rng.standard_normal(int(seconds * rate))
+    buf = io.BytesIO()
+    sf.write(buf, x.astype(np.float32), rate, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from metavox.pipeline.train import train
+
+    folder = tmp_path_factory.mktemp("service-run")
+    manifest = tone_manifest(folder / "tones")
+    cfg = tiny_config(manifest, folder / "run", folder / "cache",
+                      algorithm={"name": "protonet"}, episodes={"ways": 2, "shots": 1,
+                                                                "queries": 2, "meta_batch": 2},
+                      evaluation={"episodes": 4, "shots": [1], "queries": 2, "max_steps": 0})
+    train(cfg, progress=False)
+    return folder / "run"
+
+
+def client(run, data, **kw) -> TestClient:
+    # far=1: accept every clip, so the answers test the plumbing (this tiny tone model's
+    # open set is not a fair test of the rule; tests/test_kws.py tests the rules)
+    limits = Limits(max_bytes=200_000, max_words=3, max_clips=3, far=1.0)
+    return TestClient(create_app(Service(run, data, limits), **kw))
+
+
+def test_enroll_adapt_classify_and_listen(run, tmp_path):
+    c = client(run, tmp_path / "data")
+    assert c.post("/profiles", json={"name": "ann"}).status_code == 201
+    assert c.get("/profiles").json() == {"profiles": ["ann"]}
+    for word, freq in FREQS.items():
+        for k in range(3):
+            r = c.post(f"/profiles/ann/words/{word}/clips",
+                       files={"file": ("c.wav", wav(freq, seed=k), "audio/wav")})
+            assert r.status_code == 201, r.text
+    assert len(c.get("/profiles/ann/clips").json()["clips"]) == 9
+    r = c.post("/profiles/ann/adapt")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["version"] == 1 and out["words"] == sorted(FREQS) and out["clips"] == 9
+    assert out["open_set"]["rule"] == "background" and out["seconds"] < 30
+    r = c.post("/profiles/ann/classify", files={"file": ("q.wav", wav(2500.0, seed=9), "x")})
+    assert r.status_code == 200 and r.json()["word"] == "mid", r.text
+    clip = c.get("/profiles/ann/clips").json()["clips"][0]
+    assert c.get(f"/profiles/ann/clips/{clip['id']}").content[:4] == b"fLaC"
+    with c.websocket_connect("/profiles/ann/listen") as ws:
+        pcm = (np.concatenate([np.zeros(8000), tone(8000, RATE, 3200.0), np.zeros(16000)])
+               * 32767).astype("<i2").tobytes()
+        ws.send_bytes(pcm)
+        messages = [ws.receive_json() for _ in range(len(pcm) // 2 // 1600)]
+    assert all(set(m["scores"]) == set(FREQS) for m in messages)
+    assert c.post("/profiles/ann/adapt").json()["version"] == 2
+    # a restart: the profile, its clips and its model versions are still there
+    again = client(run, tmp_path / "data")
+    assert again.get("/profiles").json() == {"profiles": ["ann"]}
+    r = again.post("/profiles/ann/classify", files={"file": ("q.wav", wav(1900.0, seed=8), "x")})
+    assert r.json()["word"] == "low" and r.json()["version"] == 2
+
+
+def test_bad_input_is_a_4xx_naming_the_problem(run, tmp_path):
+    c = client(run, tmp_path / "data")
+    c.post("/profiles", json={"name": "bob"})
+    cases = [
+        (c.post("/profiles", json={"name": "bob"}), 409, "already exists"),
+        (c.post("/profiles", json={"name": "../../x"}), 422, "not allowed"),
+        (c.post("/profiles", json={"name": "a\x00b"}), 422, "not allowed"),
+        (c.post("/profiles", json={"name": "x" * 300}), 422, "not allowed"),
+        (c.post("/profiles", json={}), 422, "name"),
+        (c.post("/profiles/bob/words/..%2F..%2Fx/clips",  # never reaches a route
+                files={"file": ("c.wav", wav(450.0), "x")}), 404, "Not Found"),
+        (c.post("/profiles/bob/words/%2E%2E/clips",
+                files={"file": ("c.wav", wav(450.0), "x")}), 422, "not allowed"),
+        (c.post("/profiles/bob/words/a%00b/clips",
+                files={"file": ("c.wav", wav(450.0), "x")}), 422, "not allowed"),
+        (c.post("/profiles/bob/words/low/clips",
+                files={"file": ("c.wav", b"RIFF....garbage", "x")}), 415, "unreadable"),
+        (c.post("/profiles/bob/words/low/clips",
+                files={"file": ("c.wav", b"", "x")}), 415, "empty"),
+        (c.post("/profiles/bob/words/low/clips",
+                files={"file": ("c.wav", wav(450.0, 6.0), "x")}), 413, "must last"),
+        (c.post("/profiles/bob/words/low/clips",
+                files={"file": ("c.wav", wav(450.0, 7.0), "x")}), 413, "larger"),
+        (c.post("/profiles/bob/words/low/clips",
+                files={"file": ("c.wav", wav(450.0, 0.5, rate=12345), "x")}), 415, "rate"),
+        (c.post("/profiles/nobody/words/low/clips",
+                files={"file": ("c.wav", wav(450.0), "x")}), 404, "no profile"),
+        (c.post("/profiles/bob/adapt"), 409, "at least 2 words"),
+        (c.post("/profiles/bob/classify", files={"file": ("q.wav", wav(450.0), "x")}), 409,
+         "no model"),
+        (c.delete("/profiles/bob/clips/999"), 404, "no clip"),
+    ]
+    for k in range(3):
+        assert c.post("/profiles/bob/words/low/clips",
+                      files={"file": ("c.wav", wav(450.0, seed=k), "x")}).status_code == 201
+    cases.append((c.post("/profiles/bob/words/low/clips",
+                         files={"file": ("c.wav", wav(450.0, seed=5), "x")}), 409, "most"))
+    for w in ("w1", "w2"):
+        c.post(f"/profiles/bob/words/{w}/clips", files={"file": ("c.wav", wav(700.0), "x")})
+    cases.append((c.post("/profiles/bob/words/w3/clips",
+                         files={"file": ("c.wav", wav(700.0), "x")}), 409, "words"))
+    for response, status, words in cases:
+        assert response.status_code == status, (status, response.text)
+        assert words in response.json()["error"], response.json()
+    assert not any(p.name.startswith("..") for p in (tmp_path / "data").rglob("*"))
+
+
+def test_a_token_guards_everything_but_health(run, tmp_path):
+    c = client(run, tmp_path / "data", token="s3cret")
+    assert c.get("/health").status_code == 200
+    assert c.get("/profiles").status_code == 401
+    ok = c.get("/profiles", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json() == {"profiles": []}
+
+
+def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tmp_path):
+    """The real server (uvicorn in a subprocess) on a free loopback port: create a profile,
+    SIGKILL the server, start it again: the profile is there."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    def start():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "metavox", "serve", str(run), "--data",
+                                 str(tmp_path / "data"), "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                time.sleep(0.25)
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+        proc.kill()
+        raise AssertionError("the server did not answer within 60 s")
+
+    proc, url = start()
+    try:
+        assert httpx.post(f"{url}/profiles", json={"name": "cat"}).status_code == 201
+        assert "/profiles/{profile}/adapt" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc, url = start()
+    try:
+        assert httpx.get(f"{url}/profiles").json() == {"profiles": ["cat"]}
+    finally:
+        proc.terminate()
+        proc.wait()
+    out = subprocess.run([sys.executable, "-m", "metavox", "serve", str(run), "--host",
+                          "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "--token" in out.stderr
