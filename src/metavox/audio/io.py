@@ -288,9 +288,23 @@ def load_clip(
 ) -> np.ndarray:
     """Load a mono clip of exactly ``round(duration * sample_rate)`` samples.
 
-    load -> (optional) :func:`trim_silence` -> :func:`fix_length` with ``mode=crop``.
+    load -> :func:`fit_clip` (optional :func:`trim_silence`, :func:`fix_length`).
     """
-    wave = load_audio(path, sample_rate)
+    return fit_clip(load_audio(path, sample_rate), sample_rate, duration, trim=trim,
+                    crop=crop, rng=rng)
+
+
+def fit_clip(
+    wave: np.ndarray,
+    sample_rate: int,
+    duration: float = 1.0,
+    *,
+    trim: bool = False,
+    crop: str = "center",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A decoded clip made into exactly ``round(duration * sample_rate)`` samples: (optional)
+    :func:`trim_silence`, then :func:`fix_length` with ``mode=crop``."""
     if trim:
         wave = trim_silence(wave, sample_rate)
     return fix_length(wave, int(round(duration * sample_rate)), mode=crop, rng=rng)

@@ -21,7 +21,7 @@ from torch import Tensor
 from metavox.kws.protocol import StreamConfig, negative_stream, score, stream_features
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta.openset import OpenSet
-from metavox.pipeline.enroll import Adapted
+from metavox.pipeline.enroll import Adapted, other_training_words
 
 
 @dataclass
@@ -103,17 +103,11 @@ def calibrate_enrolled(adapted: Adapted, loaded, words: list[str], fa_per_hour: 
     """Stream calibration for a freshly enrolled model (``metavox adapt``): negative
     streams from the run's own meta-training words other than ``words``; ``None`` when
     the run's corpus is not at hand (the clip calibration then stays)."""
-    from metavox.data import CorpusError
-    from metavox.pipeline.build import build_run_data
-    from metavox.pipeline.config import ConfigError
-
-    try:
-        data = build_run_data(loaded.config)
-    except (CorpusError, ConfigError, OSError):
+    found = other_training_words(loaded, words)
+    if found is None:
         return None
-    own = {w.casefold() for w in words}
-    train = set(data.parts["train"].labels) if "train" in data.parts else set()
-    paths = [u.path for u in data.corpus if u.label in train and u.label.casefold() not in own]
+    data, keep = found
+    paths = [u.path for u in data.corpus if u.label in set(keep)]
     if len(paths) < 20:
         return None
     streams = negative_streams(paths, adapted.frontend, seed=loaded.config.seed)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from metavox.audio.augment import NOISES, background_noise
 from metavox.audio.features import FrontendConfig, build_frontend
-from metavox.audio.io import AudioError, load_clip
+from metavox.audio.io import AudioError, fit_clip, load_audio
 from metavox.meta import Learner
 from metavox.meta.openset import OpenSet, threshold_for
 from metavox.pipeline.train import LoadedModel, rebuild_model
@@ -34,12 +34,16 @@ class EnrollError(ValueError):
 
 def featurize(paths: list[Path], frontend: FrontendConfig) -> Tensor:
     """``[n, 1, features, frames]`` for audio files, through ``frontend``."""
-    module = build_frontend(frontend)
-    waves = [load_clip(p, frontend.sample_rate, frontend.duration, trim=frontend.trim)
-             for p in paths]
+    return featurize_waves([load_audio(p, frontend.sample_rate) for p in paths], frontend)
+
+
+def featurize_waves(waves: list[np.ndarray], frontend: FrontendConfig) -> Tensor:
+    """``[n, 1, features, frames]`` for decoded mono clips at ``frontend.sample_rate``:
+    trimmed if the front-end says so, cut or padded to its duration, as files are."""
+    clips = [fit_clip(w, frontend.sample_rate, frontend.duration, trim=frontend.trim)
+             for w in waves]
     with torch.no_grad():
-        feats = module(torch.from_numpy(np.stack(waves)))
-    return feats.unsqueeze(1)
+        return build_frontend(frontend)(torch.from_numpy(np.stack(clips))).unsqueeze(1)
 
 
 def read_examples(folder: str | Path, frontend: FrontendConfig) -> tuple[Tensor, Tensor, list[str]]:
@@ -130,24 +134,33 @@ def builtin_negatives(frontend: FrontendConfig, *, per_kind: int = 8, seed: int 
         return build_frontend(frontend)(torch.from_numpy(np.stack(waves))).unsqueeze(1)
 
 
-def corpus_negatives(loaded: LoadedModel, *, exclude: list[str] | None = None,
-                     limit: int = 600, seed: int = 0) -> Tensor | None:
-    """Features of up to ``limit`` clips of the run's own meta-training words other than
-    ``exclude`` (the words being enrolled: negatives with speech in them), from its
-    feature cache; ``None`` when the run's corpus is not at hand."""
+def other_training_words(loaded: LoadedModel, exclude: list[str] | None = None):
+    """``(run data, labels)``: the run's data and its meta-training words other than
+    ``exclude`` (compared without case; the words being enrolled), the source of negatives
+    with speech in them; ``None`` when the run's corpus is not at hand or no word is left."""
     from metavox.data import CorpusError
     from metavox.pipeline.build import build_run_data
     from metavox.pipeline.config import ConfigError
 
     try:
-        store = build_run_data(loaded.config).parts["train"]
+        data = build_run_data(loaded.config)
+        train = data.parts["train"]
     except (CorpusError, ConfigError, OSError, KeyError):
         return None
     own = {w.casefold() for w in exclude or []}
-    keep = sorted({x for x in store.labels if x.casefold() not in own})
-    if not keep:
+    keep = sorted({x for x in train.labels if x.casefold() not in own})
+    return (data, keep) if keep else None
+
+
+def corpus_negatives(loaded: LoadedModel, *, exclude: list[str] | None = None,
+                     limit: int = 600, seed: int = 0) -> Tensor | None:
+    """Features of up to ``limit`` clips of :func:`other_training_words`, from the run's
+    feature cache; ``None`` when the run's corpus is not at hand."""
+    found = other_training_words(loaded, exclude)
+    if found is None:
         return None
-    store = store.filter(labels=keep)
+    data, keep = found
+    store = data.parts["train"].filter(labels=keep)
     rows = np.random.default_rng([seed, 12]).permutation(len(store))[:limit]
     return torch.from_numpy(store.take(np.sort(rows))).unsqueeze(1)
 

@@ -33,13 +33,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
-from metavox.audio.io import fix_length, resample
+from metavox.audio.io import resample
 from metavox.kws.spotter import SpotSettings, Spotter
 from metavox.pipeline.enroll import (
     Adapted,
     builtin_negatives,
     calibrate_open_set,
     corpus_negatives,
+    featurize,
+    featurize_waves,
     load_adapted,
     save_adapted,
 )
@@ -92,21 +94,11 @@ class Service:
         self.frontend = self.loaded.frontend
         self.store = Store(data)
         self.limits = limits or Limits()
-        self.negatives = [builtin_negatives(self.frontend, seed=self.loaded.config.seed),
-                          corpus_negatives(self.loaded, seed=self.loaded.config.seed)]
+        # generated backgrounds: the same for every profile, so made once
+        self.backgrounds = builtin_negatives(self.frontend, seed=self.loaded.config.seed)
         self._adapting: dict[str, threading.Lock] = {}
         self._models: dict[tuple[str, int], Adapted] = {}
         self._guard = threading.Lock()
-
-    def features(self, waves: list[tuple[np.ndarray, int]]) -> torch.Tensor:
-        """``[n, 1, F, frames]`` of decoded clips through the run's front-end."""
-        from metavox.audio.features import build_frontend
-
-        fe = self.frontend
-        x = np.stack([fix_length(resample(w, r, fe.sample_rate), fe.num_samples)
-                      for w, r in waves])
-        with torch.no_grad():
-            return build_frontend(fe)(torch.from_numpy(x)).unsqueeze(1)
 
     def adapt(self, profile: str) -> dict:
         """A new model version of ``profile`` from its clips (one adaptation at a time per
@@ -120,14 +112,10 @@ class Service:
             if len(words) < 2:
                 raise StoreError(f"profile {profile!r} needs clips of at least 2 words to "
                                  f"adapt; it has {words or 'none'}", 409)
-            waves = [sf.read(self.store.clip_path(c), dtype="float32") for c in clips]
-            x = self.features([(w if w.ndim == 1 else w.mean(1), r) for w, r in waves])
+            x = featurize([self.store.clip_path(c) for c in clips], self.frontend)
             y = torch.tensor([words.index(c.word) for c in clips])
-            own = {w.casefold() for w in words}
-            negatives = [self.negatives[0]]
-            if not own & {w.casefold() for w in self.loaded.config.data.test_labels}:
-                negatives.append(corpus_negatives(self.loaded, exclude=words,
-                                                  seed=self.loaded.config.seed))
+            negatives = [self.backgrounds, corpus_negatives(self.loaded, exclude=words,
+                                                            seed=self.loaded.config.seed)]
             adapted = Adapted(self.loaded.algo.adapt(x, y, classes=words), self.frontend)
             adapted.open_set = calibrate_open_set(adapted, negatives, far=self.limits.far,
                                                   seed=self.loaded.config.seed)
@@ -154,7 +142,7 @@ class Service:
     def classify(self, profile: str, data: bytes) -> dict:
         version, adapted = self.model(profile)
         wave, rate = decode(data, self.limits)
-        x = self.features([(wave, rate)])
+        x = featurize_waves([resample(wave, rate, self.frontend.sample_rate)], self.frontend)
         values = adapted.values(x)
         decided, score = adapted.open_set.decide(values)
         probs = adapted.logits(x).softmax(-1)[0]
