@@ -6,9 +6,9 @@ or torch: numpy, soundfile and onnxruntime only.
 
 The exported model scores one clip (the last `clip_samples` samples of the stream, zeros
 before the stream starts) every hop; this script slides that window over the file, averages
-each word's open-set score over the last `smooth` hops, and reports a word when its score is at or
-above the calibrated threshold, then reports nothing for `refractory` seconds: the
-decisions `metavox listen` makes (all settings are read from the file's metadata).
+each word's open-set score over the last `smooth` hops, and reports the best word when its score
+is at or above the calibrated threshold, then does not report that word again for `refractory`
+seconds: the decisions `metavox listen` makes (all settings are read from the file's metadata).
 """
 
 from __future__ import annotations
@@ -51,15 +51,15 @@ def spot(model_path: str, wave: np.ndarray) -> list[dict]:
     windows = np.stack([padded[e - size:e] for e in ends])
     values = np.concatenate([session.run(["values"], {"waveform": windows[i:i + 64]})[0]
                              for i in range(0, len(windows), 64)])
-    out, last = [], -np.inf
+    out, last = [], {}  # each word's last detection
     for k in range(len(values)):  # every word's open-set score, averaged over `smooth` hops
         mean = values[max(0, k - smooth + 1): k + 1].mean(axis=0)
         best = int(np.argmax(mean))
         score = float(mean[best])
         t = (k + 1) * hop / rate
-        if score >= threshold and t - last >= refractory:
+        if score >= threshold and t - last.get(best, -np.inf) >= refractory:
             out.append({"word": words[best], "time": round(t, 3), "score": round(score, 4)})
-            last = t
+            last[best] = t
     return out
 
 

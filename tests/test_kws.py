@@ -349,6 +349,30 @@ def test_a_learner_with_fewer_words_than_ways_saves_and_loads(tmp_path):
     torch.testing.assert_close(again(x), logits)
 
 
+@pytest.mark.parametrize("lr_mode", ["fixed", "per_parameter"])
+def test_a_prototype_headed_learner_takes_more_words_than_ways(tmp_path, lr_mode):
+    """Proto-MAML meta-trained 2-way enrolls 4 words: the adapted copy gets a 4-row head
+    set from the prototypes (Meta-SGD's step sizes for the new rows are the learned rows'
+    mean), each word's clips are classified as it, and it saves and loads at that width.
+    A meta-learned head cannot: the check names the limit."""
+    from metavox.meta import MAML
+
+    torch.manual_seed(0)
+    model = create_model("conv4", num_classes=2, input_shape=(32, 101), channels=8)
+    algo = MAML(model, steps=2, inner_lr=0.1, head_init="prototypes", lr_mode=lr_mode)
+    assert not algo.fixed_ways and MAML(model, steps=1).fixed_ways
+    x = torch.randn(8, 1, 32, 101)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    learner = algo.adapt(x, y, classes=["a", "b", "c", "d"])
+    logits = learner(x)
+    assert logits.shape == (8, 4) and (logits.argmax(-1) == y).all()
+    assert model.head.out_features == 2  # the meta-trained model is untouched
+    learner.save(tmp_path / "l.safetensors")
+    again = Learner.load(tmp_path / "l.safetensors",
+                         create_model("conv4", num_classes=4, input_shape=(32, 101), channels=8))
+    torch.testing.assert_close(again(x), logits)
+
+
 def test_onnx_export_of_the_background_rule_matches_pytorch(tmp_path, adapted):
     """The background bank travels inside the ONNX graph: same scores and words."""
     pytest.importorskip("onnxscript", reason="needs metavox[export]")
@@ -357,7 +381,7 @@ def test_onnx_export_of_the_background_rule_matches_pytorch(tmp_path, adapted):
 
     bg = Adapted(adapted.learner, adapted.frontend, calibrate_open_set(
         adapted, [builtin_negatives(adapted.frontend)], far=0.1, rule="background"))
-    assert bg.open_set.background is not None and bg.open_set.negatives == 20
+    assert bg.open_set.background is not None and bg.open_set.negatives == 21  # half of 42
     path = export_onnx(bg, tmp_path / "bg.onnx")
     wave, _ = synthetic_stream()
     x = np.stack([wave[i:i + RATE] for i in range(0, len(wave) - RATE, RATE // 3)])

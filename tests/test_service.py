@@ -73,9 +73,14 @@ def test_enroll_adapt_classify_and_listen(run, tmp_path):
     with c.websocket_connect("/profiles/ann/listen") as ws:
         pcm = (np.concatenate([np.zeros(8000), tone(8000, RATE, 3200.0), np.zeros(16000)])
                * 32767).astype("<i2").tobytes()
+        head = ws.receive_json()
         ws.send_bytes(pcm)
         messages = [ws.receive_json() for _ in range(len(pcm) // 2 // 1600)]
-    assert all(set(m["scores"]) == set(FREQS) for m in messages)
+    assert head["words"] == sorted(FREQS) and head["sample_rate"] == RATE
+    assert all(set(m["scores"]) == set(m["levels"]) == set(FREQS) for m in messages)
+    assert all(0 <= v <= 1 for m in messages for v in m["levels"].values())
+    info = c.get("/profiles/ann").json()
+    assert info["words"] == sorted(FREQS) and info["model"]["version"] == 1
     assert c.post("/profiles/ann/adapt").json()["version"] == 2
     # a restart: the profile, its clips and its model versions are still there
     again = client(run, tmp_path / "data")
@@ -131,9 +136,25 @@ def test_bad_input_is_a_4xx_naming_the_problem(run, tmp_path):
     assert not any(p.name.startswith("..") for p in (tmp_path / "data").rglob("*"))
 
 
+def test_the_page_and_its_files_are_served(run, tmp_path):
+    c = client(run, tmp_path / "data", token="s3cret")
+    page = c.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for ref in ("static/app.js", "static/style.css"):  # no CDN: every file is ours
+        assert ref in page.text and c.get("/" + ref).status_code == 200
+    assert "http" not in page.text.replace("http-equiv", "")
+    # no label-less input: every input and select has a <label for=...>
+    import re
+    ids = re.findall(r'<(?:input|select)[^>]*id="([^"]+)"', page.text)
+    assert ids and all(f'for="{i}"' in page.text for i in ids)
+    info = c.get("/info", headers={"Authorization": "Bearer s3cret"}).json()
+    assert info["sample_rate"] == RATE and info["max_clips"] == 3
+
+
 def test_a_token_guards_everything_but_health(run, tmp_path):
     c = client(run, tmp_path / "data", token="s3cret")
     assert c.get("/health").status_code == 200
+    assert c.get("/info").status_code == 401
     assert c.get("/profiles").status_code == 401
     ok = c.get("/profiles", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json() == {"profiles": []}
@@ -185,3 +206,20 @@ def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tm
     out = subprocess.run([sys.executable, "-m", "metavox", "serve", str(run), "--host",
                           "0.0.0.0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "--token" in out.stderr
+
+
+def test_more_words_than_a_meta_learned_head_has_rows_is_a_409(tmp_path):
+    """A MAML run whose head's initialisation is meta-learned (2-way) learns at most 2
+    words: adapting 3 names the limit (a 409, not a 500), and ``/info`` says so."""
+    from metavox.pipeline.train import train
+
+    cfg = tiny_config(tone_manifest(tmp_path / "tones"), tmp_path / "run", tmp_path / "cache",
+                      evaluation={"episodes": 2, "shots": [1], "queries": 2, "max_steps": 0})
+    train(cfg, progress=False)
+    c = client(tmp_path / "run", tmp_path / "data")
+    assert c.get("/info").json()["max_words"] == 2
+    c.post("/profiles", json={"name": "eve"})
+    for word, freq in FREQS.items():
+        c.post(f"/profiles/eve/words/{word}/clips", files={"file": ("c.wav", wav(freq), "x")})
+    r = c.post("/profiles/eve/adapt")
+    assert r.status_code == 409 and "at most 2 words" in r.json()["error"], r.text

@@ -21,8 +21,9 @@ def listen_command(
     hop: float | None = typer.Option(None, "--hop", help="Seconds between scores (default: "
                                      "80 ms for the speech embedding, 100 ms otherwise)."),
     smooth: int = typer.Option(3, "--smooth", help="Average the scores over this many hops."),
-    refractory: float = typer.Option(1.0, "--refractory",
-                                     help="Seconds after a detection in which no other is made."),
+    refractory: float | None = typer.Option(
+        None, "--refractory", help="Seconds after a word's detection in which that word is "
+        "not detected again (default: the model's window length)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Override the "
                                            "calibrated open-set threshold."),
 ) -> None:
@@ -64,8 +65,9 @@ def export_command(
                                   "quantised copy beside it (NAME.int8.onnx)."),
     smooth: int = typer.Option(3, "--smooth", help="Stored for the program that runs it: "
                                "average the scores over this many hops."),
-    refractory: float = typer.Option(1.0, "--refractory", help="Stored likewise: seconds "
-                                     "after a detection in which no other is made."),
+    refractory: float | None = typer.Option(
+        None, "--refractory", help="Stored likewise: seconds after a word's detection in "
+        "which that word is not detected again (default: the model's window length)."),
 ) -> None:
     """Export an adapted model to ONNX: waveform in, word probabilities, score and
     unknown out (runs with onnxruntime alone; see examples/spot_onnx.py).

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from metavox.kws.protocol import StreamConfig, negative_stream, score, stream_features
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
-from metavox.meta.openset import OpenSet
+from metavox.meta.openset import OpenSet, spread_of
 from metavox.pipeline.enroll import Adapted, other_training_words
 
 
@@ -56,12 +56,14 @@ class StreamCalibration:
 
     bank: Tensor
     times: np.ndarray
+    best: np.ndarray
     scores: np.ndarray
     hours: float
     settings: SpotSettings
 
     def false_accepts_per_hour(self, threshold: float) -> float:
-        fired = triggered(self.times, self.scores, threshold, self.settings.refractory)
+        fired = triggered(self.times, self.best, self.scores, threshold,
+                          self.settings.refractory_seconds)
         return len(fired) / self.hours
 
     def threshold(self, fa_per_hour: float) -> float:
@@ -81,19 +83,20 @@ class StreamCalibration:
 
     def open_set(self, fa_per_hour: float) -> OpenSet:
         return OpenSet("background", self.threshold(fa_per_hour), None,
-                       len(self.scores), background=self.bank, fa_per_hour=fa_per_hour)
+                       len(self.scores), background=self.bank, fa_per_hour=fa_per_hour,
+                       spread=spread_of(torch.from_numpy(self.scores)))
 
 
 def calibrate_on_streams(adapted: Adapted, streams: NegativeStreams, clip_bank: Tensor | None,
                          settings: SpotSettings | None = None) -> StreamCalibration:
     """See the module doc; ``clip_bank``: the bank from clip negatives, kept in the bank."""
-    settings = settings or SpotSettings()
+    settings = (settings or SpotSettings()).resolve(adapted.frontend)
     windows = torch.cat([adapted.learner.features(streams.bank_features[i:i + 512])
                          for i in range(0, len(streams.bank_features), 512)])
     bank = windows if clip_bank is None else torch.cat([clip_bank, windows])
     probe = OpenSet("background", background=bank)
-    _, scores = smoothed_scores(score(adapted, streams.features, probe), settings.smooth)
-    return StreamCalibration(bank, streams.times, scores, streams.hours, settings)
+    best, scores = smoothed_scores(score(adapted, streams.features, probe), settings.smooth)
+    return StreamCalibration(bank, streams.times, best, scores, streams.hours, settings)
 
 
 

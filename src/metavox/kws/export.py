@@ -88,7 +88,7 @@ def export_onnx(adapted: Adapted, path: str | os.PathLike[str], *, hop: float | 
     and ``settings`` its smoothing and refractory period, both stored for the program that
     runs it; ``quantize``: int8 dynamic quantisation of its weights (onnxruntime's),
     written instead."""
-    settings = settings or SpotSettings()
+    settings = (settings or SpotSettings()).resolve(adapted.frontend)
     if hop is None:
         hop = default_hop(adapted.frontend) / adapted.frontend.sample_rate
     try:

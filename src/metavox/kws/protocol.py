@@ -286,6 +286,7 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
     if cfg.calibration == "streams" and streams is None:
         raise ValueError("calibration on streams needs the negative streams")
     grid = cfg.grid
+    settings = cfg.settings.resolve(frontend)
     results = {(m, k): StreamResult(m, k, list(grid), [0] * len(grid), 0, [0] * len(grid), 0.0)
                for m in methods for k in cfg.shots}
     bar = None
@@ -306,18 +307,18 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 adapted = Adapted(algo.adapt(x, y, classes=stream.words), frontend)
                 neg, bank = negative_scores(adapted, negatives, rule=cfg.rule, seed=cfg.seed)
                 if cfg.calibration == "streams":
-                    cal = calibrate_on_streams(adapted, streams, bank, cfg.settings)
+                    cal = calibrate_on_streams(adapted, streams, bank, settings)
                     bank = cal.bank
                     thresholds = [cal.threshold(f) for f in grid]
                 else:
                     thresholds = [threshold_for(neg, f) for f in grid]
                 probe = OpenSet(cfg.rule, background=bank)
-                best, scores = smoothed_scores(score(adapted, feats, probe), cfg.settings.smooth)
+                best, scores = smoothed_scores(score(adapted, feats, probe), settings.smooth)
                 r = results[(name, k)]
                 r.targets += sum(p.target for p in stream.placements)
                 r.hours += hours
                 for j, (target, threshold) in enumerate(zip(grid, thresholds, strict=True)):
-                    fired = triggered(times, scores, threshold, cfg.settings.refractory)
+                    fired = triggered(times, best, scores, threshold, settings.refractory_seconds)
                     hits, _, false, lat = match(stream, stream.words, times, best, fired,
                                                 cfg.tolerance)
                     r.hits[j] += hits

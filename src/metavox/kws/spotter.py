@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metavox.audio.features import FrontendConfig
 from metavox.audio.io import load_audio
 from metavox.audio.streaming import feature_stream
 from metavox.meta.openset import OpenSet
@@ -43,44 +44,63 @@ class Detection:
 @dataclass(frozen=True)
 class SpotSettings:
     """How scores become detections: the moving average over ``smooth`` hops, and the
-    ``refractory`` seconds after a detection in which no other is made."""
+    ``refractory`` seconds after a word's detection in which that word is not detected
+    again (other words may be). ``None``: the front-end's window length, the time a word
+    stays in view of the sliding window (with less, one utterance fires twice)."""
 
     smooth: int = 3
-    refractory: float = 1.0
+    refractory: float | None = None
 
     def __post_init__(self) -> None:
-        if self.smooth < 1 or self.refractory < 0:
+        if self.smooth < 1 or (self.refractory is not None and self.refractory < 0):
             raise ValueError(f"need smooth >= 1 and refractory >= 0, got {self.smooth}, "
                              f"{self.refractory}")
+
+    def resolve(self, frontend: FrontendConfig) -> SpotSettings:
+        """These settings with the refractory period set (the window's length if unset)."""
+        if self.refractory is not None:
+            return self
+        return SpotSettings(self.smooth, float(frontend.duration))
+
+    @property
+    def refractory_seconds(self) -> float:
+        if self.refractory is None:
+            raise ValueError("the refractory period is unset: resolve the settings with the "
+                             "front-end first (SpotSettings.resolve)")
+        return self.refractory
 
 
 class Smoother:
     """Per hop: the moving average of the last ``smooth`` rows of open-set scores (one per
     word, see :meth:`metavox.meta.openset.OpenSet.values`), and its best word and score
-    (independent of the threshold)."""
+    (independent of the threshold); ``smoothed`` is the last averaged row (for a display)."""
 
     def __init__(self, smooth: int) -> None:
         self._recent: deque[Tensor] = deque(maxlen=smooth)
+        self.smoothed: Tensor | None = None
 
     def step(self, values: Tensor) -> tuple[int, float]:
         self._recent.append(values.float())
-        score, best = torch.stack(tuple(self._recent)).mean(0).max(-1)
+        self.smoothed = torch.stack(tuple(self._recent)).mean(0)
+        score, best = self.smoothed.max(-1)
         return int(best), float(score)
 
 
 class Trigger:
-    """Fires when the score is at or above ``threshold`` and at least ``refractory``
-    seconds have passed since it last fired (a score that stays above fires again after
-    each refractory period: a lower threshold never detects less)."""
+    """Fires for the best word when its score is at or above ``threshold`` and at least
+    ``refractory`` seconds have passed since it last fired for that word (a score that
+    stays above fires again after each refractory period: a lower threshold never detects
+    less)."""
 
     def __init__(self, threshold: float, refractory: float) -> None:
         self.threshold, self.refractory = threshold, refractory
-        self._last = -math.inf
+        self._last: dict[int, float] = {}
 
-    def step(self, time: float, score: float) -> bool:
-        fire = score >= self.threshold and time - self._last >= self.refractory
+    def step(self, time: float, score: float, word: int = 0) -> bool:
+        fire = (score >= self.threshold
+                and time - self._last.get(word, -math.inf) >= self.refractory)
         if fire:
-            self._last = time
+            self._last[word] = time
         return fire
 
 
@@ -91,14 +111,30 @@ class Detector:
     def __init__(self, words: list[str], open_set: OpenSet, settings: SpotSettings) -> None:
         self.words = list(words)
         self.smoother = Smoother(settings.smooth)
-        self.trigger = Trigger(open_set.threshold, settings.refractory)
+        self.trigger = Trigger(open_set.threshold, settings.refractory_seconds)
 
     def step(self, time: float, values: Tensor) -> Detection | None:
         """The detection this hop makes, if any."""
         best, score = self.smoother.step(values)
-        if not self.trigger.step(time, score):
+        if not self.trigger.step(time, score, best):
             return None
         return Detection(self.words[best], time, score)
+
+
+def levels(values: Tensor, open_set: OpenSet) -> Tensor:
+    """Open-set scores ``[..., words]`` as bar heights in ``[0, 1]`` for a display, with the
+    threshold at 0.75: linear in the score, 0 at four standard deviations of the
+    calibration negatives' scores below the threshold (0 to the threshold for
+    probabilities; one unit of score when the spread is unknown)."""
+    t = open_set.threshold
+    if math.isinf(t):
+        return torch.full_like(values, 0.75)
+    if open_set.rule == "probability":
+        below = 0.75 * values / max(t, 1e-6)
+        above = 0.75 + 0.25 * (values - t) / max(1.0 - t, 1e-6)
+        return torch.where(values < t, below, above).clamp(0.0, 1.0)
+    span = 4 * open_set.spread if open_set.spread else 1.0
+    return (0.75 + 0.75 * (values - t) / span).clamp(0.0, 1.0)
 
 
 def smoothed_scores(values: Tensor, smooth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,14 +146,14 @@ def smoothed_scores(values: Tensor, smooth: int) -> tuple[np.ndarray, np.ndarray
             np.array([s for _, s in pairs], dtype=np.float64))
 
 
-def triggered(times: np.ndarray, scores: np.ndarray, threshold: float,
+def triggered(times: np.ndarray, best: np.ndarray, scores: np.ndarray, threshold: float,
               refractory: float) -> np.ndarray:
-    """Indices of the hops at which :class:`Trigger` fires, over recorded scores (cheap to
-    repeat for many thresholds)."""
+    """Indices of the hops at which :class:`Trigger` fires, over recorded best words and
+    scores (cheap to repeat for many thresholds)."""
     trigger = Trigger(threshold, refractory)
-    return np.array([i for i, (t, s) in enumerate(zip(times.tolist(), scores.tolist(),
-                                                      strict=True)) if trigger.step(t, s)],
-                    dtype=np.int64)
+    return np.array([i for i, (t, b, s) in enumerate(zip(
+        times.tolist(), best.tolist(), scores.tolist(), strict=True)) if trigger.step(t, s, b)],
+        dtype=np.int64)
 
 
 def detect(times: np.ndarray, values: Tensor, words: list[str], open_set: OpenSet,
@@ -126,7 +162,8 @@ def detect(times: np.ndarray, values: Tensor, words: list[str], open_set: OpenSe
     ``times``: the same decisions :class:`Spotter` makes live."""
     best, scores = smoothed_scores(values, settings.smooth)
     return [Detection(words[int(best[i])], float(times[i]), float(scores[i]))
-            for i in triggered(times, scores, open_set.threshold, settings.refractory)]
+            for i in triggered(times, best, scores, open_set.threshold,
+                               settings.refractory_seconds)]
 
 
 class Spotter:
@@ -141,7 +178,7 @@ class Spotter:
     def __init__(self, adapted: Adapted, *, settings: SpotSettings | None = None,
                  hop: int | None = None, open_set: OpenSet | None = None) -> None:
         self.adapted = adapted
-        self.settings = settings or SpotSettings()
+        self.settings = (settings or SpotSettings()).resolve(adapted.frontend)
         self.open_set = open_set or adapted.open_set
         self.features = feature_stream(adapted.frontend, hop)
         self.detector = Detector(adapted.classes, self.open_set, self.settings)

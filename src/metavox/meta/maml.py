@@ -20,6 +20,7 @@ are weighted in:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -124,6 +125,8 @@ class MAML(InnerLoopAlgorithm):
                 raise TypeError("head_init='prototypes' needs a model whose head is an "
                                 f"nn.Linear, got {type(head).__name__}")
         self.head_init = head_init
+        # a prototype head is built per task, so a task may have any number of classes
+        self.fixed_ways = head_init == "meta"
         if lr_mode not in LR_MODES:
             raise ValueError(f"lr_mode must be one of {LR_MODES}, got {lr_mode!r}")
         self.inner_checkpoint = bool(inner_checkpoint)
@@ -152,10 +155,17 @@ class MAML(InnerLoopAlgorithm):
                 self.lrs[_key(name)] = nn.Parameter(init)
 
     # -- pieces -------------------------------------------------------------------
-    def _step_size(self) -> StepSize:
+    def _step_size(self, rows: int | None = None) -> StepSize:
+        """The inner loop's step sizes; ``rows``: for a head widened to that many rows
+        (Meta-SGD's per-entry step sizes of a new row are the mean of the learned rows')."""
         if self.lr_mode == "fixed":
             return constant_lr(self.inner_lr)
         table = {name: self.lrs[_key(name)] for name in self._adapt_names()}
+        if rows is not None and self.lr_mode == "per_parameter":
+            table = {k: torch.cat([v, v.mean(0, keepdim=True).expand(rows - v.shape[0],
+                                                                    *v.shape[1:])])
+                     if k.startswith("head.") and v.shape[0] < rows else v
+                     for k, v in table.items()}
         return per_parameter_lr(table) if self.lr_mode == "per_parameter" else per_step_lr(table)
 
     def _adapt_names(self) -> list[str]:
@@ -240,19 +250,31 @@ class MAML(InnerLoopAlgorithm):
     # -- deployment ---------------------------------------------------------------------
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
                        steps: int) -> tuple[nn.Module, dict[str, Any]]:
-        """A copy of the model fine-tuned on the support set with the (learned) steps."""
+        """A copy of the model fine-tuned on the support set with the (learned) steps.
+
+        With a prototype-initialised head a task may have more classes than the model's
+        head has rows (more words than the meta-training tasks had): the copy then gets a
+        head with a row per class, which the prototypes initialise as they would any."""
         start = None
+        model, lr = self.model, self._step_size()
         if self.head_init != "meta":
             with torch.no_grad():
-                params = meta_parameters(self.model)
-                start = self._start(params, support_x, support_y,
-                                    int(support_y.max()) + 1, functional_buffers(self.model))
+                params = meta_parameters(model)
+                classes = int(support_y.max()) + 1
+                rows = params["head.weight"].shape[0]
+                if classes > rows:
+                    model = copy.deepcopy(model)
+                    model.head = nn.Linear(model.head.in_features, classes)
+                    lr = self._step_size(rows=classes)
+                    params = meta_parameters(model)
+                start = self._start(params, support_x, support_y, classes,
+                                    functional_buffers(model))
                 # fewer classes than the head has rows: the spare rows never win (weight 0,
                 # bias -1e4), so the learner keeps the model's shape and saves and loads
                 start = {k: _pad_rows(v, params[k].shape[0], -1e4 if v.ndim == 1 else 0.0)
                          for k, v in start.items()}
-        module = self.fine_tuned(self.model, support_x, support_y, steps, start=start,
-                                 lr=self._step_size(), adapt_names=self._adapt_names(),
+        module = self.fine_tuned(model, support_x, support_y, steps, start=start, lr=lr,
+                                 adapt_names=self._adapt_names(),
                                  overrides=self._overrides if self.bn_names else None,
                                  final=self._overrides(steps))
         return module, {}

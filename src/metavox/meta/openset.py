@@ -61,7 +61,8 @@ class OpenSet:
     ``far``: the false-accept rate on the negative clips it was calibrated to, or
     ``fa_per_hour``: the false accepts per hour on a negative stream; ``negatives``: how
     many clips (or stream hops) there were (all for the record); ``background``: the bank
-    of negatives' embeddings for the ``"background"`` rule.
+    of negatives' embeddings for the ``"background"`` rule; ``spread``: the standard
+    deviation of the negatives' scores, the scale of this rule's scores for a display.
     """
 
     rule: str = "logit"
@@ -70,6 +71,7 @@ class OpenSet:
     negatives: int = 0
     background: Tensor | None = field(default=None, compare=False, repr=False)
     fa_per_hour: float | None = None
+    spread: float | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -92,14 +94,16 @@ class OpenSet:
         """JSON-able settings (the background bank is stored as a tensor beside them)."""
         t = self.threshold
         return {"rule": self.rule, "threshold": None if math.isinf(t) else float(t),
-                "far": self.far, "negatives": self.negatives, "fa_per_hour": self.fa_per_hour}
+                "far": self.far, "negatives": self.negatives, "fa_per_hour": self.fa_per_hour,
+                "spread": self.spread}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], background: Tensor | None = None) -> OpenSet:
         t = d.get("threshold")
         return cls(rule=d.get("rule", "logit"), threshold=-math.inf if t is None else float(t),
                    far=d.get("far"), negatives=int(d.get("negatives", 0)),
-                   background=background, fa_per_hour=d.get("fa_per_hour"))
+                   background=background, fa_per_hour=d.get("fa_per_hour"),
+                   spread=d.get("spread"))
 
 
 def threshold_for(scores: Tensor, far: float) -> float:
@@ -126,4 +130,9 @@ def calibrate(negative_logits: Tensor, far: float, rule: str = "logit") -> OpenS
         raise ValueError("the background rule is calibrated with its bank: "
                          "see calibrate_open_set")
     scores = rule_values(rule, negative_logits.float()).max(-1).values
-    return OpenSet(rule, threshold_for(scores, far), far, len(scores))
+    return OpenSet(rule, threshold_for(scores, far), far, len(scores), spread=spread_of(scores))
+
+
+def spread_of(scores: Tensor) -> float | None:
+    """The standard deviation of negatives' scores (``None`` for fewer than 2)."""
+    return float(scores.float().std()) if len(scores) > 1 else None

@@ -20,7 +20,7 @@ from metavox.audio.augment import NOISES, background_noise
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.audio.io import AudioError, fit_clip, load_audio
 from metavox.meta import Learner
-from metavox.meta.openset import OpenSet, threshold_for
+from metavox.meta.openset import OpenSet, spread_of, threshold_for
 from metavox.pipeline.train import LoadedModel, rebuild_model
 from metavox.storage import CheckpointError, load_checkpoint
 
@@ -125,11 +125,15 @@ class Adapted:
 
 def builtin_negatives(frontend: FrontendConfig, *, per_kind: int = 8, seed: int = 0) -> Tensor:
     """Features of generated backgrounds (every kind of :data:`NOISES`, at levels from
-    faint to loud): negatives that need no data."""
+    faint to loud, and digital silence): negatives that need no data."""
     rng = np.random.default_rng([seed, 11])
     n = frontend.num_samples
     waves = [background_noise(kind, n, frontend.sample_rate, rng, level=float(level))
              for kind in NOISES for level in np.geomspace(0.003, 0.3, per_kind)]
+    # exact zeros (a muted or starting microphone, padding) sit on the front-end's floor,
+    # unlike any noise; two copies, so that the background rule's bank and calibration
+    # halves (see negative_scores) are both likely to hold one
+    waves += [np.zeros(n, np.float32)] * 2
     with torch.no_grad():
         return build_frontend(frontend)(torch.from_numpy(np.stack(waves))).unsqueeze(1)
 
@@ -190,7 +194,26 @@ def calibrate_open_set(adapted: Adapted, negatives: list[Tensor | None], *, far:
     """The open-set rule for ``adapted`` accepting at most ``far`` of the ``negatives``
     (see :func:`negative_scores`)."""
     scores, bank = negative_scores(adapted, negatives, rule=rule, seed=seed)
-    return OpenSet(rule, threshold_for(scores, far), far, len(scores), background=bank)
+    return OpenSet(rule, threshold_for(scores, far), far, len(scores), background=bank,
+                   spread=spread_of(scores))
+
+
+def word_limit(loaded: LoadedModel) -> int | None:
+    """How many words ``loaded`` can learn at once (``None``: any number): a head whose
+    initialisation is meta-learned has the meta-training tasks' ``ways`` rows."""
+    return int(loaded.meta.get("ways", 0)) or None if loaded.algo.fixed_ways else None
+
+
+def check_word_count(loaded: LoadedModel, words: int) -> None:
+    """:class:`EnrollError` when ``loaded`` cannot learn ``words`` words at once."""
+    limit = word_limit(loaded)
+    if limit is not None and words > limit:
+        raise EnrollError(
+            f"this {loaded.config.algorithm.name} model was meta-trained for {limit}-way tasks "
+            f"and can learn at most {limit} words at once; got {words}. Enroll fewer "
+            "words, or meta-train with episodes.ways set to the number you need (ProtoNet "
+            "and prototype-headed MAML models take any number)"
+        )
 
 
 def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None,
@@ -201,14 +224,7 @@ def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = Non
     other than these when its corpus is at hand, and the clips of ``negatives/`` if given)
     so that at most that fraction of them is accepted as a word."""
     x, y, words = read_examples(examples, loaded.frontend)
-    head = int(loaded.meta.get("ways", len(words)))
-    if loaded.algo.fixed_ways and len(words) > head:
-        raise EnrollError(
-            f"this {loaded.config.algorithm.name} model was meta-trained for {head}-way tasks "
-            f"and can learn at most {head} words at once; got {len(words)}. Enroll fewer "
-            "words, or meta-train with episodes.ways set to the number you need (ProtoNet "
-            "models take any number)"
-        )
+    check_word_count(loaded, len(words))
     adapted = Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
     if far is None:
         return adapted
@@ -246,7 +262,8 @@ def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Pat
     bank = adapted.open_set.background
     return adapted.learner.save(path, meta={
         "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
-        "ways": int(loaded.meta.get("ways", len(adapted.classes))),
+        # the rows of the head (wider than the run's ways when more words were enrolled)
+        "ways": max(int(loaded.meta.get("ways", 0)), len(adapted.classes)),
         "open_set": adapted.open_set.to_dict()},
         tensors={} if bank is None else {"open_set/background": bank.contiguous()})
 

@@ -29,24 +29,31 @@ from fastapi import FastAPI, File, Request, UploadFile, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from metavox.audio.io import resample
-from metavox.kws.spotter import SpotSettings, Spotter
+from metavox.kws.spotter import SpotSettings, Spotter, levels
 from metavox.pipeline.enroll import (
     Adapted,
+    EnrollError,
     builtin_negatives,
     calibrate_open_set,
+    check_word_count,
     corpus_negatives,
     featurize,
     featurize_waves,
     load_adapted,
     save_adapted,
+    word_limit,
 )
 from metavox.pipeline.train import load_trained
 from metavox.service.store import Store, StoreError
+
+#: the web page: plain HTML, CSS and JavaScript, served as they are (no build step)
+STATIC = Path(__file__).parent / "static"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,13 @@ class Limits:
     max_words: int = 10
     max_clips: int = 10
     far: float = 0.01  # open-set calibration at adaptation
+    min_clips: int = 3  # what the page asks for per word (adaptation needs 1)
+
+    def to_dict(self) -> dict:
+        return {"max_bytes": self.max_bytes, "max_seconds": self.max_seconds,
+                "min_seconds": self.min_seconds, "sample_rates": list(self.sample_rates),
+                "max_words": self.max_words, "max_clips": self.max_clips,
+                "min_clips": self.min_clips}
 
 
 def decode(data: bytes, limits: Limits) -> tuple[np.ndarray, int]:
@@ -112,6 +126,10 @@ class Service:
             if len(words) < 2:
                 raise StoreError(f"profile {profile!r} needs clips of at least 2 words to "
                                  f"adapt; it has {words or 'none'}", 409)
+            try:
+                check_word_count(self.loaded, len(words))
+            except EnrollError as err:
+                raise StoreError(str(err), 409) from None
             x = featurize([self.store.clip_path(c) for c in clips], self.frontend)
             y = torch.tensor([words.index(c.word) for c in clips])
             negatives = [self.backgrounds, corpus_negatives(self.loaded, exclude=words,
@@ -172,11 +190,14 @@ class NewProfile(BaseModel):
 def create_app(service: Service, *, token: str | None = None) -> FastAPI:
     """The FastAPI application over ``service``."""
     app = FastAPI(title="metavox", description=__doc__.split("\n\n")[0])
-    open_paths = {"/health", "/docs", "/openapi.json"}
+    # the page and its files hold no secrets: it asks for the token when a request needs it
+    open_paths = {"/", "/health", "/docs", "/openapi.json"}
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.middleware("http")
     async def authorize(request: Request, call_next):
-        if (token is not None and request.url.path not in open_paths
+        path = request.url.path
+        if (token is not None and path not in open_paths and not path.startswith("/static/")
                 and request.headers.get("authorization") != f"Bearer {token}"):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         return await call_next(request)
@@ -202,9 +223,20 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
             raise StoreError(f"upload larger than {service.limits.max_bytes} bytes", 413)
         return data
 
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok"}
+
+    @app.get("/info")
+    def info() -> dict:
+        """The run's sample rate (of clips and of the live stream) and the limits."""
+        limit = word_limit(service.loaded)
+        return {**service.limits.to_dict(), "sample_rate": service.frontend.sample_rate,
+                "max_words": min(service.limits.max_words, limit or service.limits.max_words)}
 
     @app.post("/profiles", status_code=201)
     def create_profile(body: NewProfile) -> dict:
@@ -214,6 +246,11 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
     @app.get("/profiles")
     def list_profiles() -> dict:
         return {"profiles": service.store.profiles()}
+
+    @app.get("/profiles/{profile}")
+    def get_profile(profile: str) -> dict:
+        return {"profile": profile, "words": service.store.words(profile),
+                "model": service.store.model_info(profile)}
 
     @app.delete("/profiles/{profile}")
     def delete_profile(profile: str) -> dict:
@@ -275,6 +312,12 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
             await websocket.send_json({"error": str(err)})
             await websocket.close(code=1008)
             return
+        words = spotter.adapted.classes
+        open_set = spotter.adapted.open_set
+        await websocket.send_json({"words": words, "rule": open_set.rule,
+                                   "threshold": open_set.to_dict()["threshold"],
+                                   "hop": spotter.hop_seconds,
+                                   "sample_rate": service.frontend.sample_rate})
         try:
             while True:
                 data = await websocket.receive_bytes()
@@ -282,9 +325,13 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
                 steps = await run_in_threadpool(spotter.scores, chunk.astype(np.float32) / 32768)
                 for t, values in steps:
                     d = spotter.detector.step(t, values)
-                    await websocket.send_json({"time": round(t, 3), "scores": {
-                        w: round(float(v), 3) for w, v in zip(spotter.adapted.classes, values,
-                                                              strict=True)},
+                    shown = levels(spotter.detector.smoother.smoothed, open_set)
+                    await websocket.send_json({
+                        "time": round(t, 3),
+                        "scores": {w: round(float(v), 3) for w, v in zip(words, values,
+                                                                         strict=True)},
+                        "levels": {w: round(float(v), 3) for w, v in zip(words, shown,
+                                                                         strict=True)},
                         **({"detection": d.to_dict()} if d is not None else {})})
         except WebSocketDisconnect:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import sqlite3
 import threading
@@ -86,6 +87,10 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.lock = threading.RLock()
         self._migrate()
+        # what a killed process left half-written (never a finished file: those are renamed
+        # into place whole, and a model's row is written after its file)
+        for stale in (*self.folder.glob("clips/.*.tmp"), *self.folder.glob("models/.*.tmp")):
+            stale.unlink(missing_ok=True)
 
     def _migrate(self) -> None:
         with self.lock:
@@ -212,6 +217,18 @@ class Store:
                 "INSERT INTO models (profile_id, version, file, words, open_set, seconds, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (pid, version, file.name, "\n".join(words), open_set, seconds, time.time()))
+
+    def model_info(self, profile: str) -> dict | None:
+        """The latest model version's record (version, words, open set, seconds), if any."""
+        pid = self.profile_id(profile)
+        with self.lock:
+            row = self.db.execute("SELECT version, words, open_set, seconds FROM models WHERE "
+                                  "profile_id = ? ORDER BY version DESC LIMIT 1",
+                                  (pid,)).fetchone()
+        if row is None:
+            return None
+        return {"version": int(row[0]), "words": row[1].split("\n"),
+                "open_set": json.loads(row[2]), "seconds": float(row[3])}
 
     def latest_model(self, profile: str) -> tuple[int, Path] | None:
         pid = self.profile_id(profile)
