@@ -160,10 +160,8 @@ def test_a_token_guards_everything_but_health(run, tmp_path):
     assert ok.status_code == 200 and ok.json() == {"profiles": []}
 
 
-def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tmp_path):
-    """The real server (uvicorn in a subprocess) on a free loopback port: create a profile,
-    SIGKILL the server, start it again: the profile is there."""
-    import signal
+def start_server(run, data):
+    """``metavox serve`` (uvicorn in a subprocess) on a free loopback port: (process, url)."""
     import socket
     import subprocess
     import sys
@@ -171,33 +169,46 @@ def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tm
 
     import httpx
 
-    def start():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "metavox", "serve", str(run), "--data",
-                                 str(tmp_path / "data"), "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                time.sleep(0.25)
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read().decode())
-        proc.kill()
-        raise AssertionError("the server did not answer within 60 s")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "metavox", "serve", str(run), "--data",
+                             str(data), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.25)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode())
+    proc.kill()
+    raise AssertionError("the server did not answer within 60 s")
 
-    proc, url = start()
+
+def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tmp_path):
+    """The real server: create a profile, SIGKILL the server, start it again: the profile
+    is there. A second server on the same data folder is refused."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc, url = start_server(run, tmp_path / "data")
     try:
         assert httpx.post(f"{url}/profiles", json={"name": "cat"}).status_code == 201
         assert "/profiles/{profile}/adapt" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        second = subprocess.run([sys.executable, "-m", "metavox", "serve", str(run), "--data",
+                                 str(tmp_path / "data"), "--port", "1"], capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1 and "in use by another metavox process" in second.stderr
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    proc, url = start()
+    proc, url = start_server(run, tmp_path / "data")
     try:
         assert httpx.get(f"{url}/profiles").json() == {"profiles": ["cat"]}
     finally:
@@ -206,6 +217,76 @@ def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tm
     out = subprocess.run([sys.executable, "-m", "metavox", "serve", str(run), "--host",
                           "0.0.0.0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "--token" in out.stderr
+
+
+def test_a_sigkill_during_adaptation_keeps_what_was_committed(run, tmp_path):
+    """SIGKILL the real server while it adapts a profile, until 3 kills have landed between
+    its "adapting" and "adapted" log lines (kill moments spread over how long an
+    adaptation takes): after each restart the profile has every version committed before
+    (each one loads and classifies), never a half-done one, no temporary file is left, and
+    the next adaptation gets the next version."""
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    data = tmp_path / "data"
+    proc, url = start_server(run, data)
+    try:
+        httpx.post(f"{url}/profiles", json={"name": "kim"})
+        for word, freq in FREQS.items():
+            for k in range(3):
+                r = httpx.post(f"{url}/profiles/kim/words/{word}/clips",
+                               files={"file": ("c.wav", wav(freq, seed=k), "audio/wav")})
+                assert r.status_code == 201, r.text
+        t0 = time.perf_counter()
+        assert httpx.post(f"{url}/profiles/kim/adapt", timeout=120).json()["version"] == 1
+        took = time.perf_counter() - t0
+    except BaseException:
+        proc.kill()
+        raise
+    committed, mid, kills = 1, 0, 0
+    moments = np.random.default_rng(0).uniform(0.5, 1.0, 24)
+    while mid < 3 and kills < len(moments):
+        answer: list = []
+
+        def adapt(url=url, answer=answer):
+            try:
+                answer.append(httpx.post(f"{url}/profiles/kim/adapt", timeout=120))
+            except httpx.HTTPError as err:  # the server died mid-request
+                answer.append(err)
+
+        worker = threading.Thread(target=adapt, daemon=True)
+        worker.start()
+        time.sleep(moments[kills] * took)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        worker.join(timeout=30)
+        log = proc.stderr.read().decode()
+        landed = log.count("adapting profile 'kim'") > log.count("adapted profile 'kim'")
+        mid += landed
+        proc, url = start_server(run, data)
+        try:
+            model = httpx.get(f"{url}/profiles/kim").json()["model"]
+            # the killed adaptation either committed whole (its row came last) or left nothing
+            assert model["version"] in (committed, committed + 1), (model, committed)
+            committed = model["version"]
+            assert not list((data / "models").glob(".*.tmp"))
+            r = httpx.post(f"{url}/profiles/kim/classify",
+                           files={"file": ("q.wav", wav(2500.0, seed=9), "x")}, timeout=60)
+            assert r.status_code == 200 and r.json()["version"] == committed, r.text
+            nxt = httpx.post(f"{url}/profiles/kim/adapt", timeout=120).json()
+            assert nxt["version"] == committed + 1
+            committed += 1
+        except BaseException:
+            proc.kill()
+            raise
+    proc.terminate()
+    proc.wait()
+    print(f"adaptation took {took:.3f} s; {mid} of {kills} kills landed while adapting")
+    assert mid >= 3, f"only {mid} of {kills} kills landed while adapting ({took:.3f} s each)"
 
 
 def test_more_words_than_a_meta_learned_head_has_rows_is_a_409(tmp_path):

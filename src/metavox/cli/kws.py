@@ -161,6 +161,12 @@ def serve_command(
         raise fail("the service needs the serve extra: pip install 'metavox[serve]'") from None
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         raise fail(f"binding to {host} exposes the service: set --token (or METAVOX_TOKEN)")
-    with user_errors():
+    import logging
+
+    from metavox.storage import folder_lock
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    # one server per data folder: the lock goes with the process, also when it is killed
+    with user_errors(), folder_lock(data):
         service = Service(run, data)
-    uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="info")

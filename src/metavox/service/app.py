@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -51,6 +52,8 @@ from metavox.pipeline.enroll import (
 )
 from metavox.pipeline.train import load_trained
 from metavox.service.store import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 #: the web page: plain HTML, CSS and JavaScript, served as they are (no build step)
 STATIC = Path(__file__).parent / "static"
@@ -121,6 +124,7 @@ class Service:
             lock = self._adapting.setdefault(profile, threading.Lock())
         with lock:
             t0 = time.perf_counter()
+            log.info("adapting profile %r", profile)
             clips = self.store.clips(profile)
             words = sorted({c.word for c in clips})
             if len(words) < 2:
@@ -143,6 +147,8 @@ class Service:
             self.store.add_model(profile, version, path, words,
                                  json.dumps(adapted.open_set.to_dict()), seconds)
             self._models[(profile, version)] = adapted
+            log.info("adapted profile %r: version %d, %d words, %d clips, %.2f s", profile,
+                     version, len(words), len(clips), seconds)
             return {"profile": profile, "version": version, "words": words,
                     "clips": len(clips), "open_set": adapted.open_set.to_dict(),
                     "seconds": round(seconds, 3)}
