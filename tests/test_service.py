@@ -304,3 +304,63 @@ def test_more_words_than_a_meta_learned_head_has_rows_is_a_409(tmp_path):
         c.post(f"/profiles/eve/words/{word}/clips", files={"file": ("c.wav", wav(freq), "x")})
     r = c.post("/profiles/eve/adapt")
     assert r.status_code == 409 and "at most 2 words" in r.json()["error"], r.text
+
+
+def test_concurrent_clients_and_live_streams_lose_nothing(run, tmp_path):
+    """A bounded load on the real server (the full one with figures is
+    benchmarks/service_load.py): 20 concurrent clients send 200 classify requests while 3
+    live streams send 4 s of audio each; every request is answered 200 with a word and
+    every stream gets every hop back."""
+    import asyncio
+    import json
+
+    import httpx
+
+    websockets = pytest.importorskip("websockets", reason="needs metavox[serve]")
+    proc, url = start_server(run, tmp_path / "data")
+    try:
+        httpx.post(f"{url}/profiles", json={"name": "lee"})
+        for word, freq in FREQS.items():
+            for k in range(2):
+                httpx.post(f"{url}/profiles/lee/words/{word}/clips",
+                           files={"file": ("c.wav", wav(freq, seed=k), "audio/wav")})
+        assert httpx.post(f"{url}/profiles/lee/adapt", timeout=120).status_code == 200
+        queries = [wav(f, seed=20 + k) for k, f in enumerate(FREQS.values())]
+        pcm = (np.tile(tone(RATE, RATE, 2500.0), 4) * 32767).astype("<i2")
+
+        async def clients() -> list[int]:
+            todo = iter(range(200))
+            codes: list[int] = []
+
+            async def one(c: httpx.AsyncClient) -> None:
+                for i in todo:
+                    r = await c.post(f"{url}/profiles/lee/classify",
+                                     files={"file": ("q.wav", queries[i % 3], "x")})
+                    codes.append(r.status_code if "word" in r.json() else -1)
+
+            async with httpx.AsyncClient(timeout=120) as c:
+                await asyncio.gather(*(one(c) for _ in range(20)))
+            return codes
+
+        async def stream() -> tuple[int, int]:
+            async with websockets.connect(url.replace("http", "ws") + "/profiles/lee/listen",
+                                          max_queue=None) as ws:
+                head = json.loads(await ws.recv())
+                for k in range(0, len(pcm), 1600):
+                    await ws.send(pcm[k:k + 1600].tobytes())
+                    await asyncio.sleep(0.02)
+                want = int(len(pcm) / (head["hop"] * RATE))
+                got = 0
+                while got < want:
+                    got += "time" in json.loads(await asyncio.wait_for(ws.recv(), 60))
+                return got, want
+
+        async def everything():
+            return await asyncio.gather(clients(), *(stream() for _ in range(3)))
+
+        codes, *streams = asyncio.run(everything())
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert len(codes) == 200 and set(codes) == {200}, sorted(set(codes))
+    assert all(got == want for got, want in streams), streams

@@ -14,12 +14,15 @@ adaptations of one profile run one after the other.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +116,16 @@ class Service:
         self.limits = limits or Limits()
         # generated backgrounds: the same for every profile, so made once
         self.backgrounds = builtin_negatives(self.frontend, seed=self.loaded.config.seed)
+        # the run's training words are negatives of every adaptation: reading them once
+        # here builds their feature cache if it is cold (minutes, once), not in a request
+        corpus_negatives(self.loaded, seed=self.loaded.config.seed)
         self._adapting: dict[str, threading.Lock] = {}
         self._models: dict[tuple[str, int], Adapted] = {}
         self._guard = threading.Lock()
+        # classifications run at most one per core at a time (more only thrash the cores);
+        # live streams have threads of their own, so a burst of requests cannot starve them
+        self._classifying = threading.BoundedSemaphore(os.cpu_count() or 1)
+        self.live_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="live")
 
     def adapt(self, profile: str) -> dict:
         """A new model version of ``profile`` from its clips (one adaptation at a time per
@@ -166,10 +176,12 @@ class Service:
     def classify(self, profile: str, data: bytes) -> dict:
         version, adapted = self.model(profile)
         wave, rate = decode(data, self.limits)
-        x = featurize_waves([resample(wave, rate, self.frontend.sample_rate)], self.frontend)
-        values = adapted.values(x)
+        with self._classifying:
+            x = featurize_waves([resample(wave, rate, self.frontend.sample_rate)],
+                                self.frontend)
+            values = adapted.values(x)
+            probs = adapted.logits(x).softmax(-1)[0]
         decided, score = adapted.open_set.decide(values)
-        probs = adapted.logits(x).softmax(-1)[0]
         k = int(decided[0])
         return {"word": adapted.classes[k] if k >= 0 else "unknown", "score": float(score[0]),
                 "version": version, "probabilities": {
@@ -328,7 +340,8 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
             while True:
                 data = await websocket.receive_bytes()
                 chunk = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
-                steps = await run_in_threadpool(spotter.scores, chunk.astype(np.float32) / 32768)
+                steps = await asyncio.get_running_loop().run_in_executor(
+                    service.live_pool, spotter.scores, chunk.astype(np.float32) / 32768)
                 for t, values in steps:
                     d = spotter.detector.step(t, values)
                     shown = levels(spotter.detector.smoother.smoothed, open_set)
