@@ -143,6 +143,9 @@ def serve_command(
     port: int = typer.Option(8000, "--port"),
     token: str | None = typer.Option(None, "--token", envvar="METAVOX_TOKEN",
                                      help="Require 'Authorization: Bearer TOKEN'."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads per request: "
+                                "requests run side by side, one per core, so 1 serves the "
+                                "most (measured: benchmarks/service_load.py)."),
 ) -> None:
     """Serve enrollment and spotting over HTTP: profiles, clips, adaptation,
     classification, ONNX download and a live WebSocket (OpenAPI at /docs).
@@ -166,6 +169,9 @@ def serve_command(
     from metavox.storage import folder_lock
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    import torch
+
+    torch.set_num_threads(threads)
     # one server per data folder: the lock goes with the process, also when it is killed
     with user_errors(), folder_lock(data):
         service = Service(run, data)
