@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -157,3 +158,78 @@ def test_sinusoid_maml_beats_pretrained(sinusoid, tmp_path):
                          "pretrained", "--test-tasks", "300", "--out", str(tmp_path / "s.png")])
     maml, pretrained = out["table"][10]["maml"][10], out["table"][10]["pretrained"][10]
     assert maml["mean"] + maml["ci95"] < pretrained["mean"] - pretrained["ci95"]
+
+
+# -- few-shot images (examples/fewshot_images.py) ---------------------------------------
+
+
+def test_glyph_benchmark_is_class_disjoint_by_alphabet_and_deterministic(tmp_path):
+    images = load_example("fewshot_images")
+    store, classes = images.build_glyphs(tmp_path / "a", alphabet_count=4, max_letters=5,
+                                         drawers=3, seed=1)
+    again, _ = images.build_glyphs(tmp_path / "b", alphabet_count=4, max_letters=5,
+                                   drawers=3, seed=1)
+    x = store.take(range(len(store)))
+    assert x.shape[1:] == (28, 28) and x.min() >= 0.0 and x.max() <= 1.0
+    assert np.array_equal(x, again.take(range(len(again))))
+    # every image has ink, and one letter's drawers differ from each other
+    assert (x.reshape(len(x), -1).max(1) > 0.3).all()
+    assert not np.allclose(x[0], x[1])
+    parts = images.split_by_alphabet(classes, seed=1)
+    alphabet = {p: {c.split("/")[0] for c in v} for p, v in parts.items()}
+    assert not (alphabet["train"] & alphabet["test"]) and not (alphabet["val"] & alphabet["test"])
+    assert sorted(c for v in parts.values() for c in v) == sorted(store.label_names)
+
+
+def test_images_quick_run_meta_learning_adapts_better_than_no_meta_training(tmp_path):
+    """The reduced run (12 alphabets, 150 meta-iterations, 40 test episodes): on held-out
+    alphabets at 1 shot, MAML and ProtoNet beat both baselines (pre-train + fine-tune, and
+    MAML's adaptation from a random initialisation) by at least 8 points; first-order
+    MAML, slower to learn, beats the random initialisation by at least 3 (measured here:
+    65 / 82 / 51 against 52 and 45)."""
+    images = load_example("fewshot_images")
+    out = images.main(["--quick", "--out", str(tmp_path)])
+    acc = {(r["method"], r["shots"]): r["accuracy"] for r in out["rows"]}
+    floor = acc[("no meta-training (MAML's steps from random init)", 1)]
+    best_baseline = max(floor, acc[("pre-train + fine-tune", 1)])
+    for method in ("maml", "protonet"):
+        assert acc[(method, 1)] >= best_baseline + 8, (method, acc)
+    assert acc[("fomaml", 1)] >= floor + 3, acc
+    assert (tmp_path / "tasks.png").stat().st_size > 1000
+    assert "| maml |" in (tmp_path / "results.md").read_text()
+
+
+# -- fast-adapting RL (examples/maml_rl_navigation.py) ----------------------------------
+
+
+def test_policy_gradient_inner_step_is_differentiable_and_improves_the_goal():
+    """One REINFORCE step through the engine's inner loop moves the policy toward the
+    goal, and MAML's outer gradient reaches the initial parameters through it."""
+    rl = load_example("maml_rl_navigation")
+    torch.manual_seed(0)
+    policy = rl.Policy()
+    gen = torch.Generator().manual_seed(0)
+    goal = torch.tensor([[0.4, -0.3]])
+    params = dict(policy.named_parameters())
+    r = rl.rollout(policy, params, goal, 40, gen)[0]
+    fast = rl.inner_step(policy, params, r, lr=0.5, first_order=False)
+    x, y = rl.batch(r)
+    outer = rl.policy_gradient_loss(rl.forward(policy, fast, x), y)
+    grads = torch.autograd.grad(outer, list(params.values()))
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    mean_before = rl.forward(policy, params, torch.zeros(1, 2))[0, :2]
+    mean_after = rl.forward(policy, fast, torch.zeros(1, 2))[0, :2]
+    assert (mean_after - mean_before) @ goal[0] > 0  # the first move now points at the goal
+
+
+def test_rl_quick_run_meta_learned_policy_adapts_better(tmp_path):
+    """The reduced run (40 meta-iterations of 8 goals): after one inner step on held-out
+    goals, the MAML policy's return beats the policy pre-trained on all goals and the
+    random initialisation by a stated margin (5 return units, about a 10% shorter
+    distance over the episode)."""
+    rl = load_example("maml_rl_navigation")
+    out = rl.main(["--quick", "--out", str(tmp_path)])
+    after_one = {k: v["mean"][1] for k, v in out["returns_by_inner_step"].items()}
+    for other in ("pre-trained on all goals", "random initialisation"):
+        assert after_one["MAML"] >= after_one[other] + 5, after_one
+    assert (tmp_path / "returns.png").stat().st_size > 1000

@@ -1,7 +1,13 @@
 """Corpora, splits, feature cache and episode samplers: corpus -> episode batches."""
 
 from metavox.data.batch import EpisodeBatch
-from metavox.data.cache import FeatureCache, FeatureStore, build_feature_store, default_cache_dir
+from metavox.data.cache import (
+    FeatureCache,
+    FeatureStore,
+    build_feature_store,
+    default_cache_dir,
+    write_feature_store,
+)
 from metavox.data.corpus import (
     PRESETS,
     Corpus,
@@ -40,6 +46,7 @@ __all__ = [
     "make_split",
     "FeatureCache",
     "FeatureStore",
+    "write_feature_store",
     "build_feature_store",
     "default_cache_dir",
     "ClassEpisodeSampler",

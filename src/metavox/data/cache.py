@@ -33,7 +33,7 @@ import torch
 from metavox.audio import io as audio_io
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.data.corpus import Corpus, Utterance
-from metavox.storage import cache_root, waiting_lock
+from metavox.storage import atomic_path, atomic_write, cache_root, waiting_lock
 
 _FORMAT = "metavox-features"
 _VERSION = 1
@@ -200,6 +200,44 @@ class FeatureStore:
         base = np.asarray(keep, dtype=np.int64)
         rows = base if self._rows is None else self._rows[base]
         return FeatureStore(self.path, rows, index=self.index)
+
+
+def write_feature_store(
+    folder: str | os.PathLike[str],
+    features: np.ndarray,
+    labels: Sequence[str],
+    groups: Sequence[str | None],
+    *,
+    names: Sequence[str] | None = None,
+    source: str = "arrays",
+) -> FeatureStore:
+    """A :class:`FeatureStore` over examples that are not audio clips (images, vectors
+    computed elsewhere): ``features[i]`` (any fixed shape) with its class ``labels[i]`` and
+    its group ``groups[i]`` (the "speaker" of the samplers: who drew it, recorded it, ...).
+    The episode samplers, training loop and evaluation then work on it as on speech. Written
+    to ``folder`` (``features.npy`` and ``index.json``, each replaced whole)."""
+    folder = Path(folder)
+    features = np.asarray(features)
+    n = len(features)
+    if not (len(labels) == len(groups) == n) or (names is not None and len(names) != n):
+        raise ValueError(f"need one label, group (and name) per example: {n} examples, "
+                         f"{len(labels)} labels, {len(groups)} groups")
+    names = [str(i) for i in range(n)] if names is None else list(names)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "features.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, features)
+    digest = hashlib.sha256(features.tobytes()).hexdigest()[:16]
+    index = {
+        "format": _FORMAT, "version": _VERSION, "key": digest, "frontend": None,
+        "dtype": str(features.dtype), "crop": None, "shape": list(features.shape),
+        "corpus": {"name": source, "root": str(folder), "source": source,
+                   "fingerprint": digest, "clips": n},
+        "utterances": [[name, str(label), group] for name, label, group
+                       in zip(names, labels, groups, strict=True)],
+        "failures": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write(folder / "index.json", json.dumps(index))
+    return FeatureStore(folder)
 
 
 # ----------------------------------------------------------------------------- building
