@@ -403,3 +403,36 @@ def test_onnx_export_of_the_background_rule_matches_pytorch(tmp_path, adapted):
     again = load_adapted(saved)
     assert again.open_set == bg.open_set
     assert torch.equal(again.open_set.background, bg.open_set.background)
+
+
+def test_streams_command_writes_a_report_and_takes_extra_negatives(tmp_path):
+    """``metavox streams`` end to end on a tiny tone run (2 test words enrolled per stream,
+    clip calibration): the report's files and rows, with and without a folder of extra
+    negatives; the extra negatives are counted in the calibration."""
+    from train_helpers import tiny_config, tone_manifest
+
+    from metavox.pipeline.train import train
+
+    cfg = tiny_config(tone_manifest(tmp_path / "tones", per=8), tmp_path / "run",
+                      tmp_path / "cache", algorithm={"name": "protonet"},
+                      frontend={"n_mels": 20, "duration": 0.5},
+                      evaluation={"episodes": 2, "shots": [1], "queries": 2, "max_steps": 0})
+    train(cfg, progress=False)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        sf.write(extra / f"n{k}.wav", background_noise("pink", 8000, 16000, rng, 0.05), 16000)
+    reports = {}
+    for name, more in (("plain", []), ("extra", ["--negatives", str(extra)])):
+        out = subprocess.run(
+            [sys.executable, "-m", "metavox", "streams", str(tmp_path / "run"), "--episodes",
+             "1", "--shots", "1", "--ways", "2", "--calibration", "clips", "--no-progress",
+             "--out", str(tmp_path / name), *more], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert {p.name for p in (tmp_path / name).iterdir()} >= {"streams.json", "streams.md",
+                                                                "streams.png"}
+        reports[name] = json.loads((tmp_path / name / "streams.json").read_text())
+    assert [r["method"] for r in reports["plain"]["rows"]] == ["protonet", "nearest centroid"]
+    assert all(r["targets"] > 0 for r in reports["extra"]["rows"])
+    assert reports["extra"]["negative_clips"] == reports["plain"]["negative_clips"] + 6

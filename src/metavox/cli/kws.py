@@ -108,6 +108,9 @@ def streams_command(
                                     "isolated negative clips, set on --far."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: "
                                     "RUN/report/streams)."),
+    negatives: Path | None = typer.Option(None, "--negatives", help="A folder of extra "
+                                          "negative recordings (none of the test words) for "
+                                          "the open-set calibration and background bank."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Keyword spotting on long test streams built from the run's test words: detection
@@ -123,7 +126,8 @@ def streams_command(
     with user_errors():
         shot_list = [int(s) for s in shots.split(",") if s.strip()]
         report = run_streams(checkpoint, episodes=episodes, shots=shot_list, ways=ways,
-                             far=far, calibration=calibration, out=out, progress=progress)
+                             far=far, calibration=calibration, out=out, progress=progress,
+                             extra_negatives=negatives)
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",
              f"{100 * r['rate_at_far']:.1f}", f"{r['fa_per_hour_at_far']:.2f}",
              f"{r['latency_ms']:.0f}"] for r in report["rows"]]

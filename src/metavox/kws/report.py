@@ -12,7 +12,7 @@ import torch
 from metavox.kws.protocol import StreamConfig, StreamResult, evaluate_streams
 from metavox.meta import ProtoNet
 from metavox.pipeline.build import build_model, build_run_data
-from metavox.pipeline.enroll import builtin_negatives, corpus_negatives
+from metavox.pipeline.enroll import builtin_negatives, corpus_negatives, read_negatives
 from metavox.pipeline.train import load_trained
 from metavox.storage import atomic_write
 
@@ -20,9 +20,12 @@ from metavox.storage import atomic_write
 def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] | None = None,
                 ways: int = 5, far: float = 0.01, calibration: str = "streams",
                 out: str | Path | None = None, progress: bool = False,
-                config: StreamConfig | None = None) -> dict:
+                config: StreamConfig | None = None,
+                extra_negatives: str | Path | None = None) -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
-    nearest-centroid baseline on its untrained backbone; write the report."""
+    nearest-centroid baseline on its untrained backbone; write the report.
+    ``extra_negatives``: a folder of extra negative recordings for the open-set calibration
+    and bank (as ``metavox adapt --negatives``)."""
     loaded = load_trained(checkpoint)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
@@ -38,6 +41,8 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     methods = {loaded.config.algorithm.name: loaded.algo, "nearest centroid": ProtoNet(fresh)}
     negatives = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
                  corpus_negatives(loaded, seed=loaded.config.seed)]
+    if extra_negatives is not None:
+        negatives.append(read_negatives(extra_negatives, loaded.frontend))
     train_words = set(data.parts["train"].labels)
     streams = None
     if cfg.calibration == "streams":
@@ -48,7 +53,8 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     results = evaluate_streams(methods, data.corpus, test_words, loaded.frontend, negatives,
                                cfg, exclude=train_words, streams=streams, progress=progress)
     folder = Path(out) if out is not None else run_dir / "report" / "streams"
-    return write_report(results, cfg, folder, test_words)
+    return write_report(results, cfg, folder, test_words,
+                        sum(len(n) for n in negatives if n is not None))
 
 
 def summary(r: StreamResult, cfg: StreamConfig) -> dict:
@@ -61,13 +67,14 @@ def summary(r: StreamResult, cfg: StreamConfig) -> dict:
 
 
 def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
-                 test_words: list[str]) -> dict:
-    """``streams.json``, ``streams.md`` and ``streams.png`` (DET curves) in ``folder``."""
+                 test_words: list[str], negative_clips: int | None = None) -> dict:
+    """``streams.json``, ``streams.md`` and ``streams.png`` (DET curves) in ``folder``
+    (``negative_clips``: how many clips the open-set calibration drew on, for the record)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [summary(r, cfg) for r in results]
     data = {"config": {k: v for k, v in vars(cfg).items() if k != "settings"}
             | {"settings": vars(cfg.settings)}, "test_words": test_words, "rows": rows,
-            "curves": [r.to_dict() for r in results]}
+            "negative_clips": negative_clips, "curves": [r.to_dict() for r in results]}
     atomic_write(folder / "streams.json", json.dumps(data, indent=1, default=list))
     point = (f"calibrated to {cfg.fa_per_hour:g} FA/h on negative streams"
              if cfg.calibration == "streams" else f"calibrated to far = {cfg.far:g} on clips")
