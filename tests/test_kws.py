@@ -436,3 +436,36 @@ def test_streams_command_writes_a_report_and_takes_extra_negatives(tmp_path):
     assert [r["method"] for r in reports["plain"]["rows"]] == ["protonet", "nearest centroid"]
     assert all(r["targets"] > 0 for r in reports["extra"]["rows"])
     assert reports["extra"]["negative_clips"] == reports["plain"]["negative_clips"] + 6
+
+
+def test_speech_segments_find_the_words_and_the_protocol_scores_them(tmp_path):
+    """The energy segmenter finds each word of a synthetic stream (start and end within
+    60 ms), each segment's window is centred on it, and the stream protocol's segment
+    decisions give rates in range."""
+    from train_helpers import tone_manifest
+
+    from metavox.data import load_corpus
+    from metavox.kws.protocol import StreamConfig, evaluate_streams
+    from metavox.kws.segments import segment_windows, speech_segments
+
+    wave, placed = synthetic_stream()
+    found = speech_segments(wave, RATE)
+    assert len(found) == len(placed)
+    for (s, e), (_, start, end) in zip(found, placed, strict=True):
+        assert abs(s - start) < 0.06 and abs(e - end) < 0.06
+    frontend = FrontendConfig(duration=1.0, n_mels=32)
+    windows = segment_windows(wave, found, frontend)
+    for w in windows:  # the word's energy sits mid-window
+        energy = np.square(w).reshape(10, -1).sum(1)
+        assert energy[4:6].sum() > 0.5 * energy.sum()
+    corpus = load_corpus(str(tone_manifest(tmp_path / "tones", labels=range(6), per=6,
+                                           seconds=0.5)))
+    algo = ProtoNet(create_model("conv4", num_classes=3, input_shape=(32, 101), channels=8))
+    cfg = StreamConfig(episodes=1, ways=3, shots=(2,), targets=3, nontargets=2, seed=4,
+                       calibration="clips", decision="segments")
+    (r,) = evaluate_streams({"centroid": algo}, corpus, ["0", "1", "2", "3", "4"], frontend,
+                            [builtin_negatives(frontend)], cfg)
+    assert r.targets == 9 and all(0 <= d <= 1 for d in r.detection_rate)
+    assert r.detection_rate[-1] >= r.detection_rate[0]
+    with pytest.raises(ValueError, match="calibrated on clips"):
+        StreamConfig(decision="segments")

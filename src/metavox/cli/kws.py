@@ -108,6 +108,9 @@ def streams_command(
                                     "isolated negative clips, set on --far."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: "
                                     "RUN/report/streams)."),
+    decision: str = typer.Option("windows", "--decision", help="windows: the sliding window "
+                                 "every hop (as listen); segments: one window per speech "
+                                 "segment cut by energy (needs --calibration clips)."),
     negatives: Path | None = typer.Option(None, "--negatives", help="A folder of extra "
                                           "negative recordings (none of the test words) for "
                                           "the open-set calibration and background bank."),
@@ -127,7 +130,7 @@ def streams_command(
         shot_list = [int(s) for s in shots.split(",") if s.strip()]
         report = run_streams(checkpoint, episodes=episodes, shots=shot_list, ways=ways,
                              far=far, calibration=calibration, out=out, progress=progress,
-                             extra_negatives=negatives)
+                             extra_negatives=negatives, decision=decision)
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",
              f"{100 * r['rate_at_far']:.1f}", f"{r['fa_per_hour_at_far']:.2f}",
              f"{r['latency_ms']:.0f}"] for r in report["rows"]]

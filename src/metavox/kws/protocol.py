@@ -36,6 +36,7 @@ from torch import Tensor
 from metavox.audio.augment import background_noise
 from metavox.audio.io import load_audio, speech_bounds
 from metavox.data import Corpus
+from metavox.kws.segments import segment_features
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta import MetaAlgorithm
 from metavox.meta.openset import OpenSet, threshold_for
@@ -66,6 +67,9 @@ class StreamConfig:
     rule: str = "background"
     seed: int = 0
     settings: SpotSettings = field(default_factory=SpotSettings)
+    #: "windows": the sliding window every hop (what `metavox listen` does); "segments":
+    #: one window per speech segment (:mod:`metavox.kws.segments`), clip calibration only
+    decision: str = "windows"
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.ways < 1 or not self.shots or min(self.shots) < 1:
@@ -80,6 +84,11 @@ class StreamConfig:
                              f"{self.calibration!r}")
         if self.calibration == "streams" and self.rule != "background":
             raise ValueError("calibration on streams uses the background rule")
+        if self.decision not in ("windows", "segments"):
+            raise ValueError(f"decision must be 'windows' or 'segments', got "
+                             f"{self.decision!r}")
+        if self.decision == "segments" and self.calibration != "clips":
+            raise ValueError("segment decisions are calibrated on clips (calibration='clips')")
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -297,7 +306,10 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
     for e in range(cfg.episodes):
         stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate,
                               exclude=exclude)
-        times, feats = stream_features(stream, frontend)
+        if cfg.decision == "segments":
+            times, feats = segment_features(stream.wave, frontend)
+        else:
+            times, feats = stream_features(stream, frontend)
         hours = stream.non_target_seconds / 3600
         for k in cfg.shots:
             paths = [p for w in stream.words for p in stream.enroll[w][:k]]
@@ -313,12 +325,20 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 else:
                     thresholds = [threshold_for(neg, f) for f in grid]
                 probe = OpenSet(cfg.rule, background=bank)
-                best, scores = smoothed_scores(score(adapted, feats, probe), settings.smooth)
+                if cfg.decision == "segments":  # one decision per segment, as for a clip
+                    top = score(adapted, feats, probe).max(-1) if len(feats) else None
+                    best = np.zeros(0, np.int64) if top is None else top.indices.numpy()
+                    scores = np.zeros(0) if top is None else top.values.double().numpy()
+                else:
+                    best, scores = smoothed_scores(score(adapted, feats, probe),
+                                                   settings.smooth)
                 r = results[(name, k)]
                 r.targets += sum(p.target for p in stream.placements)
                 r.hours += hours
                 for j, (target, threshold) in enumerate(zip(grid, thresholds, strict=True)):
-                    fired = triggered(times, best, scores, threshold, settings.refractory_seconds)
+                    fired = (np.flatnonzero(scores >= threshold) if cfg.decision == "segments"
+                             else triggered(times, best, scores, threshold,
+                                            settings.refractory_seconds))
                     hits, _, false, lat = match(stream, stream.words, times, best, fired,
                                                 cfg.tolerance)
                     r.hits[j] += hits

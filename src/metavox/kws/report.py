@@ -21,7 +21,7 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
                 ways: int = 5, far: float = 0.01, calibration: str = "streams",
                 out: str | Path | None = None, progress: bool = False,
                 config: StreamConfig | None = None,
-                extra_negatives: str | Path | None = None) -> dict:
+                extra_negatives: str | Path | None = None, decision: str = "windows") -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
     nearest-centroid baseline on its untrained backbone; write the report.
     ``extra_negatives``: a folder of extra negative recordings for the open-set calibration
@@ -30,7 +30,7 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
                                  ways=ways, far=far, calibration=calibration,
-                                 seed=loaded.config.seed)
+                                 seed=loaded.config.seed, decision=decision)
     data = build_run_data(loaded.config, progress=progress)
     if "test" not in data.parts:
         raise ValueError("the run's split has no test part to build streams from")
