@@ -17,9 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import pytest
 import soundfile as sf
 from data_paths import REPO
 from scipy.signal import correlate
+from server_helpers import start_server
 from train_helpers import _write_manifest, tiny_config
 
 from metavox.audio.io import speech_bounds
@@ -100,26 +98,8 @@ def server(shared_data, tmp_path_factory):
                       validation={"every": 2, "episodes": 2, "checkpoint_every": 2},
                       evaluation={"episodes": 2, "shots": [1], "queries": 2, "max_steps": 0})
     train(cfg, progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (folder / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "metavox", "serve", str(folder / "run"),
-                             "--data", str(folder / "data"), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    import httpx
-
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            if httpx.get(url + "health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.25)
-        assert proc.poll() is None, (folder / "server.log").read_text()
-    else:
-        proc.kill()
-        raise AssertionError("the server did not answer within 60 s")
+    proc, url = start_server(folder / "run", folder / "data", log=folder / "server.log")
+    url += "/"
     yield url, folder, root
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)

@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from server_helpers import start_server
 from train_helpers import tiny_config, tone, tone_manifest
 
 pytest.importorskip("fastapi", reason="needs the service extra: pip install 'metavox[serve]'")
@@ -158,34 +159,6 @@ def test_a_token_guards_everything_but_health(run, tmp_path):
     assert c.get("/profiles").status_code == 401
     ok = c.get("/profiles", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json() == {"profiles": []}
-
-
-def start_server(run, data):
-    """``metavox serve`` (uvicorn in a subprocess) on a free loopback port: (process, url)."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "metavox", "serve", str(run), "--data",
-                             str(data), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.25)
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode())
-    proc.kill()
-    raise AssertionError("the server did not answer within 60 s")
 
 
 def test_metavox_serve_answers_on_a_socket_and_keeps_state_across_a_kill(run, tmp_path):

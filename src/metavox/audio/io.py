@@ -191,6 +191,23 @@ def load_audio(path: PathLike, sample_rate: int | None = 16000, *, mono: bool = 
     return np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
 
 
+def frame_rms(wave: np.ndarray, sample_rate: int, *, frame_ms: float = 25.0,
+              overlap: int = 1) -> tuple[np.ndarray, int, int]:
+    """``(rms [frames], frame, hop)``: the RMS of ``frame_ms`` frames every ``frame /
+    overlap`` samples over the last axis (channels averaged), the last frame zero-padded to
+    reach the end; the energy measure of :func:`speech_bounds` and of the stream
+    segmenter (:mod:`metavox.kws.segments`)."""
+    wave = np.asarray(wave)
+    n = wave.shape[-1]
+    frame = max(1, int(round(sample_rate * frame_ms / 1000.0)))
+    hop = max(1, frame // overlap)
+    mono = wave if wave.ndim == 1 else wave.reshape(-1, n).mean(axis=0)
+    n_frames = 1 + -(-max(n - frame, 0) // hop)  # ceil: the last frame reaches the end
+    padded = np.pad(mono.astype(np.float64), (0, frame + (n_frames - 1) * hop - n))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
+    return np.sqrt(np.mean(frames**2, axis=-1)), frame, hop
+
+
 def speech_bounds(
     wave: np.ndarray,
     sample_rate: int,
@@ -208,15 +225,9 @@ def speech_bounds(
     """
     wave = np.asarray(wave)
     n = wave.shape[-1]
-    frame = max(1, int(round(sample_rate * frame_ms / 1000.0)))
     if n == 0:
         return 0, 0
-    hop = max(1, frame // 4)
-    mono = wave if wave.ndim == 1 else wave.reshape(-1, n).mean(axis=0)
-    n_frames = 1 + -(-max(n - frame, 0) // hop)  # ceil: the last frame reaches the end
-    padded = np.pad(mono.astype(np.float64), (0, frame + (n_frames - 1) * hop - n))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
-    rms = np.sqrt(np.mean(frames**2, axis=-1))
+    rms, frame, hop = frame_rms(wave, sample_rate, frame_ms=frame_ms, overlap=4)
     peak = rms.max()
     floor = 10.0 ** (floor_db / 20.0)
     if peak <= floor:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from metavox.audio.features import FrontendConfig
+from metavox.audio.io import frame_rms
 
 
 def speech_segments(wave: np.ndarray, sample_rate: int, *, frame_ms: float = 20.0,
@@ -25,12 +26,10 @@ def speech_segments(wave: np.ndarray, sample_rate: int, *, frame_ms: float = 20.
     """``(start, end)`` seconds of the stretches whose frame energy is ``above_db`` over the
     noise floor (the ``floor_percentile`` of all frames' energies), with gaps shorter
     than ``bridge_ms`` bridged and stretches shorter than ``min_ms`` dropped."""
-    n = max(1, int(sample_rate * frame_ms / 1000))
-    frames = len(wave) // n
-    if frames == 0:
+    if len(wave) == 0:
         return []
-    power = np.square(wave[: frames * n].astype(np.float64).reshape(frames, n)).mean(1)
-    db = 10 * np.log10(power + 1e-12)
+    rms, n, _ = frame_rms(wave, sample_rate, frame_ms=frame_ms)
+    db = 20 * np.log10(rms + 1e-6)
     loud = db > np.percentile(db, floor_percentile) + above_db
     spans, start = [], None
     for i, on in enumerate(loud.tolist() + [False]):

@@ -220,19 +220,20 @@ class Store:
 
     def model_info(self, profile: str) -> dict | None:
         """The latest model version's record (version, words, open set, seconds), if any."""
-        pid = self.profile_id(profile)
-        with self.lock:
-            row = self.db.execute("SELECT version, words, open_set, seconds FROM models WHERE "
-                                  "profile_id = ? ORDER BY version DESC LIMIT 1",
-                                  (pid,)).fetchone()
+        row = self._latest(profile)
         if row is None:
             return None
-        return {"version": int(row[0]), "words": row[1].split("\n"),
-                "open_set": json.loads(row[2]), "seconds": float(row[3])}
+        return {"version": int(row[0]), "words": row[2].split("\n"),
+                "open_set": json.loads(row[3]), "seconds": float(row[4])}
 
     def latest_model(self, profile: str) -> tuple[int, Path] | None:
+        """The latest model version and its file, if any."""
+        row = self._latest(profile)
+        return None if row is None else (int(row[0]), self.folder / "models" / row[1])
+
+    def _latest(self, profile: str) -> tuple | None:
         pid = self.profile_id(profile)
         with self.lock:
-            row = self.db.execute("SELECT version, file FROM models WHERE profile_id = ? "
-                                  "ORDER BY version DESC LIMIT 1", (pid,)).fetchone()
-        return None if row is None else (int(row[0]), self.folder / "models" / row[1])
+            return self.db.execute("SELECT version, file, words, open_set, seconds FROM models "
+                                   "WHERE profile_id = ? ORDER BY version DESC LIMIT 1",
+                                   (pid,)).fetchone()
