@@ -106,21 +106,31 @@ class Adapted:
     def values(self, x: Tensor, open_set: OpenSet | None = None) -> Tensor:
         """``[N, words]``: every word's open-set score (by ``open_set``, default this
         model's rule); the best is compared with the threshold."""
+        return self.logits_and_values(x, open_set)[1]
+
+    def logits_and_values(self, x: Tensor, open_set: OpenSet | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        """:meth:`logits` and :meth:`values` of ``x`` from one pass of the model."""
         rule = open_set or self.open_set
+        logits = self.logits(x)
         features = self.learner.features(x) if rule.rule == "background" else None
-        return rule.values(self.logits(x), features)
+        return logits, rule.values(logits, features)
+
+    def predict(self, x: Tensor) -> list[tuple[str, dict[str, float], float]]:
+        """Per input of features ``x``: the recognised word (or ``"unknown"``, by the
+        open-set rule), every word's probability, and the best word's open-set score."""
+        logits, values = self.logits_and_values(x)
+        decided, score = self.open_set.decide(values)
+        out = []
+        for row, k, v in zip(logits.softmax(-1), decided.tolist(), score.tolist(), strict=True):
+            p = {c: float(q) for c, q in zip(self.classes, row, strict=True)}
+            out.append((self.classes[k] if k >= 0 else UNKNOWN, p, float(v)))
+        return out
 
     def predict_files(self, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
-        """The recognised word (or ``"unknown"``, by the open-set rule) and every word's
-        probability, per file."""
-        x = featurize(paths, self.frontend)
-        logits = self.logits(x)
-        decided, _ = self.open_set.decide(self.values(x))
-        out = []
-        for row, k in zip(logits.softmax(-1), decided.tolist(), strict=True):
-            p = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
-            out.append((self.classes[k] if k >= 0 else UNKNOWN, p))
-        return out
+        """The recognised word (or ``"unknown"``) and every word's probability, per file
+        (see :meth:`predict`)."""
+        return [(w, p) for w, p, _ in self.predict(featurize(paths, self.frontend))]
 
 
 def builtin_negatives(frontend: FrontendConfig, *, per_kind: int = 8, seed: int = 0) -> Tensor:

@@ -179,13 +179,9 @@ class Service:
         with self._classifying:
             x = featurize_waves([resample(wave, rate, self.frontend.sample_rate)],
                                 self.frontend)
-            values = adapted.values(x)
-            probs = adapted.logits(x).softmax(-1)[0]
-        decided, score = adapted.open_set.decide(values)
-        k = int(decided[0])
-        return {"word": adapted.classes[k] if k >= 0 else "unknown", "score": float(score[0]),
-                "version": version, "probabilities": {
-                    w: round(float(p), 4) for w, p in zip(adapted.classes, probs, strict=True)}}
+            (word, probs, score), = adapted.predict(x)
+        return {"word": word, "score": score, "version": version,
+                "probabilities": {w: round(p, 4) for w, p in probs.items()}}
 
     def onnx(self, profile: str) -> Path:
         from metavox.kws.export import export_onnx
