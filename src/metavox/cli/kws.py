@@ -182,4 +182,7 @@ def serve_command(
     # one server per data folder: the lock goes with the process, also when it is killed
     with user_errors(), folder_lock(data):
         service = Service(run, data)
-        uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="info")
+        # keep idle connections open longer than uvicorn's 5 s: a client reusing one just
+        # as the server closes it gets a failed request (seen under load, 1 in 400)
+        uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="info",
+                    timeout_keep_alive=75)
