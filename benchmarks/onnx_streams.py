@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ def main() -> None:
                  corpus_negatives(loaded, seed=loaded.config.seed)]
     totals = {k: [0, 0, 0] for k in ("pytorch", "onnx", "onnx-int8")}  # hits, FA, same
     targets, same_events, all_events = 0, 0, 0
+    seconds, sizes = {"onnx": [], "onnx-int8": []}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for e in range(args.episodes):
             stream = build_stream(data.corpus, words, cfg, e, loaded.frontend.sample_rate)
@@ -79,10 +81,13 @@ def main() -> None:
             spotter = Spotter(adapted)
             chunks = [stream.wave[i:i + 16000] for i in range(0, len(stream.wave), 16000)]
             chunks.append(np.zeros(8000, dtype=np.float32))
-            runs = {"pytorch": [(d.word, round(d.time, 3)) for d in spotter.run(chunks)],
-                    "onnx": [(d["word"], d["time"]) for d in spot_onnx.spot(str(f32), stream.wave)],
-                    "onnx-int8": [(d["word"], d["time"])
-                                  for d in spot_onnx.spot(str(i8), stream.wave)]}
+            runs = {"pytorch": [(d.word, round(d.time, 3)) for d in spotter.run(chunks)]}
+            for key, file in (("onnx", f32), ("onnx-int8", i8)):
+                start = time.perf_counter()
+                runs[key] = [(d["word"], d["time"]) for d in spot_onnx.spot(str(file),
+                                                                           stream.wave)]
+                seconds[key].append(time.perf_counter() - start)
+                sizes[key] = file.stat().st_size
             targets += sum(p.target for p in stream.placements)
             for k, ev in runs.items():
                 h, f, _ = match_events(stream, ev, 0.75)
@@ -99,6 +104,11 @@ def main() -> None:
     for k, (h, f, s) in totals.items():
         print(f"{k:<12}{h:>6}{f:>15}{s:>28}")
     print(f"float32 ONNX and PyTorch: {same_events} of {all_events} distinct events identical")
+    for key in seconds:
+        print(f"{key}: file {sizes[key] / 1e6:.2f} MB, example's spot() on a stream "
+              f"{np.median(seconds[key]):.1f} s (median)")
+    print(f"int8 / float32: size {sizes['onnx-int8'] / sizes['onnx']:.2f}, time "
+          f"{np.median(seconds['onnx-int8']) / np.median(seconds['onnx']):.2f}")
 
 
 if __name__ == "__main__":

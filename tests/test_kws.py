@@ -272,6 +272,38 @@ def test_onnx_export_matches_pytorch(exported, adapted):
     assert np.array_equal(out[3], ref[3]) and (ref[3] == -1).any() and (ref[3] >= 0).any()
 
 
+def test_int8_export_keeps_the_spectrum_float_and_the_decisions(exported, adapted):
+    """The int8 copy quantises the model's weights but not the front-end's spectrum (its
+    nodes before the log stay float32: one int8 scale over ~80 dB of power zeroes the
+    quiet bands); it makes the float file's decisions on clips and backgrounds."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from metavox.kws.export import export_onnx, read_metadata, spectrum_nodes
+
+    path, folder = exported
+    q = export_onnx(adapted, folder / "words.int8.onnx", settings=SETTINGS, quantize=True)
+    assert read_metadata(q) == read_metadata(path)
+    graph = onnx.load(str(q)).graph
+    quantised = {n.op_type for n in graph.node} & {"ConvInteger", "MatMulInteger"}
+    assert quantised, "nothing was quantised"
+    float_proto = onnx.load(str(path))
+    names = set(spectrum_nodes(float_proto))
+    front = {n.name: n.op_type for n in float_proto.graph.node if n.name in names}
+    assert "MatMul" in front.values()  # the mel filterbank
+    kept = {n.name: n.op_type for n in graph.node}
+    assert all(kept.get(name) == op for name, op in front.items())
+    rng = np.random.default_rng(5)
+    wave, _ = synthetic_stream()
+    x = np.stack([wave[i:i + RATE] for i in range(0, len(wave) - RATE, RATE // 4)]
+                 + [background_noise("pink", RATE, RATE, rng, 0.05)])
+    want = ort.InferenceSession(str(path)).run(None, {"waveform": x})
+    got = ort.InferenceSession(str(q)).run(None, {"waveform": x})
+    assert (got[3] == want[3]).mean() >= 0.9
+    spread = float(np.std(want[2]))
+    assert np.median(np.abs(got[2] - want[2])) <= 0.1 * spread
+
+
 def test_standalone_example_spots_the_same_words_without_torch(exported, adapted):
     """examples/spot_onnx.py, with torch made unimportable, finds the same detections as
     `Spotter` (same hop, smoothing and refractory period) on a WAV file."""
