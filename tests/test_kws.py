@@ -191,6 +191,7 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
     from metavox.kws.protocol import (
         FA_PER_HOUR_GRID,
         FAR_GRID,
+        MARGINS,
         StreamConfig,
         build_stream,
         evaluate_streams,
@@ -218,6 +219,15 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
         assert r.targets == 2 * 9 and r.hours > 0 and len(r.far) == len(FAR_GRID)
         assert all(0 <= d <= 1 for d in r.detection_rate)
         assert r.detection_rate[-1] >= r.detection_rate[0]  # accepting more finds more
+        # past the strictest point the thresholds only rise: never more hits or accepts
+        strict = r.far.index(0.0)
+        assert len(r.margin_hits) == len(r.margin_false_accepts) == len(MARGINS)
+        hits = [r.hits[strict], *r.margin_hits]
+        false = [r.false_accepts[strict], *r.margin_false_accepts]
+        assert hits == sorted(hits, reverse=True) and false == sorted(false, reverse=True)
+        fa, _ = r.curve()
+        assert fa == sorted(fa) and len(fa) == len(FAR_GRID) + len(MARGINS)
+        assert r.rate_at(math.inf) == max(r.detection_rate) and r.nontarget_words == 2 * 18
     # calibrated on negative streams (the held-out tone 5 laid out as a stream)
     from metavox.kws.calibrate import calibrate_on_streams, negative_streams
 

@@ -20,7 +20,9 @@ outside the target words' spans.
 The operating point is the one a user sets: the open-set rule (``background`` by default)
 is calibrated at enrollment to accept a fraction ``far`` of negative clips (generated
 noise and the run's own meta-training words, never the test stream), and sweeping ``far``
-traces the DET curve.
+traces the DET curve. Past its strictest point (far 0: above every negative) the curve
+goes on with that threshold raised by multiples of the negatives' score spread
+(:data:`MARGINS`): how far the scoring rule itself can go, whatever the calibration.
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ from metavox.data import Corpus
 from metavox.kws.segments import segment_features
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta import MetaAlgorithm
-from metavox.meta.openset import OpenSet, threshold_for
+from metavox.meta.openset import OpenSet, spread_of, threshold_for
 from metavox.pipeline.enroll import Adapted, featurize, negative_scores
 
 #: the far values swept for the DET curve when calibrating on clips (fraction of negative
 #: clips accepted) and on streams (false accepts per hour of the negative stream)
 FAR_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 FA_PER_HOUR_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+#: past the strictest calibrated threshold (far 0: above every negative), the DET curve goes
+#: on with that threshold raised by these multiples of the negatives' score spread: where
+#: the scoring rule itself could reach, whatever the calibration
+MARGINS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,11 @@ class StreamResult:
     false_accepts: list[int]
     hours: float
     latencies: list[float] = field(default_factory=list)  # at the reported operating point
+    nontarget_words: int = 0  # non-target clips in the streams
+    #: the strictest threshold raised by :data:`MARGINS` spreads: hits and false accepts
+    margins: list[float] = field(default_factory=lambda: list(MARGINS))
+    margin_hits: list[int] = field(default_factory=lambda: [0] * len(MARGINS))
+    margin_false_accepts: list[int] = field(default_factory=lambda: [0] * len(MARGINS))
 
     @property
     def detection_rate(self) -> list[float]:
@@ -268,11 +279,19 @@ class StreamResult:
     def fa_per_hour(self) -> list[float]:
         return [f / max(self.hours, 1e-9) for f in self.false_accepts]
 
+    def curve(self) -> tuple[list[float], list[float]]:
+        """``(fa_per_hour, detection_rate)`` of every point, the calibrated ones and those
+        past the strictest (:data:`MARGINS`), by false accepts per hour."""
+        points = sorted(zip(self.fa_per_hour + [f / max(self.hours, 1e-9)
+                                                for f in self.margin_false_accepts],
+                            self.detection_rate + [h / max(self.targets, 1)
+                                                   for h in self.margin_hits], strict=True))
+        return [f for f, _ in points], [d for _, d in points]
+
     def rate_at(self, max_fa_per_hour: float) -> float:
-        """The best detection rate among the swept points with at most this many false
-        accepts per hour (0 if none qualifies)."""
-        ok = [d for d, f in zip(self.detection_rate, self.fa_per_hour, strict=True)
-              if f <= max_fa_per_hour]
+        """The best detection rate among all points (calibrated and past the strictest)
+        with at most this many false accepts per hour (0 if none qualifies)."""
+        ok = [d for f, d in zip(*self.curve(), strict=True) if f <= max_fa_per_hour]
         return max(ok, default=0.0)
 
     def to_dict(self) -> dict:
@@ -324,6 +343,8 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                     thresholds = [cal.threshold(f) for f in grid]
                 else:
                     thresholds = [threshold_for(neg, f) for f in grid]
+                strictest, spread = thresholds[grid.index(0.0)], spread_of(neg) or 0.0
+                past = [strictest + m * spread for m in MARGINS]
                 probe = OpenSet(cfg.rule, background=bank)
                 if cfg.decision == "segments":  # one decision per segment, as for a clip
                     top = score(adapted, feats, probe).max(-1) if len(feats) else None
@@ -334,15 +355,20 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                                                    settings.smooth)
                 r = results[(name, k)]
                 r.targets += sum(p.target for p in stream.placements)
+                r.nontarget_words += sum(not p.target for p in stream.placements)
                 r.hours += hours
-                for j, (target, threshold) in enumerate(zip(grid, thresholds, strict=True)):
+                points = [(target, threshold, r.hits, r.false_accepts, j) for j, (target,
+                          threshold) in enumerate(zip(grid, thresholds, strict=True))]
+                points += [(None, threshold, r.margin_hits, r.margin_false_accepts, j)
+                           for j, threshold in enumerate(past)]
+                for target, threshold, hit_counts, false_counts, j in points:
                     fired = (np.flatnonzero(scores >= threshold) if cfg.decision == "segments"
                              else triggered(times, best, scores, threshold,
                                             settings.refractory_seconds))
                     hits, _, false, lat = match(stream, stream.words, times, best, fired,
                                                 cfg.tolerance)
-                    r.hits[j] += hits
-                    r.false_accepts[j] += false
+                    hit_counts[j] += hits
+                    false_counts[j] += false
                     if target == cfg.operating_point:
                         r.latencies += lat
         if bar is not None:
