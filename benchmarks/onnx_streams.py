@@ -34,10 +34,9 @@ from metavox.kws.spotter import Spotter
 from metavox.pipeline.build import build_run_data
 from metavox.pipeline.enroll import (
     Adapted,
-    builtin_negatives,
     calibrate_open_set,
-    corpus_negatives,
     featurize,
+    negative_pool,
 )
 from metavox.pipeline.train import load_trained
 
@@ -63,8 +62,7 @@ def main() -> None:
     data = build_run_data(loaded.config)
     words = sorted(set(data.parts["test"].labels))
     cfg = StreamConfig(episodes=args.episodes, shots=(args.shots,), seed=loaded.config.seed)
-    negatives = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
-                 corpus_negatives(loaded, seed=loaded.config.seed)]
+    negatives = negative_pool(loaded)
     totals = {k: [0, 0, 0] for k in ("pytorch", "onnx", "onnx-int8")}  # hits, FA, same
     targets, same_events, all_events = 0, 0, 0
     seconds, sizes = {"onnx": [], "onnx-int8": []}, {}

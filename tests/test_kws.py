@@ -104,6 +104,45 @@ def test_open_set_calibration_accepts_at_most_the_rate():
         calibrate(negatives, 1.5)
 
 
+def test_recorded_backgrounds_beside_the_corpus_join_the_negatives(tmp_path):
+    """Speech Commands' ``_silence_`` and ``_background_noise_`` recordings become negatives
+    (made clips as words' recordings are, through the feature cache, seeded); unreadable
+    files are skipped; no such folder: none."""
+    from metavox.pipeline.config import config_from_dict
+    from metavox.pipeline.enroll import corpus_backgrounds, featurize, negative_pool
+    from metavox.pipeline.train import LoadedModel
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "corpus"
+    (root / "_silence_").mkdir(parents=True)
+    (root / "_background_noise_").mkdir()
+    for i in range(3):
+        sf.write(root / "_silence_" / f"s{i}.wav",
+                 background_noise("pink", RATE // 2, RATE, rng, 0.01), RATE)
+    (root / "_silence_" / "broken.wav").write_bytes(b"RIFF not audio")
+    sf.write(root / "_background_noise_" / "tap.wav",
+             background_noise("white", 6 * RATE, RATE, rng, 0.05), RATE)
+    frontend = FrontendConfig(duration=1.0, n_mels=32)
+
+    def loaded(folder):
+        cfg = config_from_dict({"data": {"corpus": "speech-commands", "root": str(folder),
+                                         "cache_dir": str(tmp_path / "cache")},
+                                "frontend": frontend.to_dict()})
+        return LoadedModel(None, cfg, frontend, {})
+
+    with pytest.warns(UserWarning, match="broken.wav"):
+        feats = corpus_backgrounds(loaded(root), seed=1)
+    files = [*sorted((root / "_silence_").glob("s*.wav")),
+             root / "_background_noise_" / "tap.wav"]
+    assert feats.shape[0] == 4  # broken.wav skipped
+    torch.testing.assert_close(feats, featurize(files, frontend))  # as words' clips are
+    assert torch.equal(corpus_backgrounds(loaded(root), seed=1), feats)  # from the cache
+    assert corpus_backgrounds(loaded(root), limit=2, seed=1).shape[0] <= 2
+    pool = negative_pool(loaded(root))
+    assert pool[0].shape[0] == len(builtin_negatives(frontend)) + 4 and pool[1] is None
+    assert corpus_backgrounds(loaded(root / "_silence_")) is None
+
+
 def test_background_rule_rejects_what_is_nearer_a_negative_than_a_word():
     """On normalised features, a clip close to a word's prototype but closer to a known
     negative is *unknown* under the background rule, though the logit rule accepts it;

@@ -12,7 +12,7 @@ import torch
 from metavox.kws.protocol import MARGINS, StreamConfig, StreamResult, evaluate_streams
 from metavox.meta import ProtoNet
 from metavox.pipeline.build import build_model, build_run_data
-from metavox.pipeline.enroll import builtin_negatives, corpus_negatives, read_negatives
+from metavox.pipeline.enroll import negative_pool, read_negatives
 from metavox.pipeline.train import load_trained
 from metavox.storage import atomic_write
 
@@ -39,8 +39,7 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     fresh = build_model(loaded.config, (loaded.frontend.num_features,
                                         loaded.frontend.num_frames), loaded.config.episodes.ways)
     methods = {loaded.config.algorithm.name: loaded.algo, "nearest centroid": ProtoNet(fresh)}
-    negatives = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
-                 corpus_negatives(loaded, seed=loaded.config.seed)]
+    negatives = negative_pool(loaded)
     if extra_negatives is not None:
         negatives.append(read_negatives(extra_negatives, loaded.frontend))
     train_words = set(data.parts["train"].labels)

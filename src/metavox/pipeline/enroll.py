@@ -8,6 +8,7 @@ with the run config, so ``load_adapted`` rebuilds it without the meta-learning m
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,57 @@ def corpus_negatives(loaded: LoadedModel, *, exclude: list[str] | None = None,
     return torch.from_numpy(store.take(np.sort(rows))).unsqueeze(1)
 
 
+#: folders beside a corpus's words that hold only background sound (Speech Commands)
+BACKGROUND_FOLDERS = ("_silence_", "_background_noise_")
+
+
+def corpus_backgrounds(loaded: LoadedModel, *, limit: int = 100, seed: int = 0
+                       ) -> Tensor | None:
+    """Features of up to ``limit`` recordings from the background folders beside the
+    run's corpora (:data:`BACKGROUND_FOLDERS`: real rooms, taps, machines, where the
+    generated noises are synthetic), each made a clip as a word's recording is, through
+    the run's feature cache (computed once: the embedding costs ~50 ms a clip); ``None``
+    when there are none. Unreadable files are skipped, as the cache skips them."""
+    from metavox.data import Corpus, Utterance, build_feature_store
+
+    d = loaded.config.data
+    utts = [Utterance(str(f), name, None) for root in (d.root, *(m.root for m in d.mix))
+            if root for name in BACKGROUND_FOLDERS if (Path(root) / name).is_dir()
+            for f in sorted((Path(root) / name).iterdir())
+            if f.suffix.lower() in AUDIO_EXTENSIONS]
+    if not utts:
+        return None
+    chosen = np.sort(np.random.default_rng([seed, 14]).permutation(len(utts))[:limit])
+    picked = tuple(utts[i] for i in chosen)
+    root = os.path.commonpath([os.path.dirname(u.path) for u in picked])
+    corpus = Corpus(picked, root, "backgrounds", "background folders")
+    store = build_feature_store(corpus, loaded.frontend, d.cache_dir or None)
+    if not len(store):
+        return None
+    return torch.from_numpy(store.take(np.arange(len(store)))).unsqueeze(1)
+
+
+def negative_pool(loaded: LoadedModel, *, exclude: list[str] | None = None,
+                  backgrounds: Tensor | None = None) -> list[Tensor | None]:
+    """The negatives an enrollment is calibrated on, as feature batches: backgrounds
+    (generated, :func:`builtin_negatives`, and recorded, :func:`corpus_backgrounds`;
+    pass ``backgrounds`` when they are already made: they do not depend on the words)
+    and the run's meta-training words other than ``exclude``
+    (:func:`corpus_negatives`)."""
+    seed = loaded.config.seed
+    if backgrounds is None:
+        backgrounds = run_backgrounds(loaded)
+    return [backgrounds, corpus_negatives(loaded, exclude=exclude, seed=seed)]
+
+
+def run_backgrounds(loaded: LoadedModel) -> Tensor:
+    """Generated and recorded backgrounds for ``loaded`` (see :func:`negative_pool`)."""
+    seed = loaded.config.seed
+    made = [builtin_negatives(loaded.frontend, seed=seed),
+            corpus_backgrounds(loaded, seed=seed)]
+    return torch.cat([m for m in made if m is not None])
+
+
 def negative_scores(adapted: Adapted, negatives: list[Tensor | None], *,
                     rule: str = "background", seed: int = 0) -> tuple[Tensor, Tensor | None]:
     """The negatives' best open-set scores under ``rule`` for ``adapted``, and the
@@ -230,16 +282,16 @@ def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = Non
            far: float | None = None, rule: str = "background",
            negatives: str | Path | None = None) -> Adapted:
     """Adapt ``loaded`` to the words in ``examples``; with ``far``, calibrate the
-    open-set rule on negatives (generated backgrounds, the run's own meta-training words
-    other than these when its corpus is at hand, and the clips of ``negatives/`` if given)
-    so that at most that fraction of them is accepted as a word."""
+    open-set rule on negatives (:func:`negative_pool`: generated and recorded backgrounds,
+    the run's own meta-training words other than these when its corpus is at hand, and
+    the clips of ``negatives/`` if given) so that at most that fraction of them is
+    accepted as a word."""
     x, y, words = read_examples(examples, loaded.frontend)
     check_word_count(loaded, len(words))
     adapted = Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
     if far is None:
         return adapted
-    pool = [builtin_negatives(loaded.frontend, seed=loaded.config.seed),
-            corpus_negatives(loaded, exclude=words, seed=loaded.config.seed)]
+    pool = negative_pool(loaded, exclude=words)
     if negatives is not None:
         pool.append(read_negatives(negatives, loaded.frontend))
     adapted.open_set = calibrate_open_set(adapted, pool, far=far, rule=rule,

@@ -43,13 +43,14 @@ from metavox.kws.spotter import SpotSettings, Spotter, levels
 from metavox.pipeline.enroll import (
     Adapted,
     EnrollError,
-    builtin_negatives,
     calibrate_open_set,
     check_word_count,
     corpus_negatives,
     featurize,
     featurize_waves,
     load_adapted,
+    negative_pool,
+    run_backgrounds,
     save_adapted,
     word_limit,
 )
@@ -114,8 +115,8 @@ class Service:
         self.frontend = self.loaded.frontend
         self.store = Store(data)
         self.limits = limits or Limits()
-        # generated backgrounds: the same for every profile, so made once
-        self.backgrounds = builtin_negatives(self.frontend, seed=self.loaded.config.seed)
+        # generated and recorded backgrounds: the same for every profile, so made once
+        self.backgrounds = run_backgrounds(self.loaded)
         # the run's training words are negatives of every adaptation: reading them once
         # here builds their feature cache if it is cold (minutes, once), not in a request
         corpus_negatives(self.loaded, seed=self.loaded.config.seed)
@@ -146,8 +147,8 @@ class Service:
                 raise StoreError(str(err), 409) from None
             x = featurize([self.store.clip_path(c) for c in clips], self.frontend)
             y = torch.tensor([words.index(c.word) for c in clips])
-            negatives = [self.backgrounds, corpus_negatives(self.loaded, exclude=words,
-                                                            seed=self.loaded.config.seed)]
+            negatives = negative_pool(self.loaded, exclude=words,
+                                      backgrounds=self.backgrounds)
             adapted = Adapted(self.loaded.algo.adapt(x, y, classes=words), self.frontend)
             adapted.open_set = calibrate_open_set(adapted, negatives, far=self.limits.far,
                                                   seed=self.loaded.config.seed)
