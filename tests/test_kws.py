@@ -412,6 +412,118 @@ def test_listen_and_export_commands(tmp_path, adapted):
         assert (tmp_path / "w.onnx").stat().st_size > 0
 
 
+class FakeSoundDevice:
+    """A stand-in for the sounddevice module: its one input device plays ``wave`` in
+    real-time-sized blocks from a thread, as PortAudio calls back (one overflow flagged)."""
+
+    def __init__(self, wave: np.ndarray, *, refuse: bool = False, stall_after: int | None = None):
+        self.wave, self.refuse, self.stall_after = wave, refuse, stall_after
+        self.opened: dict = {}
+
+    def InputStream(self, **kw):  # noqa: N802 (sounddevice's name)
+        if self.refuse:
+            raise ValueError("Error querying device -1")
+        self.opened = kw
+        return FakeStream(self, kw)
+
+
+class FakeStream:
+    def __init__(self, device: FakeSoundDevice, kw: dict) -> None:
+        self.device, self.kw, self.stop = device, kw, False
+
+    def __enter__(self):
+        import threading
+
+        def play():
+            n, wave = self.kw["blocksize"], self.device.wave
+            for k, i in enumerate(range(0, len(wave), n)):
+                if self.stop or (self.device.stall_after is not None
+                                 and k >= self.device.stall_after):
+                    return
+                block = wave[i:i + n].reshape(-1, 1)
+                self.kw["callback"](block, len(block), None, "input overflow" if k == 2 else "")
+
+        self.thread = threading.Thread(target=play, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop = True
+        self.thread.join()
+
+
+def test_listen_to_a_microphone_finds_the_words(tmp_path, adapted, monkeypatch):
+    """`metavox listen --mic` (through a stand-in sounddevice: this machine has no
+    microphone) opens the device at the model's rate, mono, float32, and prints the same
+    detections as for the recording; --seconds stops it; problems are one-line errors."""
+    from typer.testing import CliRunner
+
+    from metavox.audio import mic
+    from metavox.cli import app
+    from metavox.pipeline.config import config_from_dict
+    from metavox.pipeline.enroll import save_adapted
+    from metavox.pipeline.train import LoadedModel
+
+    wave, placed = synthetic_stream()
+    with pytest.warns(UserWarning, match="input overflow"):
+        got = list(mic.microphone_chunks(RATE, seconds=5.0, backend=FakeSoundDevice(wave)))
+    np.testing.assert_array_equal(np.concatenate(got), wave[:5 * RATE])
+    assert {len(c) for c in got[:-1]} == {round(0.064 * RATE)}
+    cfg = config_from_dict({"model": {"name": "conv4", "options": {"channels": 8}},
+                            "frontend": {"duration": 1.0, "n_mels": 32},
+                            "algorithm": {"name": "protonet"}, "episodes": {"ways": 3}})
+    model = save_adapted(tmp_path / "words.safetensors", adapted,
+                         LoadedModel(None, cfg, adapted.frontend, {"ways": 3}))
+    device = FakeSoundDevice(wave)
+    monkeypatch.setitem(sys.modules, "sounddevice", device)
+    runner = CliRunner()
+    out = runner.invoke(app, ["listen", str(model), "--mic", "--seconds", "12", "--json",
+                              "--smooth", "2", "--refractory", "0.8"])
+    assert out.exit_code == 0, out.output
+    assert device.opened["samplerate"] == RATE and device.opened["channels"] == 1
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [e["word"] for e in events] == [w for w, _, _ in placed]
+    assert all(e["source"] == "mic" for e in events)
+    assert "input overflow" in out.output  # the lost audio is reported
+    out = runner.invoke(app, ["listen", str(model), "--mic", "--seconds", "5", "--smooth",
+                              "2", "--refractory", "0.8"])
+    assert [line.split("\t")[2] for line in out.stdout.splitlines() if "\t" in line] == [
+        w for w, s, _ in placed if s < 5 - 0.5]
+    for args, device, problem in [
+            (["--mic"], FakeSoundDevice(wave, refuse=True), "cannot open the default microphone"),
+            (["--mic", "--device", "3"], FakeSoundDevice(wave, refuse=True), "microphone 3"),
+            (["--mic"], FakeSoundDevice(wave, stall_after=5), "sent no audio"),
+            (["--mic"], None, "pip install 'metavox[mic]'"),
+            (["--mic", "x.wav"], FakeSoundDevice(wave), "not both"),
+            ([], FakeSoundDevice(wave), "nothing to listen to"),
+            (["x.wav", "--seconds", "3"], FakeSoundDevice(wave), "go with --mic")]:
+        monkeypatch.setitem(sys.modules, "sounddevice", device)
+        monkeypatch.setattr(mic, "STALL_SECONDS", 0.5)
+        out = runner.invoke(app, ["listen", str(model), *args])
+        assert out.exit_code == 1 and problem in out.output, (args, out.output)
+        assert "Traceback" not in out.output
+
+
+def test_listen_to_a_real_microphone_or_say_why_not(tmp_path, adapted):
+    """With the real sounddevice (CI installs it and PortAudio, but has no input device):
+    listening either works or fails in one line that names the microphone."""
+    from metavox.pipeline.config import config_from_dict
+    from metavox.pipeline.enroll import save_adapted
+    from metavox.pipeline.train import LoadedModel
+
+    cfg = config_from_dict({"model": {"name": "conv4", "options": {"channels": 8}},
+                            "frontend": {"duration": 1.0, "n_mels": 32},
+                            "algorithm": {"name": "protonet"}, "episodes": {"ways": 3}})
+    model = save_adapted(tmp_path / "words.safetensors", adapted,
+                         LoadedModel(None, cfg, adapted.frontend, {"ways": 3}))
+    out = subprocess.run([sys.executable, "-m", "metavox", "listen", str(model), "--mic",
+                          "--seconds", "1"], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "microphone" in out.stderr or "mic extra" in out.stderr or (
+            "PortAudio" in out.stderr), out.stderr
+
+
 def test_a_learner_with_fewer_words_than_ways_saves_and_loads(tmp_path):
     """Proto-MAML enrolling 2 words on a 3-way model pads its head with rows that never
     win, so the learner keeps the model's shape."""

@@ -13,8 +13,8 @@ from metavox.cli.common import print_table, user_errors
 
 def listen_command(
     model: Path = typer.Argument(..., help="A model saved by `metavox adapt`."),
-    audio: list[str] = typer.Argument(..., help="Audio files of any length, or - for raw "
-                                      "PCM on standard input (see --pcm)."),
+    audio: list[str] = typer.Argument(None, help="Audio files of any length, or - for raw "
+                                      "PCM on standard input (see --pcm); none with --mic."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per detection."),
     pcm: str = typer.Option("int16", "--pcm", help="Standard input's sample format: int16 "
                             "or float32, mono, little-endian, at the model's sample rate."),
@@ -26,6 +26,12 @@ def listen_command(
         "not detected again (default: the model's window length)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Override the "
                                            "calibrated open-set threshold."),
+    mic: bool = typer.Option(False, "--mic", help="Listen to a microphone (extra mic: "
+                             "sounddevice on PortAudio) until Ctrl-C or --seconds."),
+    device: str | None = typer.Option(None, "--device", help="With --mic: the input "
+                                      "device's index or name (default: the system's)."),
+    seconds: float | None = typer.Option(None, "--seconds", help="With --mic: stop after "
+                                         "this many seconds."),
 ) -> None:
     """Spot the enrolled words in recordings or a live stream: timestamped detections.
 
@@ -34,28 +40,48 @@ def listen_command(
       metavox listen my_words.safetensors meeting.wav
 
       arecord -f S16_LE -r 16000 -c 1 | metavox listen my_words.safetensors - --json
+
+      metavox listen my_words.safetensors --mic --seconds 60
     """
     from dataclasses import replace
 
+    from metavox.audio.mic import MicrophoneError, microphone_chunks
     from metavox.kws.spotter import SpotSettings, Spotter, file_chunks, pcm_chunks
     from metavox.pipeline.enroll import load_adapted
 
     with user_errors():
+        if bool(audio) == mic:
+            raise ValueError("give audio files (or - for standard input) or --mic, not both"
+                             if mic else "nothing to listen to: give audio files, - for "
+                             "standard input, or --mic")
+        if not mic and (device is not None or seconds is not None):
+            raise ValueError("--device and --seconds go with --mic")
         adapted = load_adapted(model)
         settings = SpotSettings(smooth=smooth, refractory=refractory)
         open_set = (adapted.open_set if threshold is None
                     else replace(adapted.open_set, threshold=threshold))
         rate = adapted.frontend.sample_rate
         step = None if hop is None else max(1, round(hop * rate))
-        for source in audio:
+        for source in audio or ["mic"]:
             spotter = Spotter(adapted, settings=settings, hop=step, open_set=open_set)
-            chunks = (pcm_chunks(sys.stdin.buffer, rate, dtype=pcm) if source == "-"
-                      else file_chunks(source, rate))
-            for d in spotter.run(chunks):
-                if as_json:
-                    typer.echo(json.dumps({"source": source, **d.to_dict()}))
-                else:
-                    typer.echo(f"{source}\t{d.time:8.2f} s\t{d.word}\t(score {d.score:.3f})")
+            if mic:
+                chunks = microphone_chunks(rate, seconds=seconds, device=(
+                    int(device) if device is not None and device.isdigit() else device))
+            else:
+                chunks = (pcm_chunks(sys.stdin.buffer, rate, dtype=pcm) if source == "-"
+                          else file_chunks(source, rate))
+            try:
+                for d in spotter.run(chunks):
+                    if as_json:
+                        typer.echo(json.dumps({"source": source, **d.to_dict()}))
+                    else:
+                        typer.echo(f"{source}\t{d.time:8.2f} s\t{d.word}\t"
+                                   f"(score {d.score:.3f})")
+            except MicrophoneError as err:
+                raise ValueError(str(err)) from None
+            except KeyboardInterrupt:  # how a live listen ends
+                if not mic:
+                    raise
 
 
 def export_command(
