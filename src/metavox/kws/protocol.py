@@ -18,8 +18,9 @@ seconds after its end (each placement is hit at most once); any other detection 
 outside the target words' spans.
 
 The operating point is the one a user sets: the open-set rule (``background`` by default)
-is calibrated at enrollment to accept a fraction ``far`` of negative clips (generated
-noise and the run's own meta-training words, never the test stream), and sweeping ``far``
+is calibrated at enrollment to accept a fraction ``far`` of negative clips (generated and
+recorded backgrounds and the run's own meta-training words, never the test stream:
+:func:`~metavox.pipeline.enroll.negative_pool`), and sweeping ``far``
 traces the DET curve. Past its strictest point (far 0: above every negative) the curve
 goes on with that threshold raised by multiples of the negatives' score spread
 (:data:`MARGINS`): how far the scoring rule itself can go, whatever the calibration.
@@ -279,13 +280,19 @@ class StreamResult:
     def fa_per_hour(self) -> list[float]:
         return [f / max(self.hours, 1e-9) for f in self.false_accepts]
 
+    @property
+    def margin_detection_rate(self) -> list[float]:
+        return [h / max(self.targets, 1) for h in self.margin_hits]
+
+    @property
+    def margin_fa_per_hour(self) -> list[float]:
+        return [f / max(self.hours, 1e-9) for f in self.margin_false_accepts]
+
     def curve(self) -> tuple[list[float], list[float]]:
         """``(fa_per_hour, detection_rate)`` of every point, the calibrated ones and those
         past the strictest (:data:`MARGINS`), by false accepts per hour."""
-        points = sorted(zip(self.fa_per_hour + [f / max(self.hours, 1e-9)
-                                                for f in self.margin_false_accepts],
-                            self.detection_rate + [h / max(self.targets, 1)
-                                                   for h in self.margin_hits], strict=True))
+        points = sorted(zip(self.fa_per_hour + self.margin_fa_per_hour,
+                            self.detection_rate + self.margin_detection_rate, strict=True))
         return [f for f, _ in points], [d for _, d in points]
 
     def rate_at(self, max_fa_per_hour: float) -> float:
@@ -357,10 +364,10 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 r.targets += sum(p.target for p in stream.placements)
                 r.nontarget_words += sum(not p.target for p in stream.placements)
                 r.hours += hours
-                points = [(target, threshold, r.hits, r.false_accepts, j) for j, (target,
-                          threshold) in enumerate(zip(grid, thresholds, strict=True))]
-                points += [(None, threshold, r.margin_hits, r.margin_false_accepts, j)
-                           for j, threshold in enumerate(past)]
+                points = [(target, t, r.hits, r.false_accepts, j)
+                          for j, (target, t) in enumerate(zip(grid, thresholds, strict=True))]
+                points += [(None, t, r.margin_hits, r.margin_false_accepts, j)
+                           for j, t in enumerate(past)]
                 for target, threshold, hit_counts, false_counts, j in points:
                     fired = (np.flatnonzero(scores >= threshold) if cfg.decision == "segments"
                              else triggered(times, best, scores, threshold,

@@ -111,10 +111,8 @@ def plot_det(results: list[StreamResult], path: Path) -> None:
         (line,) = ax.plot(fa, 100 * np.asarray(r.detection_rate), marker="o", ms=3,
                           label=f"{r.method}, {r.shots}-shot")
         j = list(r.far).index(0.0)  # the strictest calibrated point, then past it: dashed
-        past = [f / max(r.hours, 1e-9) for f in r.margin_false_accepts]
-        ax.plot(np.maximum([r.fa_per_hour[j], *past], 0.05),
-                [100 * r.detection_rate[j], *(100 * h / max(r.targets, 1)
-                                              for h in r.margin_hits)],
+        ax.plot(np.maximum([r.fa_per_hour[j], *r.margin_fa_per_hour], 0.05),
+                100 * np.asarray([r.detection_rate[j], *r.margin_detection_rate]),
                 ls="--", marker=".", ms=3, lw=0.9, color=line.get_color())
     ax.set_xscale("log")
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
