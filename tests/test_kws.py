@@ -267,6 +267,16 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
         fa, _ = r.curve()
         assert fa == sorted(fa) and len(fa) == len(FAR_GRID) + len(MARGINS)
         assert r.rate_at(math.inf) == max(r.detection_rate) and r.nontarget_words == 2 * 18
+        # the breakdowns at the operating point add up to its counts
+        j = r.far.index(cfg.far)
+        assert sum(h for h, _ in r.by_word.values()) == r.hits[j]
+        assert sum(n for _, n in r.by_word.values()) == r.targets
+        assert set(r.by_word) <= {"0", "1", "2", "3", "4"}
+        assert sum(r.confusions.values()) == r.false_accepts[j]
+        assert all(" -> " in k for k in r.confusions)
+        assert sum(v[0] for v in r.by_snr.values()) == r.hits[j]
+        assert sum(v[1] for v in r.by_snr.values()) == r.targets
+        assert math.isclose(sum(v[3] for v in r.by_snr.values()), r.hours)
     # calibrated on negative streams (the held-out tone 5 laid out as a stream)
     from metavox.kws.calibrate import calibrate_on_streams, negative_streams
 
@@ -626,6 +636,9 @@ def test_streams_command_writes_a_report_and_takes_extra_negatives(tmp_path):
         assert {p.name for p in (tmp_path / name).iterdir()} >= {"streams.json", "streams.md",
                                                                 "streams.png"}
         reports[name] = json.loads((tmp_path / name / "streams.json").read_text())
+        md = (tmp_path / name / "streams.md").read_text()
+        assert "### protonet, 1-shot, at far = 0.01" in md and "| test word |" in md
+        assert "| SNR (dB) |" in md and "heard -> named" in md
     assert [r["method"] for r in reports["plain"]["rows"]] == ["protonet", "nearest centroid"]
     assert all(r["targets"] > 0 for r in reports["extra"]["rows"])
     assert reports["extra"]["negative_clips"] == reports["plain"]["negative_clips"] + 6

@@ -226,32 +226,54 @@ def score(adapted: Adapted, feats: Tensor, open_set: OpenSet, *, batch: int = 51
                       for i in range(0, len(feats), batch)])
 
 
-def match_events(stream: TestStream, events: list[tuple[str, float]], tolerance: float
-                 ) -> tuple[int, int, list[float]]:
-    """``(hits, false accepts, latencies)`` of detections ``(word, time)`` against the
-    stream's target placements (each hit at most once); latency: detection time minus the
-    word's end, per hit."""
+@dataclass(frozen=True)
+class Outcome:
+    """One detection against a stream: the ``word`` it named at ``time``, whether it is a
+    ``hit``, and what was being said then (``heard``: the placed clip's word, ``""`` for
+    background alone); ``latency``: detection time minus the word's end, for hits."""
+
+    word: str
+    time: float
+    hit: bool
+    heard: str
+    latency: float | None = None
+
+
+def outcomes(stream: TestStream, events: list[tuple[str, float]], tolerance: float
+             ) -> list[Outcome]:
+    """Each detection ``(word, time)`` matched against the stream's target placements
+    (each hit at most once): a hit names a placed target word between its start and
+    ``tolerance`` seconds after its end; anything else is a false accept, recorded with
+    the word being said then."""
     targets = [p for p in stream.placements if p.target]
     used = [False] * len(targets)
-    hits, false, latencies = 0, 0, []
+    out = []
     for word, t in events:
         for k, p in enumerate(targets):
             if not used[k] and p.word == word and p.start <= t <= p.end + tolerance:
                 used[k] = True
-                hits += 1
-                latencies.append(t - p.end)
+                out.append(Outcome(word, t, True, p.word, t - p.end))
                 break
         else:
-            false += 1
-    return hits, false, latencies
+            heard = [p.word for p in stream.placements if p.start <= t <= p.end + tolerance]
+            out.append(Outcome(word, t, False, heard[-1] if heard else ""))
+    return out
+
+
+def match_events(stream: TestStream, events: list[tuple[str, float]], tolerance: float
+                 ) -> tuple[int, int, list[float]]:
+    """``(hits, false accepts, latencies)`` of detections ``(word, time)`` against the
+    stream's target placements (see :func:`outcomes`)."""
+    got = outcomes(stream, events, tolerance)
+    return (sum(o.hit for o in got), sum(not o.hit for o in got),
+            [o.latency for o in got if o.hit])
 
 
 def match(stream: TestStream, words: list[str], times: np.ndarray, best: np.ndarray,
-          fired: np.ndarray, tolerance: float) -> tuple[int, int, int, list[float]]:
-    """``(hits, targets, false accepts, latencies)`` of detections at hops ``fired``."""
+          fired: np.ndarray, tolerance: float) -> list[Outcome]:
+    """The :func:`outcomes` of detections at hops ``fired``."""
     events = [(words[int(best[i])], float(times[i])) for i in fired.tolist()]
-    hits, false, latencies = match_events(stream, events, tolerance)
-    return hits, sum(p.target for p in stream.placements), false, latencies
+    return outcomes(stream, events, tolerance)
 
 
 @dataclass
@@ -271,6 +293,12 @@ class StreamResult:
     margins: list[float] = field(default_factory=lambda: list(MARGINS))
     margin_hits: list[int] = field(default_factory=lambda: [0] * len(MARGINS))
     margin_false_accepts: list[int] = field(default_factory=lambda: [0] * len(MARGINS))
+    #: at the reported operating point: per test word ``[hits, placements]``; false accepts
+    #: by ``"heard -> named"`` (``heard``: the word being said, or "background"); per SNR
+    #: (dB) ``[hits, placements, false accepts, non-target hours]``
+    by_word: dict[str, list[int]] = field(default_factory=dict)
+    confusions: dict[str, int] = field(default_factory=dict)
+    by_snr: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def detection_rate(self) -> list[float]:
@@ -300,6 +328,23 @@ class StreamResult:
         with at most this many false accepts per hour (0 if none qualifies)."""
         ok = [d for f, d in zip(*self.curve(), strict=True) if f <= max_fa_per_hour]
         return max(ok, default=0.0)
+
+    def add_breakdown(self, stream: TestStream, got: list[Outcome], hours: float) -> None:
+        """Count one stream's outcomes at the operating point into the breakdowns."""
+        for p in stream.placements:
+            if p.target:
+                self.by_word.setdefault(p.word, [0, 0])[1] += 1
+        for o in got:
+            if o.hit:
+                self.by_word[o.word][0] += 1
+            else:
+                key = f"{o.heard or 'background'} -> {o.word}"
+                self.confusions[key] = self.confusions.get(key, 0) + 1
+        row = self.by_snr.setdefault(f"{stream.snr_db:g}", [0, 0, 0, 0.0])
+        row[0] += sum(o.hit for o in got)
+        row[1] += sum(p.target for p in stream.placements)
+        row[2] += sum(not o.hit for o in got)
+        row[3] += hours
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -372,12 +417,12 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                     fired = (np.flatnonzero(scores >= threshold) if cfg.decision == "segments"
                              else triggered(times, best, scores, threshold,
                                             settings.refractory_seconds))
-                    hits, _, false, lat = match(stream, stream.words, times, best, fired,
-                                                cfg.tolerance)
-                    hit_counts[j] += hits
-                    false_counts[j] += false
+                    got = match(stream, stream.words, times, best, fired, cfg.tolerance)
+                    hit_counts[j] += sum(o.hit for o in got)
+                    false_counts[j] += sum(not o.hit for o in got)
                     if target == cfg.operating_point:
-                        r.latencies += lat
+                        r.latencies += [o.latency for o in got if o.hit]
+                        r.add_breakdown(stream, got, hours)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -93,9 +93,34 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
                  f"At <= 1 FA/h: the best point of the curve, including thresholds past the "
                  f"strictest calibrated one (raised by {', '.join(f'{m:g}' for m in MARGINS)} "
                  f"spreads of the negatives' scores).")
+    lines += breakdown_lines(results, cfg)
     atomic_write(folder / "streams.md", "\n".join(lines) + "\n")
     plot_det(results, folder / "streams.png")
     return {"rows": rows, "path": str(folder)}
+
+
+def breakdown_lines(results: list[StreamResult], cfg: StreamConfig, *, top: int = 12
+                    ) -> list[str]:
+    """Markdown at the operating point, for each method at its most shots: detection per
+    test word and per SNR, and the most frequent false accepts by what was being said."""
+    point = (f"{cfg.fa_per_hour:g} FA/h" if cfg.calibration == "streams"
+             else f"far = {cfg.far:g}")
+    most = max((r.shots for r in results), default=0)
+    lines = []
+    for r in (r for r in results if r.shots == most):
+        lines += [f"\n### {r.method}, {r.shots}-shot, at {point}\n",
+                  "| test word | detected | of |", "|---|---|---|"]
+        lines += [f"| {w} | {100 * h / max(n, 1):.1f}% | {n} |"
+                  for w, (h, n) in sorted(r.by_word.items())]
+        lines += ["", "| SNR (dB) | detected | false accepts / h |", "|---|---|---|"]
+        lines += [f"| {snr} | {100 * h / max(n, 1):.1f}% | {f / max(hours, 1e-9):.1f} |"
+                  for snr, (h, n, f, hours) in sorted(r.by_snr.items(),
+                                                      key=lambda kv: -float(kv[0]))]
+        worst = sorted(r.confusions.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        total = sum(r.confusions.values())
+        lines += ["", f"False accepts ({total}), the {len(worst)} most frequent, as "
+                  "*heard -> named*: " + ", ".join(f"{k} ({n})" for k, n in worst) + "."]
+    return lines
 
 
 def plot_det(results: list[StreamResult], path: Path) -> None:
