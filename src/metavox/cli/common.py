@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TextIO
 
 import typer
@@ -64,6 +64,22 @@ def user_errors() -> Iterator[None]:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; checkpoints written so far are intact (use --resume)") from None
+
+
+#: the help of the progress options every long command takes
+PROGRESS_HELP = ("Progress bars on a terminal (plain progress lines when the output is not "
+                 "one); --no-progress: no bars, a plain line every 10 s (count, rate, time "
+                 "left) instead.")
+QUIET_HELP = "No progress output at all."
+
+
+def progress_output(bars: bool) -> AbstractContextManager[None]:
+    """How the command reports progress: ``--progress`` (``bars``): a bar on a terminal,
+    plain lines elsewhere; ``--no-progress``: plain lines everywhere
+    (:func:`metavox.progress.lines_only`). ``--quiet`` is passed on as ``progress=False``."""
+    from metavox.progress import lines_only
+
+    return nullcontext() if bars else lines_only()
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -161,7 +161,7 @@ def synth(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a corpus made in OUT with other settings."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Generate the built-in synthetic corpus offline (needs: pip install 'metavox[synth]').
 

@@ -1,5 +1,5 @@
 """The training loop's callbacks: validation, checkpoints, CSV and TensorBoard logs, a
-progress bar. A run composes the ones it needs (rank 0 alone gets the writers)."""
+progress report. A run composes the ones it needs (rank 0 alone gets the writers)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from metavox.data.episodes import EpisodeSampler
 from metavox.engine.evaluation import evaluate_episodes
 from metavox.engine.loop import Callback, IterationRecord, Trainer
+from metavox.progress import Progress
 
 LOG_FIELDS = ["iteration", "lr", "loss", "accuracy", "accuracy_before", "grad_norm",
               "val_accuracy", "val_ci95", "seconds", "skipped"]
@@ -121,25 +122,25 @@ class TensorBoardLog(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar with the loss, training accuracy and best validation accuracy."""
+    """Training progress (:class:`metavox.progress.Progress`): a bar on a terminal, else a
+    plain line every ``interval`` seconds; with the loss, training accuracy and best
+    validation accuracy."""
 
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
-        self._bar = None
+    def __init__(self, desc: str, *, interval: float = 10.0) -> None:
+        self.desc, self.interval = desc, interval
+        self._bar: Progress | None = None
 
     def on_fit_start(self, trainer: Trainer, start: int) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=trainer.config.iterations, initial=start, desc=self.desc,
-                         unit="it", dynamic_ncols=True)
+        self._bar = Progress(trainer.config.iterations, self.desc, "it", initial=start,
+                             interval=self.interval)
 
     def on_iteration_end(self, trainer: Trainer, record: IterationRecord) -> None:
-        post = {"loss": f"{record.metrics['loss']:.3f}"}
+        post = [f"loss {record.metrics['loss']:.3f}"]
         if "accuracy" in record.metrics:
-            post["acc"] = f"{record.metrics['accuracy']:.3f}"
+            post.append(f"acc {record.metrics['accuracy']:.3f}")
         if trainer.state.best_val >= 0:
-            post["val"] = f"{trainer.state.best_val:.3f}"
-        self._bar.set_postfix(post)
+            post.append(f"val {trainer.state.best_val:.3f}")
+        self._bar.set_postfix(", ".join(post))
         self._bar.update(1)
 
     def on_fit_end(self, trainer: Trainer) -> None:

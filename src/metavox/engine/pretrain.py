@@ -11,6 +11,7 @@ from torch import nn
 
 from metavox.data import FeatureStore
 from metavox.engine.loop import warmup_cosine
+from metavox.progress import Progress
 
 
 def pretrain_classifier(
@@ -32,11 +33,7 @@ def pretrain_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(iterations, iterations // 20,
                                                                   0.01))
     rng = np.random.default_rng([seed, 7])
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=iterations, desc="pre-train classifier", unit="it", dynamic_ncols=True)
+    bar = Progress(iterations, "pre-train classifier", "it", enabled=progress)
     model.train()
     for _ in range(iterations):
         rows = rng.choice(len(store), size=min(batch_size, len(store)), replace=False)
@@ -47,9 +44,8 @@ def pretrain_classifier(
         loss.backward()
         opt.step()
         sched.step()
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if progress:
+            bar.set_postfix(f"loss {loss.item():.3f}")
             bar.update(1)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return model.eval(), classes

@@ -38,7 +38,6 @@ import multiprocessing as mp
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import time
 import traceback
@@ -514,9 +513,9 @@ def _progress_fn(progress: bool | Progress | None, total: int) -> tuple[Progress
         return progress, None
     if not progress:
         return (lambda done, tot: None), None
-    from tqdm import tqdm
+    from metavox.progress import Progress as Report
 
-    bar = tqdm(total=total, unit="clip", desc="synthesising", file=sys.stderr)
+    bar = Report(total, "synthesising", "clip")
 
     def update(done: int, tot: int) -> None:
         bar.update(done - bar.n)
@@ -541,8 +540,9 @@ def synthesize_corpus(
     ``speakers``: how many of the built-in speakers (the first n; default all 64) or their
     ids; ``words``: the vocabulary (default the 248 built-in words); ``reps``: clips per
     (speaker, word); ``workers``: parallel processes (default: the usable CPUs);
-    ``overwrite``: replace a corpus made with other settings; ``progress``: a tqdm bar
-    (True) or a ``callback(done, total)``. Speakers already complete are kept, so a rerun
+    ``overwrite``: replace a corpus made with other settings; ``progress``: progress
+    reports (True: :class:`metavox.progress.Progress`, a bar on a terminal and plain lines
+    elsewhere) or a ``callback(done, total)``. Speakers already complete are kept, so a rerun
     resumes and more speakers can be added later.
     """
     from metavox.data.synth.engine import engine_available
