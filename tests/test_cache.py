@@ -165,9 +165,14 @@ def test_interrupted_build_leaves_no_entry(
     cache = FeatureCache(tmp_path / "cache", workers=0)
     with pytest.raises(KeyboardInterrupt):
         cache.get(corpus)
-    assert list((tmp_path / "cache").iterdir()) == []
+    # nothing a reader could open: only the hidden folder of finished chunks (none yet:
+    # the interrupted chunk's temporary file is gone)
+    left = list((tmp_path / "cache").iterdir())
+    assert all(p.name.startswith(".chunks-") for p in left)
+    assert [p.name for p in left[0].iterdir()] == []
     assert cache.load(corpus) is None
     assert len(cache.get(corpus)) == 5
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.path(corpus).name]
 
 
 def test_incomplete_entry_is_rebuilt(tmp_path: Path) -> None:

@@ -23,22 +23,25 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from metavox.audio import io as audio_io
 from metavox.audio.features import FrontendConfig, build_frontend
 from metavox.data.corpus import Corpus, Utterance
+from metavox.progress import Progress
 from metavox.storage import atomic_path, atomic_write, cache_root, waiting_lock
 
 _FORMAT = "metavox-features"
 _VERSION = 1
 _CROP = "center"
-_BATCH = 64
+_CHUNK = 32  # clips per chunk file: the unit of work, resumption and sharding
 _STALE_TMP_S = 24 * 3600
 _LISTED = 50  # undecodable clips a build names one by one (the index lists them all)
 
@@ -243,14 +246,78 @@ def write_feature_store(
 # ----------------------------------------------------------------------------- building
 
 
-def _decode(task: tuple[int, str, int, float, bool]) -> tuple[int, np.ndarray | None, str]:
-    """Decode one clip (runs in pool workers): ``(i, wave or None, failure reason)``."""
-    i, path, sample_rate, duration, trim = task
+def _decode(path: str, cfg: FrontendConfig) -> tuple[np.ndarray | None, str]:
+    """One clip, fitted to the front-end's duration: ``(wave, "")`` or ``(None, reason)``."""
     try:
-        wave = audio_io.load_clip(path, sample_rate, duration, trim=trim, crop=_CROP)
+        wave = audio_io.load_clip(path, cfg.sample_rate, cfg.duration, trim=cfg.trim,
+                                  crop=_CROP)
     except audio_io.AudioError as exc:
-        return i, None, exc.problem if hasattr(exc, "problem") else str(exc)
-    return i, np.asarray(wave, dtype=np.float32), ""
+        return None, exc.problem if hasattr(exc, "problem") else str(exc)
+    return np.asarray(wave, dtype=np.float32), ""
+
+
+class _Featurizer:
+    """Turns one chunk of a corpus into a chunk file: decode its clips, run the front-end
+    on them as one batch, write ``chunk-<j>.safetensors`` atomically (the features of the
+    clips that decoded, and which clips those were and why the others failed). A chunk's
+    content depends only on its clips, never on which process or how many ran it."""
+
+    def __init__(self, config: dict[str, Any], dtype: str, folder: str,
+                 paths: Sequence[str], threads: int | None) -> None:
+        self.config = FrontendConfig.from_dict(config)
+        self.dtype, self.folder, self.paths = dtype, Path(folder), paths
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.frontend = build_frontend(self.config).eval()
+
+    def __call__(self, chunk: int) -> tuple[int, int]:
+        """Featurize chunk ``chunk``; returns ``(chunk, clips in it)``."""
+        lo, hi = chunk * _CHUNK, min(len(self.paths), (chunk + 1) * _CHUNK)
+        kept, waves, failures = [], [], []
+        for i in range(lo, hi):
+            wave, reason = _decode(self.paths[i], self.config)
+            if wave is None:
+                failures.append([i, reason])
+            else:
+                kept.append(i)
+                waves.append(wave)
+        shape = (self.config.num_features, self.config.num_frames)
+        if waves:
+            with torch.inference_mode():
+                feats = self.frontend(torch.from_numpy(np.stack(waves)))
+            if tuple(feats.shape[1:]) != shape:
+                raise RuntimeError(f"front-end gave {tuple(feats.shape[1:])}, expected {shape}")
+            feats = feats.to(getattr(torch, self.dtype)).contiguous()
+        else:
+            feats = torch.zeros(0, *shape, dtype=getattr(torch, self.dtype))
+        meta = {"kept": json.dumps(kept), "failures": json.dumps(failures)}
+        with atomic_path(_chunk_path(self.folder, chunk)) as tmp:
+            save_file({"features": feats}, str(tmp), metadata=meta)
+        return chunk, hi - lo
+
+
+_worker: _Featurizer | None = None
+
+
+def _init_worker(*args: Any) -> None:
+    global _worker
+    _worker = _Featurizer(*args)
+
+
+def _run_worker(chunk: int) -> tuple[int, int]:
+    assert _worker is not None
+    return _worker(chunk)
+
+
+def _chunk_path(folder: Path, chunk: int) -> Path:
+    return folder / f"chunk-{chunk:07d}.safetensors"
+
+
+def _read_chunk(path: Path) -> tuple[np.ndarray, list[int], list[list[Any]]]:
+    with safe_open(str(path), framework="np") as fh:
+        meta = fh.metadata()
+        feats = fh.get_tensor("features")
+    return feats, json.loads(meta["kept"]), json.loads(meta["failures"])
 
 
 def _pool_context() -> mp.context.BaseContext:
@@ -262,13 +329,43 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "corpus"
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _rank() -> tuple[int, int, int]:
+    """``(rank, world, processes on this node)`` as ``torchrun`` sets them (``(0, 1, 1)``
+    outside it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 1
+    return (int(os.environ.get("RANK", "0")), world,
+            int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+
+
 class FeatureCache:
     """Feature stores for one front-end config under ``cache_dir``.
 
     ``get(corpus)`` opens the entry for ``corpus`` if it is complete and builds it
-    otherwise; later calls never decode audio. ``workers`` decoding processes (0 = in this
-    process; default: up to 8, one per core); a clip that fails to decode is skipped and
-    listed (``on_error="skip"``) or raises (``"raise"``).
+    otherwise; later calls never decode audio.
+
+    Building runs in ``workers`` processes (default: one per usable core; 0: in this
+    process), each with one torch thread, over chunks of 32 clips: each chunk is decoded,
+    featurized as one batch and written to its own file in a hidden folder beside the
+    entry, atomically, so a killed build resumes from the chunks it finished. When every
+    chunk is there they are joined into the entry, which appears by one rename: a reader
+    sees a complete entry or none. The result does not depend on the number of workers.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank featurizes its share of the chunks
+    (chunk ``j`` goes to rank ``j % world``; ``workers`` defaults to the cores divided by
+    the ranks on the node) into the same cache folder, which must then be shared by all
+    the machines; the first rank to see every chunk joins them, the others open the entry.
+
+    A clip that fails to decode is skipped and listed (``on_error="skip"``) or raises
+    (``"raise"``). ``progress``: a bar on a terminal, plain lines in a log.
     """
 
     def __init__(
@@ -285,6 +382,8 @@ class FeatureCache:
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.config = frontend_config if frontend_config is not None else FrontendConfig()
         self.dtype = dtype
@@ -328,18 +427,34 @@ class FeatureCache:
         if not len(corpus):
             raise ValueError(f"corpus {corpus.name!r} is empty: nothing to cache")
         self._check_location(corpus)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_stale()
+        parts = self.cache_dir / f".chunks-{target.name}-{_CHUNK}"
+        rank, world, _ = _rank()
 
         def waiting() -> None:
             if self.progress:
                 print(f"waiting for another process building {target}", file=sys.stderr)
 
+        lock = self.cache_dir / f".{target.name}.lock"
+        if world > 1:  # the ranks featurize side by side; one of them joins the chunks
+            self._featurize(corpus, parts, rank, world, rebuild=rebuild)
+            self._wait_for_chunks(corpus, parts)
+            with waiting_lock(lock):
+                store = self._open_valid(target, key, warn=False)
+                if store is not None and not rebuild:
+                    return store
+                if not parts.is_dir():  # another rank joined them (a rebuild, just now)
+                    return FeatureStore(target)
+                return self._join(corpus, fp, key, target, parts)
         # one builder per entry: a second process waits, then opens what the first built
-        with waiting_lock(self.cache_dir / f".{target.name}.lock", on_wait=waiting):
+        with waiting_lock(lock, on_wait=waiting):
             if not rebuild:
                 store = self._open_valid(target, key, warn=False)
                 if store is not None:
                     return store
-            return self._build(corpus, fp, key, target)
+            self._featurize(corpus, parts, 0, 1, rebuild=rebuild)
+            return self._join(corpus, fp, key, target, parts)
 
     def _open_valid(self, target: Path, key: str, *, warn: bool = True) -> FeatureStore | None:
         if not target.is_dir():
@@ -374,81 +489,92 @@ class FeatureCache:
 
     def _clean_stale(self) -> None:
         now = time.time()
-        for entry in self.cache_dir.glob(".tmp-*"):
+        for entry in [*self.cache_dir.glob(".tmp-*"), *self.cache_dir.glob(".chunks-*")]:
             try:
                 if now - entry.stat().st_mtime > _STALE_TMP_S:
                     shutil.rmtree(entry, ignore_errors=True)
             except OSError:
                 pass
 
-    def _decoded(self, corpus: Corpus) -> Iterator[tuple[int, np.ndarray | None, str]]:
-        cfg = self.config
-        tasks = [(i, u.path, cfg.sample_rate, cfg.duration, cfg.trim)
-                 for i, u in enumerate(corpus)]
-        n_workers = self.workers
-        if n_workers is None:
-            n_workers = min(8, os.cpu_count() or 1) if len(tasks) >= 64 else 0
-        if n_workers <= 1:
-            yield from map(_decode, tasks)
-            return
-        with _pool_context().Pool(n_workers) as pool:
-            yield from pool.imap(_decode, tasks, chunksize=16)
-
-    def _write(
-        self, corpus: Corpus, frontend: torch.nn.Module, dest: Path, shape: tuple[int, ...]
-    ) -> tuple[list[int], list[dict[str, str]]]:
-        """Decode every clip and write its features to ``dest`` (rows of the decoded clips
-        first, in corpus order); returns the kept corpus indices and the failures."""
-        out = np.lib.format.open_memmap(dest, mode="w+", dtype=self.dtype, shape=shape)
-        kept: list[int] = []
-        failures: list[dict[str, str]] = []
-        waves: list[np.ndarray] = []
-        written = 0
-        decoded = self._decoded(corpus)
-        if self.progress:
-            from tqdm import tqdm
-
-            decoded = tqdm(decoded, total=len(corpus), desc=f"features {corpus.name}",
-                           unit="clip")
-        for i, wave, reason in decoded:
-            if wave is None:
-                if self.on_error == "raise":
-                    raise audio_io.AudioError(corpus[i].path, reason)
-                failures.append({"path": corpus.relpath(corpus[i]), "reason": reason})
-            else:
-                kept.append(i)
-                waves.append(wave)
-            if waves and (len(waves) >= _BATCH or i == len(corpus) - 1):
-                with torch.inference_mode():
-                    feats = frontend(torch.from_numpy(np.stack(waves))).numpy()
-                if feats.shape[1:] != shape[1:]:
-                    raise RuntimeError(f"front-end gave {feats.shape[1:]}, expected {shape[1:]}")
-                out[written : written + len(waves)] = feats.astype(self.dtype, copy=False)
-                written += len(waves)
-                waves.clear()
-        out.flush()
-        del out
-        return kept, failures
-
-    def _build(self, corpus: Corpus, fp: str, key: str, target: Path) -> FeatureStore:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._clean_stale()
-        cfg = self.config
-        frontend = build_frontend(cfg).eval()
+    def _featurize(self, corpus: Corpus, parts: Path, rank: int, world: int, *,
+                   rebuild: bool) -> None:
+        """Write every missing chunk of this rank's share into ``parts``."""
+        if rebuild and world == 1:
+            shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True, exist_ok=True)
         n = len(corpus)
-        shape = (n, cfg.num_features, cfg.num_frames)
+        chunks = range(rank, -(-n // _CHUNK), world)
+        todo = [j for j in chunks if not _chunk_path(parts, j).is_file()]
+        sizes = {j: min(n, (j + 1) * _CHUNK) - j * _CHUNK for j in chunks}
+        done = sum(sizes.values()) - sum(sizes[j] for j in todo)
+        workers = self.workers
+        if workers is None:
+            _, _, local = _rank()
+            workers = max(1, _usable_cpus() // local) if len(todo) > 1 else 0
+        workers = min(workers, len(todo))
+        args = (self.config.to_dict(), self.dtype, str(parts), [u.path for u in corpus])
+        desc = f"features {corpus.name}" + (f" (rank {rank} of {world})" if world > 1 else "")
+        with Progress(sum(sizes.values()), desc, "clip", enabled=self.progress,
+                      initial=done) as bar:
+            if not todo:
+                return
+            if workers <= 1:
+                featurizer = _Featurizer(*args, threads=None if workers == 0 else 1)
+                results: Iterable[tuple[int, int]] = map(featurizer, todo)
+                self._collect(results, bar)
+                return
+            with _pool_context().Pool(workers, _init_worker, (*args, 1)) as pool:
+                self._collect(pool.imap_unordered(_run_worker, todo), bar)
+
+    def _collect(self, results: Iterable[tuple[int, int]], bar: Progress) -> None:
+        for _, count in results:
+            bar.update(count)
+
+    def _wait_for_chunks(self, corpus: Corpus, parts: Path) -> None:
+        """Under torchrun: wait until the other ranks' chunks are all in ``parts`` (or
+        another rank has already joined them and removed the folder)."""
+        total = -(-len(corpus) // _CHUNK)
+        last = time.monotonic()
+        while parts.is_dir():
+            have = sum(1 for j in range(total) if _chunk_path(parts, j).is_file())
+            if have == total:
+                return
+            if self.progress and time.monotonic() - last > 30:
+                print(f"waiting for the other ranks' features: {have}/{total} chunks in "
+                      f"{parts}", file=sys.stderr)
+                last = time.monotonic()
+            time.sleep(0.5)
+
+    def _join(self, corpus: Corpus, fp: str, key: str, target: Path, parts: Path
+              ) -> FeatureStore:
+        """Join the chunk files into the entry (in a temporary folder, renamed into
+        place), then remove them."""
+        cfg = self.config
+        n = len(corpus)
+        for stale in self.cache_dir.glob(f".tmp-{target.name}-*"):  # a killed join's
+            shutil.rmtree(stale, ignore_errors=True)
+        chunks = [_read_chunk(_chunk_path(parts, j)) for j in range(-(-n // _CHUNK))]
+        kept = [i for _, k, _ in chunks for i in k]
+        failures = [{"path": corpus.relpath(corpus[i]), "reason": reason}
+                    for _, _, f in chunks for i, reason in f]
+        if failures and self.on_error == "raise":
+            bad = failures[0]
+            raise audio_io.AudioError(os.path.join(corpus.root, bad["path"]), bad["reason"])
+        if not kept:
+            raise ValueError(f"none of the {n} clips of {corpus.name!r} could be decoded "
+                             f"(first failure: {failures[0]['path']}: {failures[0]['reason']})")
+        shape = (len(kept), cfg.num_features, cfg.num_frames)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=self.cache_dir))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a shared cache should be readable
         try:
-            kept, failures = self._write(corpus, frontend, tmp / "features.npy", shape)
-            if not kept:
-                raise ValueError(f"none of the {n} clips of {corpus.name!r} could be decoded "
-                                 f"(first failure: {failures[0]['path']}: {failures[0]['reason']})")
-            if len(kept) < n:
-                full = np.load(tmp / "features.npy", mmap_mode="r")
-                np.save(tmp / "features.part.npy", full[: len(kept)])
-                del full
-                os.replace(tmp / "features.part.npy", tmp / "features.npy")
+            out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+",
+                                            dtype=self.dtype, shape=shape)
+            row = 0
+            for feats, _, _ in chunks:
+                out[row: row + len(feats)] = feats
+                row += len(feats)
+            out.flush()
+            del out
             index = {
                 "format": _FORMAT,
                 "version": _VERSION,
@@ -456,7 +582,7 @@ class FeatureCache:
                 "frontend": cfg.to_dict(),
                 "dtype": self.dtype,
                 "crop": _CROP,
-                "shape": [len(kept), *shape[1:]],
+                "shape": list(shape),
                 "corpus": {"name": corpus.name, "root": corpus.root, "source": corpus.source,
                            "fingerprint": fp, "clips": n},
                 "utterances": [[corpus.relpath(corpus[i]), corpus[i].label, corpus[i].speaker]
@@ -485,6 +611,7 @@ class FeatureCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        shutil.rmtree(parts, ignore_errors=True)
         if failures:
             listed = "".join(f"\n  {f['path']}: {f['reason']}" for f in failures[:_LISTED])
             more = len(failures) - _LISTED
@@ -492,7 +619,7 @@ class FeatureCache:
                 listed += f"\n  ... and {more} more (all in {target / 'index.json'})"
             warnings.warn(f"{len(failures)} of {n} clips of {corpus.name!r} could not be "
                           f"decoded and are left out of the feature store:{listed}",
-                          stacklevel=3)
+                          stacklevel=4)
         return FeatureStore(target)
 
 
