@@ -92,7 +92,7 @@ def _noise_corpus(root: Path, n: int) -> Corpus:
     return Corpus.from_preset("speech-commands", root)
 
 
-EMBEDDING = FrontendConfig(kind="speech-embedding", duration=1.0)
+EMBEDDING = FrontendConfig(kind="speech-embedding", duration=2.0)  # the model's
 
 
 def _entry(store) -> tuple[bytes, dict]:
@@ -132,7 +132,7 @@ _BUILD = textwrap.dedent("""
     from metavox.data.corpus import Corpus
     warnings.simplefilter("ignore")
     corpus = Corpus.from_preset("speech-commands", sys.argv[1])
-    cfg = FrontendConfig(kind="speech-embedding", duration=1.0)
+    cfg = FrontendConfig(kind="speech-embedding", duration=2.0)
     FeatureCache(sys.argv[2], cfg, workers=int(sys.argv[3])).get(corpus)
     print("built", flush=True)
 """)
@@ -188,3 +188,32 @@ def test_torchrun_ranks_share_one_cache(noise: Corpus, clean, tmp_path: Path) ->
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
     assert _entry(FeatureCache(tmp_path, EMBEDDING).load(noise)) == clean
+
+
+def test_data_features_command_under_torchrun(noise: Corpus, clean, tmp_path: Path) -> None:
+    """`metavox data features` under a real torchrun with two ranks (one machine, loopback):
+    one shared cache, equal to the single-process build; a second run finds it built."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(textwrap.dedent(f"""
+        [data]
+        corpus = "speech-commands"
+        root = "{noise.root}"
+        cache_dir = "{tmp_path / 'cache'}"
+        test_labels = ["w0"]
+        val_labels = ["w1"]
+        [model]
+        name = "speech-embedding"
+    """))
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "metavox", "data",
+           "features", "-c", str(cfg), "--workers", "1", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "148 clips" in out.stdout
+    assert "rank 1 of 2" in out.stderr and "rank 0 of 2" in out.stderr
+    cache = FeatureCache(tmp_path / "cache", EMBEDDING)
+    assert _entry(cache.load(noise)) == clean
+    again = subprocess.run([sys.executable, "-m", "metavox", "data", "features", "-c", str(cfg),
+                            "--quiet"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "148 clips" in again.stdout

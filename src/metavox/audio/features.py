@@ -13,6 +13,7 @@ natural log with ``log_eps``. MFCC is the orthonormal DCT-II of that log-mel.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "LogMel",
     "MFCC",
     "build_frontend",
+    "shared_frontend",
 ]
 
 _KINDS = ("logmel", "mfcc", "speech-embedding")
@@ -350,6 +352,15 @@ class EmbeddingFeatures(nn.Module):
         lead = wave.shape[:-1]
         out = self.embedding(wave.reshape(-1, wave.shape[-1])).flatten(2)  # [N, windows, F]
         return out.transpose(1, 2).reshape(*lead, out.shape[2], out.shape[1])
+
+
+@functools.lru_cache(maxsize=8)
+def shared_frontend(config: FrontendConfig) -> nn.Module:
+    """The eval-mode front-end for ``config``, built once per process and then shared:
+    for featurizing at inference (enrollment, classification, the service), where building
+    the speech embedding each call would read and check its weights every time. Callers
+    must not train or modify it; running it from several threads at once is fine."""
+    return build_frontend(config).eval().requires_grad_(False)
 
 
 def build_frontend(config: FrontendConfig | None = None) -> nn.Module:

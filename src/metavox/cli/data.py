@@ -1,4 +1,4 @@
-"""``metavox data ...``: corpus inspection and generation."""
+"""``metavox data ...``: corpus inspection and generation, and feature caches built ahead."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from metavox.cli.common import PROGRESS_HELP, QUIET_HELP, printable, progress_output, user_errors
 from metavox.cli.common import fail as _fail
 
 if TYPE_CHECKING:
@@ -183,3 +184,56 @@ def synth(
         f"{reps}) in {result.out}; {result.n_written} written in {result.seconds:.1f} s "
         f"with {result.workers} worker(s)\nmanifest: {result.manifest}"
     )
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@data_app.command()
+def features(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML run config (defaults for anything it leaves out)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a setting, e.g. --set data.cache_dir=/shared/cache."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1,
+        help="Processes featurizing [default: data.feature_workers, else one per usable core; "
+        "under torchrun: the cores divided by the ranks on the node].",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+) -> None:
+    """Build a run's feature cache (every corpus it reads) without training.
+
+    `metavox train` builds the same cache when it needs it; this builds it ahead, on as many
+    cores and machines as you have. Featurization is resumable: after an interruption, run
+    the same command again and it continues from the finished chunks.
+
+    Examples:
+
+      metavox data features -c configs/speech_commands_embedding.toml
+
+      metavox data features -c run.toml --workers 8
+
+      # two machines sharing /shared (the cache folder must be on both):
+      torchrun --nnodes 2 --nproc-per-node 1 --node-rank 0 --rdzv-backend c10d \\
+        --rdzv-endpoint host0:29500 -m metavox data features -c run.toml \\
+        --set data.cache_dir=/shared/metavox-cache
+    """
+    import os
+
+    from metavox.pipeline.build import build_run_data
+    from metavox.pipeline.config import load_config
+
+    with user_errors(), progress_output(progress):
+        extra = [f"data.feature_workers={workers}"] if workers else []
+        cfg = load_config(config, list(overrides) + extra)
+        data = build_run_data(cfg, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
+    stores = [data.store, *(store for store, _ in data.mix)]
+    for store in stores:
+        typer.echo(f"{printable(store.path)}: {len(store)} clips, features "
+                   f"{store.shape[1]} x {store.shape[2]} ({store.index['dtype']})")

@@ -104,7 +104,9 @@ def build_run_data(cfg: RunConfig, *, progress: bool = False) -> RunData:
     corpus = load_run_corpus(cfg)
     split = make_run_split(cfg, corpus)
     frontend = cfg.frontend_config()
-    store = build_feature_store(corpus, frontend, cfg.data.cache_dir or None, progress=progress)
+    workers = cfg.data.feature_workers or None
+    store = build_feature_store(corpus, frontend, cfg.data.cache_dir or None, workers=workers,
+                                progress=progress)
     parts = {}
     for name in split.names:
         part = split.part(name)
@@ -113,7 +115,8 @@ def build_run_data(cfg: RunConfig, *, progress: bool = False) -> RunData:
     mix = []
     for i, m in enumerate(cfg.data.mix):
         extra = build_feature_store(corpus_from_spec(m.corpus, m.root, f"data.mix[{i}]"),
-                                    frontend, cfg.data.cache_dir or None, progress=progress)
+                                    frontend, cfg.data.cache_dir or None, workers=workers,
+                                    progress=progress)
         keep = sorted(set(extra.labels) - held_out)
         if not keep:
             raise ConfigError(f"data.mix[{i}] ({m.corpus}): every class is a validation or "

@@ -61,6 +61,7 @@ class DataConfig:
     test_fraction: float = 0.2
     cache_dir: str = ""  # default: $METAVOX_CACHE or ~/.cache/metavox
     workers: int = 0  # DataLoader workers for episodes
+    feature_workers: int = 0  # processes building the feature cache (0: one per usable core)
     weight: float = 1.0  # this corpus's share of training episodes when data.mix is set
     mix: list[MixConfig] = field(default_factory=list)
 
@@ -296,6 +297,9 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.precision not in PRECISIONS:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got "
                         f"{cfg.precision!r}")
+    if cfg.data.feature_workers < 0:
+        problems.append(f"data.feature_workers must be >= 0 (0: one per core), got "
+                        f"{cfg.data.feature_workers}")
     for i, m in enumerate(cfg.data.mix):
         if not m.corpus:
             problems.append(f"data.mix[{i}].corpus is empty: name a preset, manifest or folder")

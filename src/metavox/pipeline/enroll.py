@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from metavox.audio.augment import NOISES, background_noise
-from metavox.audio.features import FrontendConfig, build_frontend
+from metavox.audio.features import FrontendConfig, shared_frontend
 from metavox.audio.io import AudioError, fit_clip, load_audio
 from metavox.meta import Learner
 from metavox.meta.openset import OpenSet, spread_of, threshold_for
@@ -44,7 +44,7 @@ def featurize_waves(waves: list[np.ndarray], frontend: FrontendConfig) -> Tensor
     clips = [fit_clip(w, frontend.sample_rate, frontend.duration, trim=frontend.trim)
              for w in waves]
     with torch.no_grad():
-        return build_frontend(frontend)(torch.from_numpy(np.stack(clips))).unsqueeze(1)
+        return shared_frontend(frontend)(torch.from_numpy(np.stack(clips))).unsqueeze(1)
 
 
 def read_examples(folder: str | Path, frontend: FrontendConfig) -> tuple[Tensor, Tensor, list[str]]:
@@ -146,7 +146,7 @@ def builtin_negatives(frontend: FrontendConfig, *, per_kind: int = 8, seed: int 
     # halves (see negative_scores) are both likely to hold one
     waves += [np.zeros(n, np.float32)] * 2
     with torch.no_grad():
-        return build_frontend(frontend)(torch.from_numpy(np.stack(waves))).unsqueeze(1)
+        return shared_frontend(frontend)(torch.from_numpy(np.stack(waves))).unsqueeze(1)
 
 
 def other_training_words(loaded: LoadedModel, exclude: list[str] | None = None):
