@@ -51,7 +51,7 @@ def test_evaluate_prints_table_and_writes_report(trained):
     res = runner.invoke(app, ["evaluate", str(trained / "run"), "--json", "--baselines", "",
                               "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert [s["method"] for s in json.loads(res.output)["scores"]] == ["maml"]
+    assert [s["method"] for s in json.loads(res.stdout)["scores"]] == ["maml"]
 
 
 def test_adapt_and_predict_own_words(trained, shared_data, tmp_path):

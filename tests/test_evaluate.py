@@ -99,3 +99,84 @@ def test_speaker_protocol_with_no_adaptation_baseline(shared_data, tmp_path):
     methods = [s.method for s in report.scores]
     assert methods == ["maml", "no adaptation"]
     assert all(0 <= s.accuracy <= 1 and s.episodes == 6 for s in report.scores)
+
+
+def test_evaluate_takes_the_test_time_inner_lr_and_steps_and_says_where_they_came_from(
+        tmp_path):
+    """Issue 30: a checkpoint saved mid-run (no selection in it) adapts with the training
+    config's settings; after the selection, with the chosen steps (the inner lr was not a
+    candidate: still the config's); --inner-lr / --steps override either. Every report
+    (returned, JSON, Markdown, the command's output) names the values and their source."""
+    from train_helpers import tone_manifest
+    from typer.testing import CliRunner
+
+    from metavox.cli import app
+
+    cfg = tiny_config(tone_manifest(tmp_path / "tones", per=4), tmp_path / "run",
+                      tmp_path / "cache",
+                      validation={"every": 3, "episodes": 2, "checkpoint_every": 3,
+                                  "select_eval_steps": [1, 3]})
+    train(cfg, progress=False, stop_after=3)  # interrupted: latest has no selection
+    kw = dict(shots=[1], episodes=2, baselines=[], max_steps=4)
+    mid = evaluate(tmp_path / "run" / "latest.safetensors", **kw)
+    assert mid.adaptation == {"algorithm": "maml", "inner_lr": 0.3, "steps": 2,
+                              "inner_lr_source": "config", "steps_source": "config"}
+    result = train(cfg, progress=False, resume=True)
+    chosen = result.selection.eval_steps
+    done = evaluate(tmp_path / "run", **kw)
+    assert (done.adaptation["steps"], done.adaptation["steps_source"]) == (chosen, "selection")
+    assert done.adaptation["inner_lr_source"] == "config"
+    told = evaluate(tmp_path / "run", inner_lr=0.2, steps=4, **kw)
+    assert told.adaptation == {"algorithm": "maml", "inner_lr": 0.2, "steps": 4,
+                               "inner_lr_source": "command line",
+                               "steps_source": "command line"}
+    (score,) = told.scores
+    assert score.accuracy == pytest.approx(score.by_step[4][0])  # the headline: 4 steps
+    md = write_report(told, tmp_path / "report").read_text()
+    assert ("Test-time adaptation of maml: inner learning rate 0.2 (command line), 4 inner "
+            "steps (command line).") in md
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["adaptation"] == told.adaptation
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--inner-lr", "0.2",
+                              "--steps", "4", "--episodes", "2", "--shots", "1",
+                              "--baselines", "", "--quiet", "--report", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "inner learning rate 0.2 (command line), 4 inner steps (command line)" in res.stdout
+    assert res.stderr == ""  # --quiet: no progress at all
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--episodes", "2",
+                              "--shots", "1", "--baselines", "", "--no-progress",
+                              "--report", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert f"{chosen} inner steps (selection)" in res.stdout
+    # --no-progress: no bars, but plain progress lines (here the closing one)
+    assert "evaluate maml 1-shot: 1/1 batch (100%)" in res.stderr and "\r" not in res.stderr
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--steps", "-1", "--quiet"])
+    assert res.exit_code == 2 and "--steps must be >= 0" in res.stderr
+
+
+def test_test_time_settings_an_algorithm_cannot_take_are_errors():
+    from metavox.meta import create_algorithm
+    from metavox.models import create_model
+    from metavox.pipeline.config import ConfigError, config_from_dict
+    from metavox.pipeline.select import set_adaptation
+
+    def algo(name, **kw):
+        model = create_model("conv4", num_classes=2, input_shape=(20, 26), channels=4)
+        return create_algorithm(name, model, **kw)
+
+    cfg = config_from_dict({"algorithm": {"name": "protonet"}})
+    assert set_adaptation(algo("protonet"), cfg, None).describe() == (
+        "Test-time adaptation of protonet: no inner loop (no inner learning rate or steps).")
+    with pytest.raises(ConfigError, match="protonet has no inner loop"):
+        set_adaptation(algo("protonet"), cfg, None, steps=3)
+    cfg = config_from_dict({"algorithm": {"name": "metasgd"}})
+    learned = set_adaptation(algo("metasgd", steps=2), cfg, None, steps=1)
+    assert (learned.inner_lr, learned.inner_lr_source, learned.steps) == (None, "learned", 1)
+    with pytest.raises(ConfigError, match="metasgd learns its step sizes"):
+        set_adaptation(algo("metasgd"), cfg, None, inner_lr=0.1)
+    cfg = config_from_dict({"algorithm": {"name": "mamlpp"}})
+    with pytest.raises(ConfigError, match="for 2 steps; give at most 2"):
+        set_adaptation(algo("mamlpp", steps=2), cfg, None, steps=5)
+    with pytest.raises(ConfigError, match="--inner-lr must be > 0"):
+        set_adaptation(algo("maml"), config_from_dict({}), None, inner_lr=0.0)

@@ -345,3 +345,55 @@ def test_pre_train_then_meta_train(manifest, cache, tmp_path):
     assert not all(torch.equal(p1[k], p0[k]) for k in p1)
     with pytest.raises(ConfigError, match="pretrain_iterations must be >= 0"):
         tiny_config(manifest, tmp_path / "bad", cache, optim__pretrain_iterations=-1)
+
+
+def test_a_saturated_validation_is_a_warning_in_the_log_and_in_selection_json(tmp_path,
+                                                                             monkeypatch):
+    """Issue 30: validation at 99.8% from the first check, and every adaptation candidate
+    within the best one's interval: the choice is noise, and the run says so (a warning on
+    stderr, kept in selection.json) with what to do; a run without a selection still warns
+    about the checkpoint choice. Validation that discriminates gives no warning."""
+    from train_helpers import tone_manifest
+    from typer.testing import CliRunner
+
+    from metavox.cli import app
+    from metavox.engine.callbacks import Validation
+    from metavox.pipeline import select
+    from metavox.pipeline.config import to_toml
+    from metavox.pipeline.select import SaturatedValidationWarning, saturation_warnings
+
+    fine = [{"inner_lr": 0.1, "eval_steps": 1, "accuracy": 0.9, "ci95": 0.02},
+            {"inner_lr": 0.3, "eval_steps": 1, "accuracy": 0.7, "ci95": 0.03}]
+    assert saturation_warnings(fine, (3, 0.6)) == [] and saturation_warnings([], None) == []
+
+    class Scored:  # what evaluate_episodes returns, as far as the selection reads it
+        def __init__(self, accuracy: float) -> None:
+            self.accuracy = accuracy
+
+        def score(self) -> tuple[float, float]:
+            return self.accuracy, 0.003
+
+    scores = iter([0.997, 0.998, 0.9975, 0.998])
+    monkeypatch.setattr(Validation, "validate", lambda self, trainer: (0.998, 0.004))
+    monkeypatch.setattr(select, "evaluate_episodes", lambda *a, **k: Scored(next(scores)))
+    manifest = tone_manifest(tmp_path / "tones", per=4)
+    cfg = tiny_config(manifest, tmp_path / "sel", tmp_path / "cache",
+                      validation={"every": 3, "episodes": 2, "checkpoint_every": 3,
+                                  "select_inner_lr": [0.1, 0.3], "select_eval_steps": [1, 2]})
+    with pytest.warns(SaturatedValidationWarning, match="validation cannot discriminate"):
+        result = train(cfg, progress=False)
+    (message,) = result.selection.warnings
+    assert "99.8% at the first check (iteration 3)" in message
+    assert "all 4 inner_lr x eval_steps candidates scored 99.7-99.8%" in message
+    assert "more ways or fewer shots" in message
+    saved = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert saved["warnings"] == [message]
+    # no selection: the checkpoint choice alone, in the log of `metavox train`
+    config = tmp_path / "plain.toml"
+    config.write_text(to_toml(tiny_config(manifest, tmp_path / "plain",
+                                          tmp_path / "cache").to_dict()))
+    res = CliRunner().invoke(app, ["train", "-c", str(config), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith("warning: validation cannot discriminate: validation "
+                                 "accuracy was already 99.8% at the first check")
+    assert "candidates" not in res.stderr and not (tmp_path / "plain" / "selection.json").exists()

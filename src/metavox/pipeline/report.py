@@ -91,6 +91,8 @@ def write_report(report: EvalReport, folder: str | Path, *, title: str = "metavo
         "(1.96·σ/√n over episodes); every method saw the same episodes.", "",
         results_table(report), "",
     ]
+    if report.adaptation:
+        lines += [report.adaptation_line(), ""]
     if notes:
         lines += [notes, ""]
     for p in plots:

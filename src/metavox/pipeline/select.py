@@ -7,34 +7,106 @@ the best checkpoint; the best mean accuracy wins (ties: the earlier candidate). 
 and the whole table go into the checkpoints' metadata (``adaptation``) and
 ``selection.json``; :func:`metavox.pipeline.train.load_trained` builds the algorithm with
 them. Test episodes are never looked at.
+
+When validation cannot discriminate (every candidate within the best one's 95% interval,
+or validation accuracy already >= 99.5% at the first check) the choice is noise: a
+:class:`SaturatedValidationWarning` says so, with what to do, and ``selection.json``
+keeps it under ``warnings``.
+
+:func:`adaptation_settings` decides what an evaluation adapts with: the command line's
+``--inner-lr`` / ``--steps``, else the selection stored with the checkpoint, else the
+training config, and records which (:class:`AdaptationSettings`).
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from metavox.engine import evaluate_episodes
 from metavox.engine.distributed import SINGLE, Dist
-from metavox.meta import MAML, InnerLoopAlgorithm
+from metavox.meta import MAML, InnerLoopAlgorithm, MetaAlgorithm
 from metavox.pipeline.build import build_algorithm, build_model, make_sampler
 from metavox.pipeline.config import ConfigError, RunConfig
 from metavox.storage import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 
+#: validation accuracy at or above this at the first check leaves nothing to choose by
+SATURATED = 0.995
+
+
+class SaturatedValidationWarning(UserWarning):
+    """Validation cannot tell checkpoints or adaptation settings apart: the choice among
+    them was decided by noise."""
+
 
 @dataclass
 class Selection:
-    """The chosen adaptation settings and every candidate's validation accuracy."""
+    """The chosen adaptation settings and every candidate's validation accuracy, with the
+    warnings when validation could not discriminate."""
 
     inner_lr: float
     eval_steps: int
     table: list[dict[str, float]]
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inner_lr": self.inner_lr, "eval_steps": self.eval_steps, "table": self.table}
+        return {"inner_lr": self.inner_lr, "eval_steps": self.eval_steps, "table": self.table,
+                "warnings": self.warnings}
+
+
+def first_validation(out: Path) -> tuple[int, float] | None:
+    """``(iteration, accuracy)`` of a run's first validation check, from its
+    ``metrics.csv``; ``None`` when there is none (or the run is a regression, whose
+    validation score is a loss)."""
+    path = Path(out) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val_accuracy") and row.get("accuracy"):
+                return int(row["iteration"]), float(row["val_accuracy"])
+    return None
+
+
+def saturation_warnings(table: list[dict[str, float]],
+                        first_check: tuple[int, float] | None) -> list[str]:
+    """The warning (a one-item list; empty when validation discriminates) when validation
+    cannot tell apart the selection's candidates (``table``: best and worst within the
+    best one's 95% interval) or the checkpoints (accuracy >= :data:`SATURATED` at the
+    ``first_check``), with what to do about it."""
+    problems = []
+    if first_check is not None and first_check[1] >= SATURATED:
+        it, acc = first_check
+        problems.append(f"validation accuracy was already {100 * acc:.1f}% at the first check "
+                        f"(iteration {it}), so the best checkpoint was picked among scores "
+                        "that differ by noise")
+    scored = [r for r in table if r["accuracy"] == r["accuracy"]]  # NaN: no score
+    if len(scored) > 1:
+        best = max(scored, key=lambda r: r["accuracy"])
+        lo, hi = min(r["accuracy"] for r in scored), best["accuracy"]
+        if hi - lo <= best["ci95"]:
+            problems.append(f"all {len(scored)} inner_lr x eval_steps candidates scored "
+                            f"{100 * lo:.1f}-{100 * hi:.1f}%, within the best one's 95% "
+                            f"interval (± {100 * best['ci95']:.1f}%), so the chosen settings "
+                            "were decided by noise")
+    if not problems:
+        return []
+    return ["validation cannot discriminate: " + "; ".join(problems) + ". Make validation "
+            "harder: more ways or fewer shots (episodes.ways, episodes.shots; validation "
+            "episodes are drawn like the training ones), harder validation words or speakers "
+            "([data] val_labels, val_speakers), or more validation.episodes for a narrower "
+            "interval."]
+
+
+def warn_saturation(messages: list[str]) -> None:
+    """Each of ``messages`` as a :class:`SaturatedValidationWarning`."""
+    for m in messages:
+        warnings.warn(m, SaturatedValidationWarning, stacklevel=3)
 
 
 def adaptation_config(cfg: RunConfig, adaptation: dict[str, Any] | None) -> RunConfig:
@@ -46,9 +118,13 @@ def adaptation_config(cfg: RunConfig, adaptation: dict[str, Any] | None) -> RunC
 
 
 def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[int, int], *,
-                      device="cpu", dist: Dist = SINGLE) -> Selection | None:
+                      device="cpu", dist: Dist = SINGLE,
+                      first_check: tuple[int, float] | None = None) -> Selection | None:
     """Score the candidates on the validation episodes and record the best in ``out``'s
-    checkpoints; None when the config asks for no selection."""
+    checkpoints; None when the config asks for no selection. ``first_check``: the
+    training's first validation ``(iteration, accuracy)``, for the saturation warning
+    (:func:`saturation_warnings`; warned on the main process and kept in the
+    selection)."""
     v, a = cfg.validation, cfg.algorithm
     if not v.select_inner_lr and not v.select_eval_steps:
         return None
@@ -85,8 +161,10 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
                       "ci95": ci})
         if best is None or mean > best["accuracy"]:
             best = table[-1]
-    chosen = Selection(best["inner_lr"], best["eval_steps"], table)
+    chosen = Selection(best["inner_lr"], best["eval_steps"], table,
+                       saturation_warnings(table, first_check))
     if dist.main:
+        warn_saturation(chosen.warnings)
         adaptation = {"inner_lr": chosen.inner_lr, "eval_steps": chosen.eval_steps,
                       "trained_inner_lr": a.inner_lr, "trained_eval_steps": a.eval_steps}
         latest = out / "latest.safetensors"
@@ -97,3 +175,77 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
                                                              "adaptation": adaptation}))
         atomic_write(out / "selection.json", json.dumps(chosen.to_dict(), indent=1) + "\n")
     return chosen
+
+
+#: where a test-time setting came from (:class:`AdaptationSettings`)
+SOURCES = ("command line", "selection", "config", "learned", "none")
+
+
+@dataclass(frozen=True)
+class AdaptationSettings:
+    """The inner learning rate and inner steps a loaded model adapts with at test time,
+    and where each came from: ``"command line"`` (``--inner-lr`` / ``--steps``),
+    ``"selection"`` (chosen on validation after training, stored with the checkpoint) or
+    ``"config"`` (the training config, or its algorithm's default); ``"learned"`` for step
+    sizes the algorithm learned (Meta-SGD, MAML++: ``inner_lr`` is None), ``"none"`` for an
+    algorithm without an inner loop (both None)."""
+
+    algorithm: str
+    inner_lr: float | None
+    steps: int | None
+    inner_lr_source: str
+    steps_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "inner_lr": self.inner_lr, "steps": self.steps,
+                "inner_lr_source": self.inner_lr_source, "steps_source": self.steps_source}
+
+    def describe(self) -> str:
+        """One sentence for a report."""
+        if self.steps is None:
+            return (f"Test-time adaptation of {self.algorithm}: no inner loop (no inner "
+                    "learning rate or steps).")
+        lr = ("inner learning rates learned in training (from the checkpoint)"
+              if self.inner_lr is None
+              else f"inner learning rate {self.inner_lr:g} ({self.inner_lr_source})")
+        return (f"Test-time adaptation of {self.algorithm}: {lr}, {self.steps} inner steps "
+                f"({self.steps_source}).")
+
+
+def set_adaptation(algo: MetaAlgorithm, cfg: RunConfig, selected: dict[str, Any] | None, *,
+                   inner_lr: float | None = None, steps: int | None = None
+                   ) -> AdaptationSettings:
+    """Give ``algo`` (loaded from a checkpoint, with the ``selected`` settings stored there
+    or the config's) the command line's ``inner_lr`` / ``steps`` where given, and say what
+    it adapts with and where each value came from. A value it cannot take is a
+    :class:`ConfigError`: an algorithm without an inner loop, learned step sizes, more
+    steps than a per-step table was trained for."""
+    name = cfg.algorithm.name
+    if not isinstance(algo, InnerLoopAlgorithm):
+        if inner_lr is not None or steps is not None:
+            raise ConfigError(f"--inner-lr / --steps: {name} has no inner loop to set them for")
+        return AdaptationSettings(name, None, None, "none", "none")
+    learned = isinstance(algo, MAML) and algo.lr_mode != "fixed"
+    if inner_lr is not None:
+        if learned:
+            raise ConfigError(f"--inner-lr: {name} learns its step sizes "
+                              f"(lr_mode={algo.lr_mode!r}); they come from the checkpoint")
+        if not inner_lr > 0:
+            raise ConfigError(f"--inner-lr must be > 0, got {inner_lr}")
+        algo.inner_lr = float(inner_lr)
+    if steps is not None:
+        if steps < 0:
+            raise ConfigError(f"--steps must be >= 0, got {steps}")
+        tabled = isinstance(algo, MAML) and (algo.lr_mode == "per_step" or algo.bn_names)
+        most = max(algo.steps, algo.eval_steps)
+        if tabled and steps > most:
+            raise ConfigError(f"--steps {steps}: {name} learned a table of per-step settings "
+                              f"for {most} steps; give at most {most}")
+        algo.eval_steps = int(steps)
+    v = cfg.validation
+    lr_source = ("command line" if inner_lr is not None else "learned" if learned
+                 else "selection" if selected and v.select_inner_lr else "config")
+    steps_source = ("command line" if steps is not None
+                    else "selection" if selected and v.select_eval_steps else "config")
+    return AdaptationSettings(name, None if learned else algo.inner_lr, algo.eval_steps,
+                              lr_source, steps_source)

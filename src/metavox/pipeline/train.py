@@ -40,7 +40,16 @@ from metavox.pipeline.build import (
     training_sampler,
 )
 from metavox.pipeline.config import ConfigError, RunConfig, config_from_dict, to_toml
-from metavox.pipeline.select import Selection, adaptation_config, select_adaptation
+from metavox.pipeline.select import (
+    AdaptationSettings,
+    Selection,
+    adaptation_config,
+    first_validation,
+    saturation_warnings,
+    select_adaptation,
+    set_adaptation,
+    warn_saturation,
+)
 from metavox.storage import (
     Checkpoint,
     CheckpointError,
@@ -115,8 +124,12 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         state = trainer.fit(resume=resume, stop_after=stop_after)
         selection = None
         if state.iteration == cfg.optim.iterations:
+            first = first_validation(out) if d.main else None
             selection = select_adaptation(cfg, out, data.parts.get("val") if val_s else None,
-                                          data.input_shape, device=device, dist=d)
+                                          data.input_shape, device=device, dist=d,
+                                          first_check=first)
+            if selection is None and d.main:  # the checkpoint choice alone
+                warn_saturation(saturation_warnings([], first))
     finally:
         lock.close()
         if d.enabled and not joined:
@@ -181,6 +194,8 @@ class LoadedModel:
     config: RunConfig
     frontend: FrontendConfig
     meta: dict
+    #: what the algorithm adapts with at test time, and where each value came from
+    adaptation: AdaptationSettings | None = None
 
 
 def rebuild_model(ckpt: Checkpoint, source: str | Path) -> tuple[nn.Module, RunConfig,
@@ -221,13 +236,19 @@ def frontend_differences(cfg: RunConfig, frontend: FrontendConfig) -> list[str]:
             if stored[k] != wanted[k]]
 
 
-def load_trained(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Rebuild the algorithm stored in a checkpoint (file or run folder)."""
+def load_trained(path: str | Path, device: str = "cpu", *, inner_lr: float | None = None,
+                 steps: int | None = None) -> LoadedModel:
+    """Rebuild the algorithm stored in a checkpoint (file or run folder). It adapts with
+    ``inner_lr`` / ``steps`` where given (``--inner-lr`` / ``--steps``), else with the
+    settings chosen on validation and stored with the checkpoint, else the training
+    config's; ``LoadedModel.adaptation`` says which."""
     ckpt = load_checkpoint(path)
     model, cfg, frontend = rebuild_model(ckpt, path)
-    algo = build_algorithm(adaptation_config(cfg, ckpt.meta.get("adaptation")), model)
+    selected = ckpt.meta.get("adaptation")
+    algo = build_algorithm(adaptation_config(cfg, selected), model)
     try:
         algo.load_state_dict(ckpt.section("algo"))
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the configured model ({err})") from None
-    return LoadedModel(algo.to(device).eval(), cfg, frontend, ckpt.meta)
+    settings = set_adaptation(algo, cfg, selected, inner_lr=inner_lr, steps=steps)
+    return LoadedModel(algo.to(device).eval(), cfg, frontend, ckpt.meta, settings)
