@@ -639,9 +639,16 @@ def test_streams_command_writes_a_report_and_takes_extra_negatives(tmp_path):
         md = (tmp_path / name / "streams.md").read_text()
         assert "### protonet, 1-shot, at far = 0.01" in md and "| test word |" in md
         assert "| SNR (dB) |" in md and "heard -> named" in md
+        assert "Speakers not held out (split `class` holds out words only)" in md
+        assert "Test-time adaptation of protonet: no inner loop" in md
+        assert "speakers not held out" in out.stdout
+    assert reports["plain"]["split"]["speakers_held_out"] is False
     assert [r["method"] for r in reports["plain"]["rows"]] == ["protonet", "nearest centroid"]
     assert all(r["targets"] > 0 for r in reports["extra"]["rows"])
     assert reports["extra"]["negative_clips"] == reports["plain"]["negative_clips"] + 6
+    bad = subprocess.run([sys.executable, "-m", "metavox", "streams", str(tmp_path / "run"),
+                          "--steps", "3"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "protonet has no inner loop" in bad.stderr
 
 
 def test_speech_segments_find_the_words_and_the_protocol_scores_them(tmp_path):
@@ -675,3 +682,58 @@ def test_speech_segments_find_the_words_and_the_protocol_scores_them(tmp_path):
     assert r.detection_rate[-1] >= r.detection_rate[0]
     with pytest.raises(ValueError, match="calibrated on clips"):
         StreamConfig(decision="segments")
+
+
+def test_streams_respect_a_speaker_split_and_say_what_they_used(tmp_path, monkeypatch):
+    """Issue 30: in a run whose split holds out words *and* speakers, the streams'
+    enrollment clips, targets and non-targets are all by the test speakers (the report
+    lists the speakers and words used), the negative streams of the calibration by the
+    training speakers; the meta-learner adapts with --steps from the command line, and
+    the report says so."""
+    from train_helpers import tiny_config, tone_manifest
+
+    from metavox.kws.report import run_streams
+    from metavox.pipeline.build import build_run_data
+    from metavox.pipeline.train import train
+
+    manifest = tone_manifest(tmp_path / "tones", speakers=("a", "b", "c", "d"), per=4)
+    cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache",
+                      data={"corpus": str(manifest), "split": "both",
+                            "test_labels": ["5", "6", "7"], "val_labels": ["3", "4"],
+                            "test_speakers": ["c", "d"], "val_speakers": ["b"],
+                            "cache_dir": str(tmp_path / "cache")},
+                      evaluation={"episodes": 2, "shots": [1], "queries": 2, "max_steps": 0})
+    train(cfg, progress=False)
+    data = build_run_data(cfg)
+    assert data.split.part("train").speakers == ("a",)  # the meta-training speaker
+    from metavox.kws import calibrate
+
+    calibrated_on, negative_streams = [], calibrate.negative_streams
+
+    def recording(paths, *args, **kw):
+        calibrated_on.extend(paths)
+        return negative_streams(paths, *args, **kw)
+
+    monkeypatch.setattr(calibrate, "negative_streams", recording)
+    report = run_streams(tmp_path / "run", episodes=2, shots=[1, 2], ways=2, steps=3,
+                         out=tmp_path / "streams")
+    split = report["split"]
+    assert split["mode"] == "both" and split["speakers_held_out"]
+    assert split["test_speakers"] == ["c", "d"] and split["speakers_used"] == ["c", "d"]
+    assert set(split["words_enrolled"]) <= {"5", "6", "7"} and split["words_enrolled"]
+    # non-targets: the test speakers' other test and validation words, never training words
+    assert split["nontarget_words"] and set(split["nontarget_words"]) <= {"3", "4", "5", "6",
+                                                                          "7"}
+    saved = json.loads((tmp_path / "streams" / "streams.json").read_text())
+    assert saved["split"] == split
+    assert saved["adaptation"] == {"algorithm": "maml", "inner_lr": 0.3, "steps": 3,
+                                   "inner_lr_source": "config", "steps_source": "command line"}
+    md = (tmp_path / "streams" / "streams.md").read_text()
+    assert "Speakers held out (split `both`)" in md and "by the run's 2 test speakers" in md
+    assert "the streams used 2: c, d" in md
+    assert "inner learning rate 0.3 (config), 3 inner steps (command line)" in md
+    for r in saved["curves"]:
+        assert r["speakers"] == ["c", "d"] and r["targets"] > 0
+    # the calibration's negative streams: training words by the training speaker
+    assert calibrated_on and {Path(p).stem.split("_")[:2][1] for p in calibrated_on} == {"a"}
+    assert {Path(p).stem.split("_")[0] for p in calibrated_on} <= {"0", "1", "2"}

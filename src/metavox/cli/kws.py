@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from metavox.cli.common import print_table, user_errors
+from metavox.cli.common import PROGRESS_HELP, QUIET_HELP, print_table, progress_output, user_errors
 
 
 def listen_command(
@@ -140,23 +140,35 @@ def streams_command(
     negatives: Path | None = typer.Option(None, "--negatives", help="A folder of extra "
                                           "negative recordings (none of the test words) for "
                                           "the open-set calibration and background bank."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    inner_lr: float | None = typer.Option(
+        None, "--inner-lr", help="The meta-learner's test-time inner learning rate "
+        "(default: the one chosen on validation, else the training config's)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="The meta-learner's test-time inner steps (default: chosen on "
+        "validation, else the training config's eval_steps)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Keyword spotting on long test streams built from the run's test words: detection
     rate against false accepts per hour, meta-learned model against the frozen-base
-    nearest-centroid baseline, with a DET plot.
+    nearest-centroid baseline, with a DET plot. When the run's split holds speakers out,
+    every clip of the streams is by its test speakers.
 
     Example:
 
       metavox streams runs/sc-embedding-protomaml --episodes 12 --shots 1,3,5
+
+      metavox streams runs/sc-maml --inner-lr 0.3 --steps 10
     """
     from metavox.kws.report import run_streams
+    from metavox.pipeline.select import AdaptationSettings
 
-    with user_errors():
+    with user_errors(), progress_output(progress):
         shot_list = [int(s) for s in shots.split(",") if s.strip()]
         report = run_streams(checkpoint, episodes=episodes, shots=shot_list, ways=ways,
-                             far=far, calibration=calibration, out=out, progress=progress,
-                             extra_negatives=negatives, decision=decision)
+                             far=far, calibration=calibration, out=out, progress=not quiet,
+                             extra_negatives=negatives, decision=decision,
+                             inner_lr=inner_lr, steps=steps)
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",
              f"{100 * r['rate_at_far']:.1f}", f"{r['fa_per_hour_at_far']:.2f}",
              f"{r['latency_ms']:.0f}"] for r in report["rows"]]
@@ -164,6 +176,13 @@ def streams_command(
     print_table("keyword spotting on streams",
                 ["method", "shots", "DR% @<=1 FA/h", f"DR% @{point}", "FA/h there",
                  "median latency ms"], rows)
+    split = report["split"]
+    if split["speakers_held_out"]:
+        typer.echo(f"speakers held out: every clip by the run's {len(split['test_speakers'])} "
+                   f"test speakers ({len(split['speakers_used'])} in the streams)")
+    else:
+        typer.echo(f"speakers not held out (split '{split['mode']}' holds out words only)")
+    typer.echo(AdaptationSettings(**report["adaptation"]).describe())
     typer.echo(f"report: {report['path']}")
 
 

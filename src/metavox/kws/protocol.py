@@ -8,7 +8,11 @@ every other word of the corpus except the run's meta-training words (``nontarget
 target; those words are among the negatives the open set is calibrated on, so using them
 would flatter it), separated by random gaps, over
 a continuous background noise at a signal-to-noise ratio drawn from ``snr_db``. Each word's
-time span in the stream is known (its clip's speech, found by energy).
+time span in the stream is known (its clip's speech, found by energy). Every clip comes
+from the corpus given: for a run whose split holds speakers out,
+:func:`metavox.kws.report.run_streams` gives the test speakers' clips alone, so
+enrollment, targets and non-targets are all by unseen speakers (each stream records its
+``speakers``).
 
 Every method adapts on the same enrollment clips and scores the same stream (the stream's
 features are computed once, then each adapted model scores them). A detection is a *hit*
@@ -44,6 +48,7 @@ from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta import MetaAlgorithm
 from metavox.meta.openset import OpenSet, spread_of, threshold_for
 from metavox.pipeline.enroll import Adapted, featurize, negative_scores
+from metavox.progress import Progress
 
 #: the far values swept for the DET curve when calibrating on clips (fraction of negative
 #: clips accepted) and on streams (false accepts per hour of the negative stream)
@@ -128,6 +133,8 @@ class TestStream:
     enroll: dict[str, list[str]]  # word -> paths, in order (the first k for k-shot)
     placements: list[Placement]
     snr_db: float
+    #: the speakers of every clip in it, enrollment included (sorted; unknown ones left out)
+    speakers: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -167,7 +174,10 @@ def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episo
               for i in rng.choice(len(others), size=n_other, replace=False)]
     items = [items[i] for i in rng.permutation(len(items))]
     wave, placements, snr = lay_out(items, cfg, rng, sample_rate)
-    return TestStream(wave, sample_rate, words, enroll, placements, snr)
+    speaker = {u.path: u.speaker for u in corpus}
+    used = [p for w in words for p in enroll[w]] + [path for _, path, _ in items]
+    speakers = sorted({speaker[p] for p in used if speaker.get(p) is not None})
+    return TestStream(wave, sample_rate, words, enroll, placements, snr, speakers)
 
 
 def lay_out(items: list[tuple[str, str, bool]], cfg: StreamConfig, rng: np.random.Generator,
@@ -299,6 +309,10 @@ class StreamResult:
     by_word: dict[str, list[int]] = field(default_factory=dict)
     confusions: dict[str, int] = field(default_factory=dict)
     by_snr: dict[str, list[float]] = field(default_factory=dict)
+    #: who and what the streams held: the speakers of their clips (enrollment included)
+    #: and the words placed as non-targets (sorted)
+    speakers: list[str] = field(default_factory=list)
+    nontarget_vocabulary: list[str] = field(default_factory=list)
 
     @property
     def detection_rate(self) -> list[float]:
@@ -369,11 +383,7 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
     settings = cfg.settings.resolve(frontend)
     results = {(m, k): StreamResult(m, k, list(grid), [0] * len(grid), 0, [0] * len(grid), 0.0)
                for m in methods for k in cfg.shots}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.episodes, desc="streams", unit="stream", dynamic_ncols=True)
+    bar = Progress(cfg.episodes, "streams", "stream", enabled=progress)
     for e in range(cfg.episodes):
         stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate,
                               exclude=exclude)
@@ -406,6 +416,9 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                     best, scores = smoothed_scores(score(adapted, feats, probe),
                                                    settings.smooth)
                 r = results[(name, k)]
+                r.speakers = sorted(set(r.speakers) | set(stream.speakers))
+                r.nontarget_vocabulary = sorted(set(r.nontarget_vocabulary) | {
+                    p.word for p in stream.placements if not p.target})
                 r.targets += sum(p.target for p in stream.placements)
                 r.nontarget_words += sum(not p.target for p in stream.placements)
                 r.hours += hours
@@ -423,8 +436,6 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                     if target == cfg.operating_point:
                         r.latencies += [o.latency for o in got if o.hit]
                         r.add_breakdown(stream, got, hours)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return list(results.values())

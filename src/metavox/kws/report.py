@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metavox.data import Corpus
 from metavox.kws.protocol import MARGINS, StreamConfig, StreamResult, evaluate_streams
 from metavox.meta import ProtoNet
-from metavox.pipeline.build import build_model, build_run_data
+from metavox.pipeline.build import RunData, build_model, build_run_data
 from metavox.pipeline.enroll import negative_pool, read_negatives
+from metavox.pipeline.select import AdaptationSettings
 from metavox.pipeline.train import load_trained
 from metavox.storage import atomic_write
 
@@ -21,12 +23,18 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
                 ways: int = 5, far: float = 0.01, calibration: str = "streams",
                 out: str | Path | None = None, progress: bool = False,
                 config: StreamConfig | None = None,
-                extra_negatives: str | Path | None = None, decision: str = "windows") -> dict:
+                extra_negatives: str | Path | None = None, decision: str = "windows",
+                inner_lr: float | None = None, steps: int | None = None) -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
     nearest-centroid baseline on its untrained backbone; write the report.
-    ``extra_negatives``: a folder of extra negative recordings for the open-set calibration
-    and bank (as ``metavox adapt --negatives``)."""
-    loaded = load_trained(checkpoint)
+
+    The streams respect the run's split (:func:`stream_corpus`): when it holds speakers
+    out, enrollment clips, targets and non-targets are all by its test speakers, and the
+    negative streams of the calibration by its training speakers. ``extra_negatives``: a
+    folder of extra negative recordings for the open-set calibration and bank (as
+    ``metavox adapt --negatives``); ``inner_lr`` / ``steps``: the meta-learner's test-time
+    adaptation (default: the settings chosen on validation, else the training config's)."""
+    loaded = load_trained(checkpoint, inner_lr=inner_lr, steps=steps)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
                                  ways=ways, far=far, calibration=calibration,
@@ -47,13 +55,66 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     if cfg.calibration == "streams":
         from metavox.kws.calibrate import negative_streams
 
-        paths = [u.path for u in data.corpus if u.label in train_words]
+        paths = [u.path for u in stream_corpus(data, "train") if u.label in train_words]
         streams = negative_streams(paths, loaded.frontend, seed=loaded.config.seed)
-    results = evaluate_streams(methods, data.corpus, test_words, loaded.frontend, negatives,
-                               cfg, exclude=train_words, streams=streams, progress=progress)
+    corpus = stream_corpus(data, "test")
+    try:
+        results = evaluate_streams(methods, corpus, test_words, loaded.frontend, negatives,
+                                   cfg, exclude=train_words, streams=streams,
+                                   progress=progress)
+    except ValueError as err:
+        part = data.split.part("test")
+        if part.speakers is None:
+            raise
+        raise ValueError(f"{err} (by the split's {len(part.speakers)} test speakers)"
+                         ) from None
     folder = Path(out) if out is not None else run_dir / "report" / "streams"
     return write_report(results, cfg, folder, test_words,
-                        sum(len(n) for n in negatives if n is not None))
+                        sum(len(n) for n in negatives if n is not None),
+                        split=split_record(data, results), adaptation=loaded.adaptation)
+
+
+def stream_corpus(data: RunData, part: str) -> Corpus:
+    """The clips the stream protocol may draw on for ``part`` of the run's split: the
+    corpus by the part's speakers when the split holds speakers out (modes ``speaker``
+    and ``both``), else the whole corpus (a class split holds out words only; which
+    words serve is up to the protocol: enrolled test words, never the training words as
+    non-targets)."""
+    speakers = data.split.part(part).speakers
+    return data.corpus if speakers is None else data.corpus.filter(speakers=speakers)
+
+
+def split_record(data: RunData, results: list[StreamResult]) -> dict:
+    """Which speakers and words the streams used, for the report: the split's mode,
+    whether the speakers were held out, its test speakers, the speakers whose clips the
+    streams held, the words enrolled and the non-target words placed."""
+    test_speakers = data.split.part("test").speakers
+    return {
+        "mode": data.split.mode,
+        "speakers_held_out": test_speakers is not None,
+        "test_speakers": None if test_speakers is None else sorted(test_speakers),
+        "speakers_used": sorted({s for r in results for s in r.speakers}),
+        "words_enrolled": sorted({w for r in results for w in r.by_word}),
+        "nontarget_words": sorted({w for r in results for w in r.nontarget_vocabulary}),
+    }
+
+
+def split_lines(split: dict | None) -> list[str]:
+    """A Markdown paragraph on the speakers and words the streams used."""
+    if not split:
+        return []
+    used = split["speakers_used"]
+    if split["speakers_held_out"]:
+        who = (f"Speakers held out (split `{split['mode']}`): enrollment clips, targets and "
+               f"non-targets are all by the run's {len(split['test_speakers'])} test "
+               f"speakers; the streams used {len(used)}: {', '.join(used)}.")
+    else:
+        who = (f"Speakers not held out (split `{split['mode']}` holds out words only): the "
+               f"clips are by any of the corpus's speakers, meta-training speakers "
+               f"included ({len(used)} in the streams).")
+    words = (f" Words enrolled: {', '.join(split['words_enrolled'])}; non-target words: "
+             f"{', '.join(split['nontarget_words']) or 'none'}.")
+    return ["", who + words]
 
 
 def summary(r: StreamResult, cfg: StreamConfig) -> dict:
@@ -67,14 +128,20 @@ def summary(r: StreamResult, cfg: StreamConfig) -> dict:
 
 
 def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
-                 test_words: list[str], negative_clips: int | None = None) -> dict:
+                 test_words: list[str], negative_clips: int | None = None, *,
+                 split: dict | None = None, adaptation: AdaptationSettings | None = None
+                 ) -> dict:
     """``streams.json``, ``streams.md`` and ``streams.png`` (DET curves) in ``folder``
-    (``negative_clips``: how many clips the open-set calibration drew on, for the record)."""
+    (``negative_clips``: how many clips the open-set calibration drew on, for the record;
+    ``split``: the speakers and words used, :func:`split_record`; ``adaptation``: the
+    meta-learner's test-time settings)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [summary(r, cfg) for r in results]
     data = {"config": {k: v for k, v in vars(cfg).items() if k != "settings"}
             | {"settings": vars(cfg.settings)}, "test_words": test_words, "rows": rows,
-            "negative_clips": negative_clips, "curves": [r.to_dict() for r in results]}
+            "negative_clips": negative_clips, "split": split,
+            "adaptation": None if adaptation is None else adaptation.to_dict(),
+            "curves": [r.to_dict() for r in results]}
     atomic_write(folder / "streams.json", json.dumps(data, indent=1, default=list))
     point = (f"calibrated to {cfg.fa_per_hour:g} FA/h on negative streams"
              if cfg.calibration == "streams" else f"calibrated to far = {cfg.far:g} on clips")
@@ -93,10 +160,14 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
                  f"At <= 1 FA/h: the best point of the curve, including thresholds past the "
                  f"strictest calibrated one (raised by {', '.join(f'{m:g}' for m in MARGINS)} "
                  f"spreads of the negatives' scores).")
+    lines += split_lines(split)
+    if adaptation is not None:
+        lines += ["", adaptation.describe()]
     lines += breakdown_lines(results, cfg)
     atomic_write(folder / "streams.md", "\n".join(lines) + "\n")
     plot_det(results, folder / "streams.png")
-    return {"rows": rows, "path": str(folder)}
+    return {"rows": rows, "path": str(folder), "split": split,
+            "adaptation": None if adaptation is None else adaptation.to_dict()}
 
 
 def breakdown_lines(results: list[StreamResult], cfg: StreamConfig, *, top: int = 12
