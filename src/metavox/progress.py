@@ -7,7 +7,7 @@ pipe, a notebook's captured output), or inside :func:`lines_only` (``--no-progre
 prints one plain line every ``interval`` seconds and one at the end, and never a carriage
 return:
 
-    features fsdd: 1200/12000 clips (10%), 4.00 clips/s, 5m00s elapsed, ~45m00s left
+    features fsdd: 1200/12000 clip (10%), 4 clip/s, 5m00s elapsed, ~45m00s left
 
 Disabled (``enabled=False``, ``--quiet``) it prints nothing.
 
