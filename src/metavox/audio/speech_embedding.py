@@ -134,9 +134,9 @@ class SpeechEmbeddingBody(nn.Module):
             _, _, pad, pool = BODY_SPEC[i]
             x = self.convs[str(i)](F.pad(x, (pad, pad, 0, 0)) if pad else x)
             if i < NUM_BLOCKS - 1:
-                if x.requires_grad:
+                if torch.is_grad_enabled():
                     x = F.leaky_relu(x, 0.2).clamp_min(-0.4)
-                else:  # frozen use: in place, no new activations (a tenth of the time)
+                else:  # featurizing: in place, no new activations (a tenth of the time)
                     x = F.leaky_relu_(x, 0.2).clamp_min_(-0.4)
             if pool is not None:
                 x = F.max_pool2d(x, pool)
