@@ -94,6 +94,38 @@ def test_config_roundtrip_and_validation() -> None:
         cfg.n_mels = 3  # type: ignore[misc]
 
 
+#: A default config's dict as every config stored it before the second encoder (feature
+#: cache keys hash it; checkpoints hold it)
+OLD_DEFAULT = {
+    "sample_rate": 16000, "duration": 1.0, "n_mels": 40, "win_ms": 25.0, "hop_ms": 10.0,
+    "n_fft": None, "f_min": 0.0, "f_max": None, "kind": "logmel", "n_mfcc": 40, "trim": False,
+    "log_eps": 1e-6, "mel_scale": "slaney", "mel_norm": "slaney", "center": True,
+    "pad_mode": "constant", "embedding_blocks": 20,
+}
+
+
+@pytest.mark.parametrize("changes", [{}, {"kind": "mfcc", "n_mfcc": 13},
+                                     {"kind": "speech-embedding", "duration": 2.0},
+                                     {"kind": "speech-embedding", "embedding_blocks": 19}],
+                         ids=["logmel", "mfcc", "speech-embedding", "speech-embedding-top"])
+def test_old_dicts_load_and_give_the_same_dict_back(changes) -> None:
+    """``embedding_blocks`` counts the blocks of the kind's encoder (None: all of them);
+    the dicts stored before the second encoder load unchanged, and configs built now
+    give those same dicts (so the same feature-cache keys)."""
+    old = {**OLD_DEFAULT, **changes}
+    cfg = FrontendConfig.from_dict(old)
+    assert cfg.to_dict() == old
+    built = FrontendConfig(**changes)
+    assert built.to_dict() == old and built == cfg
+    mswc = FrontendConfig(kind="mswc-resnet")
+    assert mswc.embedding_blocks == 17 and mswc.to_dict()["embedding_blocks"] == 17
+    assert FrontendConfig(kind="speech-embedding").embedding_blocks == 20
+    with pytest.raises(ValueError, match=r"0\.\.17 for 'mswc-resnet', got 20"):
+        FrontendConfig.from_dict({**OLD_DEFAULT, "kind": "mswc-resnet"})
+    with pytest.raises(ValueError, match="16000"):
+        FrontendConfig(kind="mswc-resnet", sample_rate=8000)
+
+
 def dataclasses_error() -> type[Exception]:
     import dataclasses
 

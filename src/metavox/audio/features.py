@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metavox.audio.speech_embedding import NUM_BLOCKS, block_shape, num_windows
+from metavox.audio.encoders import ENCODERS
 
 __all__ = [
     "EmbeddingFeatures",
@@ -36,7 +36,11 @@ __all__ = [
     "shared_frontend",
 ]
 
-_KINDS = ("logmel", "mfcc", "speech-embedding")
+_KINDS = ("logmel", "mfcc", *ENCODERS)
+#: ``embedding_blocks`` of the kinds without an encoder: the field's value before there
+#: were two encoders (the speech embedding's 20 blocks), kept so that their configs'
+#: dicts, and so their feature-cache keys, stay as they were
+_NO_ENCODER_BLOCKS = 20
 _SCALES = ("slaney", "htk")
 _NORMS = ("slaney", None)
 
@@ -53,7 +57,9 @@ class FrontendConfig:
     n_fft: int | None = None  # None: next power of two >= window length
     f_min: float = 0.0
     f_max: float | None = None  # None: sample_rate / 2
-    kind: str = "logmel"  # "logmel" | "mfcc" | "speech-embedding" (see below)
+    #: "logmel" | "mfcc", or a pretrained encoder (:mod:`metavox.audio.encoders`):
+    #: "speech-embedding" | "mswc-resnet", frozen, its windows' embeddings as features
+    kind: str = "logmel"
     n_mfcc: int = 40
     trim: bool = False  # trim leading/trailing silence when loading clips
     log_eps: float = 1e-6
@@ -61,25 +67,36 @@ class FrontendConfig:
     mel_norm: str | None = "slaney"  # "slaney" (unit-area filters) | None (peak 1)
     center: bool = True
     pad_mode: str = "constant"  # padding for center=True framing (as librosa >= 0.10)
-    #: speech embedding only: body convolutions the (frozen, cached) front-end runs; the
-    #: other ``20 - embedding_blocks`` are the model's to train (20: the whole embedding)
-    embedding_blocks: int = NUM_BLOCKS
+    #: encoder kinds only: the encoder's blocks the (frozen, cached) front-end runs; the
+    #: others, at the top, are the model's to train. None (the default): all of them,
+    #: the encoder's embedding (20 blocks for the speech embedding, 17 for the MSWC
+    #: ResNet), filled in on construction, so ``to_dict()`` always holds the number.
+    #: Other kinds ignore it (and store 20).
+    embedding_blocks: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        enc = ENCODERS.get(self.kind)
+        if self.embedding_blocks is None:
+            blocks = enc.num_blocks if enc is not None else _NO_ENCODER_BLOCKS
+            object.__setattr__(self, "embedding_blocks", blocks)
+        if isinstance(self.embedding_blocks, bool) or not isinstance(self.embedding_blocks, int):
+            raise ValueError(f"embedding_blocks must be an integer, got {self.embedding_blocks!r}")
+        if enc is not None:
+            if self.sample_rate != enc.sample_rate:
+                raise ValueError(f"kind={self.kind!r} works at sample_rate {enc.sample_rate} "
+                                 f"only, got {self.sample_rate}")
+            enc.check_blocks(self.embedding_blocks)
+        elif not 0 <= self.embedding_blocks <= _NO_ENCODER_BLOCKS:
+            raise ValueError(f"embedding_blocks must be in 0..{_NO_ENCODER_BLOCKS}, got "
+                             f"{self.embedding_blocks}")
         if self.mel_scale not in _SCALES:
             raise ValueError(f"mel_scale must be one of {_SCALES}, got {self.mel_scale!r}")
         if self.mel_norm not in _NORMS:
             raise ValueError(f"mel_norm must be one of {_NORMS}, got {self.mel_norm!r}")
         if self.sample_rate <= 0 or self.duration <= 0:
             raise ValueError("sample_rate and duration must be positive")
-        if self.kind == "speech-embedding" and self.sample_rate != 16000:
-            raise ValueError("kind='speech-embedding' works at sample_rate 16000 only, got "
-                             f"{self.sample_rate}")
-        if not 0 <= self.embedding_blocks <= NUM_BLOCKS:
-            raise ValueError(f"embedding_blocks must be in 0..{NUM_BLOCKS}, got "
-                             f"{self.embedding_blocks}")
         if self.win_ms <= 0 or self.hop_ms <= 0:
             raise ValueError("win_ms and hop_ms must be positive")
         if self.n_mels <= 0:
@@ -133,18 +150,20 @@ class FrontendConfig:
 
     @property
     def num_features(self) -> int:
-        """Feature bins per frame: ``n_mels`` for log-mel, ``n_mfcc`` for MFCC, 96 for the
-        speech embedding (for ``embedding_blocks < 20``: the size of one window's
-        activations at the input of convolution ``embedding_blocks``)."""
-        if self.kind == "speech-embedding":
-            return math.prod(block_shape(self.embedding_blocks))
+        """Feature bins per frame: ``n_mels`` for log-mel, ``n_mfcc`` for MFCC, the
+        embedding's size for an encoder (96 for the speech embedding, 2048 for the MSWC
+        ResNet; below its top: the size of one window's activations at the input of block
+        ``embedding_blocks``)."""
+        if self.kind in ENCODERS:
+            return ENCODERS[self.kind].features(self.embedding_blocks)
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
 
     def frames_for(self, num_samples: int) -> int:
-        """Frames ``torch.stft`` gives for ``num_samples`` samples under this config (for the
-        speech embedding: its 80 ms windows)."""
-        if self.kind == "speech-embedding":
-            return num_windows(num_samples)
+        """Frames ``torch.stft`` gives for ``num_samples`` samples under this config (for an
+        encoder: its windows, every 80 ms of the speech embedding, every 125 ms of the
+        MSWC ResNet's 1.5 s)."""
+        if self.kind in ENCODERS:
+            return ENCODERS[self.kind].num_windows(num_samples)
         if self.center:
             return 1 + num_samples // self.hop_length
         return 1 + max(0, num_samples - self.fft_size) // self.hop_length
@@ -155,7 +174,9 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrontendConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be ignored)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be ignored).
+        Dicts stored before the second encoder (``embedding_blocks`` 20 whatever the kind)
+        load as they were and give the same dict back."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -331,22 +352,25 @@ class MFCC(LogMel):
 
 
 class EmbeddingFeatures(nn.Module):
-    """``kind="speech-embedding"``: the frozen, pretrained speech embedding
-    (:mod:`metavox.audio.speech_embedding`) as a front-end, ``[B, samples]`` ->
-    ``[B, 96, windows]``: one 96-d vector every 80 ms, what the feature cache stores. With
-    ``embedding_blocks = s < 20`` it stops below convolution ``s`` and gives each window's
-    activations there, flattened: ``[B, prod(block_shape(s)), windows]``.
+    """An encoder kind (:mod:`metavox.audio.encoders`): the frozen, pretrained encoder as
+    a front-end, ``[B, samples]`` -> ``[B, F, windows]``, what the feature cache stores:
 
-    Waveforms go in as they are, in [-1, 1] (``input_scale=1``): on the validation words
-    of protocol 1 that gave 86.2 / 95.1 % (5-way 1 / 5-shot, cosine nearest centroid)
-    against 82.8 / 93.6 % for the int16 scale openWakeWord uses.
+    - ``"speech-embedding"``: one 96-d vector every 80 ms; waveforms in [-1, 1]
+      (``input_scale=1``): on the validation words of protocol 1 that gave 86.2 / 95.1 %
+      (5-way 1 / 5-shot, cosine nearest centroid) against 82.8 / 93.6 % for the int16
+      scale openWakeWord uses;
+    - ``"mswc-resnet"``: one 2048-d unit vector per 1.5 s window, every 125 ms (a clip of
+      at most 1.5 s: one window, zero-padded), the ResNet channels-last and batched.
+
+    With ``embedding_blocks = s`` below the encoder's ``num_blocks`` it stops below block
+    ``s`` and gives each window's activations there, flattened:
+    ``[B, prod(block_shape(s)), windows]``.
     """
 
     def __init__(self, config: FrontendConfig) -> None:
         super().__init__()
-        from metavox.audio.speech_embedding import SpeechEmbedding
-
-        self.embedding = SpeechEmbedding(input_scale=1.0, blocks=config.embedding_blocks)
+        self.encoder = ENCODERS[config.kind]
+        self.embedding = self.encoder.frontend(config.embedding_blocks)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         lead = wave.shape[:-1]
@@ -364,9 +388,9 @@ def shared_frontend(config: FrontendConfig) -> nn.Module:
 
 
 def build_frontend(config: FrontendConfig | None = None) -> nn.Module:
-    """The feature module ``config.kind`` names: :class:`LogMel`, :class:`MFCC` or
-    :class:`EmbeddingFeatures`."""
+    """The feature module ``config.kind`` names: :class:`LogMel`, :class:`MFCC` or, for
+    an encoder, :class:`EmbeddingFeatures`."""
     cfg = FrontendConfig() if config is None else config
-    if cfg.kind == "speech-embedding":
+    if cfg.kind in ENCODERS:
         return EmbeddingFeatures(cfg)
     return MFCC(cfg) if cfg.kind == "mfcc" else LogMel(cfg)
