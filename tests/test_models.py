@@ -41,7 +41,7 @@ def count(module: nn.Module) -> int:
 
 
 def test_registry_lists_every_model_once_with_a_description():
-    assert MODELS == ["conv4", "dscnn", "mlp", "resnet8", "speech-embedding"]
+    assert MODELS == ["conv4", "dscnn", "mlp", "mswc-resnet", "resnet8", "speech-embedding"]
     assert set(REGISTRY) == set(MODELS) | set(ALIASES)
     assert all(DESCRIPTIONS[n] and "\n" not in DESCRIPTIONS[n] for n in MODELS)
     assert isinstance(create_model("res8", num_classes=2, input_shape=(40, 101)), ResNet8)
@@ -174,3 +174,22 @@ def test_the_speech_embedding_front_end_stops_below_the_trainable_blocks():
         config_from_dict({"model": {"name": "speech-embedding",
                                     "options": {"trainable_blocks": 1}},
                           "frontend": {"embedding_blocks": 20}})
+
+
+def test_the_mswc_resnet_declares_its_front_end_like_the_speech_embedding():
+    """Both pretrained bases declare their encoder's front-end; no weights are needed to
+    build the frozen model (its trainable part is the pooled, normalised head)."""
+    from metavox.pipeline.config import ConfigError, config_from_dict
+
+    frozen = config_from_dict({"model": {"name": "mswc-resnet"}}).frontend_config()
+    assert (frozen.kind, frozen.sample_rate, frozen.duration) == ("mswc-resnet", 16000, 1.5)
+    assert (frozen.embedding_blocks, frozen.num_features, frozen.num_frames) == (17, 2048, 1)
+    top = config_from_dict({"model": {"name": "mswc-resnet",
+                                      "options": {"trainable_blocks": 1}}}).frontend_config()
+    assert (top.embedding_blocks, top.num_features) == (16, 2048 * 5 * 2)
+    with pytest.raises(ConfigError, match="needs kind = 'mswc-resnet'"):
+        config_from_dict({"model": {"name": "mswc-resnet"},
+                          "frontend": {"kind": "speech-embedding"}}).frontend_config()
+    model = create_model("mswc-resnet", num_classes=4, input_shape=(2048, 1), adapter=True)
+    assert model.feature_dim == 2048 and model.body.top is None
+    assert model_options("mswc-resnet") == model_options("speech-embedding")

