@@ -217,3 +217,22 @@ def test_data_features_command_under_torchrun(noise: Corpus, clean, tmp_path: Pa
     again = subprocess.run([sys.executable, "-m", "metavox", "data", "features", "-c", str(cfg),
                             "--quiet"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "148 clips" in again.stdout
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(noise: Corpus, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed mid-build (the kernel's OOM killer, say) ends the build with an
+    error that says to run again, and the chunks already written are kept."""
+    import metavox.data.cache as cache_module
+
+    real = cache_module._Featurizer.__call__
+
+    def dying(self, chunk: int):
+        if chunk == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, chunk)
+
+    monkeypatch.setattr(cache_module._Featurizer, "__call__", dying)
+    with pytest.raises(RuntimeError, match="worker died.*run again to resume"):
+        FeatureCache(tmp_path, EMBEDDING, workers=2).get(noise)
+    assert FeatureCache(tmp_path, EMBEDDING).load(noise) is None

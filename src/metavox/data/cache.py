@@ -24,6 +24,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Literal
 
@@ -523,8 +525,19 @@ class FeatureCache:
                 results: Iterable[tuple[int, int]] = map(featurizer, todo)
                 self._collect(results, bar)
                 return
-            with _pool_context().Pool(workers, _init_worker, (*args, 1)) as pool:
-                self._collect(pool.imap_unordered(_run_worker, todo), bar)
+            with ProcessPoolExecutor(workers, mp_context=_pool_context(),
+                                     initializer=_init_worker, initargs=(*args, 1)) as pool:
+                futures = [pool.submit(_run_worker, j) for j in todo]
+                try:
+                    self._collect((f.result() for f in as_completed(futures)), bar)
+                except BrokenProcessPool:
+                    raise RuntimeError(
+                        f"a featurization worker died (out of memory, or killed) while "
+                        f"building the features of {corpus.name!r}; the chunks finished so "
+                        "far are kept: run again to resume") from None
+                finally:
+                    for f in futures:
+                        f.cancel()
 
     def _collect(self, results: Iterable[tuple[int, int]], bar: Progress) -> None:
         for _, count in results:
