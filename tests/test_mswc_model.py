@@ -223,3 +223,24 @@ def test_a_run_on_the_resnet_trains_evaluates_and_enrolls(shared_data, tmp_path,
     (w1, p1), = adapted.predict_files([probe])
     (w2, p2), = again.predict_files([probe])
     assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
+
+
+def test_a_stream_gives_the_front_end_features_of_the_last_window():
+    """Streams on the second base (``listen``, the stream protocol, the service): every
+    hop, the ResNet's embedding of the last 1.5 s (zeros before the stream began)."""
+    from metavox.audio.streaming import feature_stream
+
+    cfg = FrontendConfig(**model_frontend("mswc-resnet"))
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    stream = feature_stream(cfg)
+    steps = stream.push(wave[:7000]) + stream.push(wave[7000:])
+    assert len(steps) == 16000 // stream.hop == 10
+    frontend = shared_frontend(cfg)
+    for t, feats in steps[::3]:
+        end = int(round(t * cfg.sample_rate))
+        window = np.concatenate([np.zeros(cfg.num_samples, np.float32), wave[:end]])
+        with torch.no_grad():
+            ref = frontend(torch.from_numpy(window[-cfg.num_samples:])[None])[0]
+        assert feats.shape == (2048, 1)
+        torch.testing.assert_close(feats, ref, atol=1e-5, rtol=1e-5)
