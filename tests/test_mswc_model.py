@@ -223,6 +223,29 @@ def test_a_run_on_the_resnet_trains_evaluates_and_enrolls(shared_data, tmp_path,
     (w1, p1), = adapted.predict_files([probe])
     (w2, p2), = again.predict_files([probe])
     assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
+    if top == 0 and all(importlib.util.find_spec(m) for m in ("onnxscript", "onnxruntime")):
+        check_export(again, tmp_path / "words.onnx", shared_data)
+
+
+def check_export(adapted, path: Path, shared_data: Path) -> None:
+    """The exported graph (the ResNet front-end in it) takes any batch and answers as
+    PyTorch does."""
+    import onnxruntime as ort
+
+    from metavox.kws.export import ClipSpotter, export_onnx
+
+    export_onnx(adapted, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 24000]
+    clips = np.stack([load_clip(shared_data / "fsdd" / "recordings" / f"{d}_theo_{i}.wav",
+                                16000, 1.5) for d in "35" for i in (20, 21)])
+    spotter = ClipSpotter(adapted).eval()
+    for x in (clips[:1], clips[1:]):
+        got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+        with torch.no_grad():
+            want = spotter(torch.from_numpy(x).float())
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
 
 
 def test_a_stream_gives_the_front_end_features_of_the_last_window():

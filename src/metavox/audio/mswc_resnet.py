@@ -527,7 +527,10 @@ class MswcResNet(nn.Module):
         at a time."""
         windows = sliding_windows(wave, hop)
         flat = windows.reshape(-1, WINDOW_SAMPLES)
-        out = torch.cat([self(flat[i:i + batch]) for i in range(0, flat.shape[0], batch)])
+        if torch.onnx.is_in_onnx_export():  # one batch: a loop would fix the batch size
+            out = self(flat)
+        else:
+            out = torch.cat([self(flat[i:i + batch]) for i in range(0, flat.shape[0], batch)])
         return out.reshape(*windows.shape[:2], *out.shape[1:])
 
 
