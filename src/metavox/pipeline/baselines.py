@@ -7,8 +7,9 @@
 - ``scratch``: the same fine-tuning from an untrained network;
 - ``noadapt``: the pre-trained classifier as it is (speaker adaptation only);
 - ``centroid``: nearest class mean on the untrained backbone's features, no training at
-  all: for the ``speech-embedding`` backbone, the frozen pretrained embedding with the
-  nearest-centroid rule (the baseline any meta-learner on it has to beat).
+  all: for a pretrained backbone (``speech-embedding``, ``mswc-resnet``), the frozen
+  pretrained embedding with the nearest-centroid rule (the baseline any meta-learner on it
+  has to beat).
 
 What needs training is trained once and stored in the run folder (``baselines/``), so
 later evaluations reuse it.
