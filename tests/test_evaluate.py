@@ -180,3 +180,33 @@ def test_test_time_settings_an_algorithm_cannot_take_are_errors():
         set_adaptation(algo("mamlpp", steps=2), cfg, None, steps=5)
     with pytest.raises(ConfigError, match="--inner-lr must be > 0"):
         set_adaptation(algo("maml"), config_from_dict({}), None, inner_lr=0.0)
+
+
+def test_open_set_on_the_same_episodes(run_dir, tmp_path):
+    """--open-set: every adapting method's clip-level open set on the evaluation's own
+    episodes, in the report (table, DET plot, JSON) and the command's output."""
+    from typer.testing import CliRunner
+
+    from metavox.cli import app
+
+    report = evaluate(run_dir, shots=[2], baselines=["protonet"], open_set=True)
+    assert [(o.method, o.shots) for o in report.open_set] == [("maml", 2), ("protonet", 2)]
+    pool = report.open_set_pool
+    assert pool["test words"] == ["6", "7"] and pool["backgrounds"] > 0
+    for o in report.open_set:
+        assert o.episodes == 6 and set(o.detection) == {"1%", "0.1%", "0.01%"}
+        assert all(0 <= m <= 1 for m, _ in o.detection.values()) and 0 <= o.eer[0] <= 1
+        # 2-way episodes of 2 test words: the targets are both words' other clips, the
+        # non-targets every validation clip and background, in each episode
+        assert o.targets > 0 and o.nontargets >= 6 * pool["backgrounds"]
+    again = evaluate(run_dir, shots=[2], baselines=["protonet"], open_set=True)
+    assert again.open_set[1].detection == report.open_set[1].detection  # deterministic
+    md = write_report(report, tmp_path / "report").read_text()
+    assert "## Open set (clip level)" in md and "| protonet | 2 |" in md
+    assert (tmp_path / "report" / "open_set_det_2shot.png").stat().st_size > 1000
+    data = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert len(data["open_set"]) == 2 and data["open_set"][0]["det"]["far"]
+    res = CliRunner().invoke(app, ["evaluate", str(run_dir), "--shots", "1", "--baselines",
+                                   "", "--open-set", "--quiet", "-r", str(tmp_path / "r2")])
+    assert res.exit_code == 0, res.output
+    assert "open set (clip level)" in res.stdout and "| maml | 1 |" in res.stdout

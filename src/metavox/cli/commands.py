@@ -108,6 +108,11 @@ def evaluate_command(
         None, "--baselines",
         help="Comma-separated: protonet,finetune,scratch,noadapt,centroid ('' for none).",
     ),
+    open_set: bool | None = typer.Option(
+        None, "--open-set/--no-open-set",
+        help="Also measure the open set on the same episodes: detection of the right word "
+        "at 1% / 0.1% / 0.01% false accepts per non-target clip, EER, DET plot (default: "
+        "evaluation.open_set)."),
     report: Path | None = typer.Option(None, "--report", "-r",
                                        help="Report folder (default RUN/report)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
@@ -133,10 +138,12 @@ def evaluate_command(
       metavox evaluate runs/sc-maml --device cuda --precision bfloat16
 
       metavox evaluate runs/sc-maml/latest.safetensors --inner-lr 0.3 --steps 10
+
+      metavox evaluate runs/sc-embedding-top1 --open-set --baselines centroid,protonet
     """
     from metavox.engine.distributed import from_environment, shutdown
     from metavox.pipeline.evaluate import evaluate
-    from metavox.pipeline.report import results_table, write_report
+    from metavox.pipeline.report import open_set_table, results_table, write_report
 
     with user_errors(), progress_output(progress):
         try:  # under torchrun the ranks share the episodes; rank 0 reports
@@ -145,7 +152,7 @@ def evaluate_command(
                            episodes=episodes, max_steps=max_steps,
                            baselines=_str_list(baselines), progress=not quiet,
                            device=device, precision=precision, inner_lr=inner_lr,
-                           steps=steps)
+                           steps=steps, open_set=open_set)
             if not from_environment().main:
                 return
         finally:
@@ -157,6 +164,9 @@ def evaluate_command(
         typer.echo(json.dumps(rep.to_dict(), indent=2))
         return
     typer.echo(results_table(rep))
+    if rep.open_set:
+        typer.echo("\nopen set (clip level): detection of the right word at a rate of false "
+                   "accepts per non-target clip, %\n" + open_set_table(rep))
     typer.echo(f"\n{rep.adaptation_line()}")
     typer.echo(f"report: {md}")
 

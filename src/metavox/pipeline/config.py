@@ -169,6 +169,11 @@ class EvaluationConfig:
     finetune_lr: float = 0.5  # step size of the new head (on scaled, normalised features)
     finetune_body_lr: float = 0.01  # step size of the pre-trained body
     scratch_lr: float = 0.05  # step size of an untrained body
+    #: also measure the open set on the same episodes: detection of the right word at
+    #: 1% / 0.1% / 0.01% false accepts per non-target clip, and the EER
+    open_set: bool = False
+    open_set_rule: str = "logit"  # "logit" | "probability": each clip's score
+    open_set_boot: int = 200  # bootstrap replicates of the intervals
 
 
 @dataclass
@@ -297,6 +302,9 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.precision not in PRECISIONS:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got "
                         f"{cfg.precision!r}")
+    if cfg.evaluation.open_set_rule not in ("logit", "probability"):
+        problems.append(f"evaluation.open_set_rule must be 'logit' or 'probability', got "
+                        f"{cfg.evaluation.open_set_rule!r}")
     if cfg.data.feature_workers < 0:
         problems.append(f"data.feature_workers must be >= 0 (0: one per core), got "
                         f"{cfg.data.feature_workers}")

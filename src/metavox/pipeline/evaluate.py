@@ -22,6 +22,7 @@ from metavox.engine import (
     resolve_device,
 )
 from metavox.engine.distributed import from_environment, main_first
+from metavox.engine.openset_eval import score_pool, summarize
 from metavox.meta import MetaAlgorithm
 from metavox.pipeline.baselines import (
     NoAdaptation,
@@ -49,6 +50,21 @@ class Score:
 
 
 @dataclass
+class OpenSetScore:
+    """One method's clip-level open set at one number of shots
+    (:class:`metavox.engine.openset_eval.OpenSetResult`)."""
+
+    method: str
+    shots: int
+    detection: dict[str, list[float]]  # "1%" -> [mean, ci95]
+    eer: list[float]  # [mean, ci95]
+    episodes: int
+    targets: int
+    nontargets: int
+    det: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
 class EvalReport:
     """All scores of one evaluation, with what produced them."""
 
@@ -64,6 +80,10 @@ class EvalReport:
     #: the meta-learner's test-time inner learning rate and steps and where each came from
     #: (:class:`~metavox.pipeline.select.AdaptationSettings`)
     adaptation: dict[str, Any] = field(default_factory=dict)
+    #: clip-level open set per method and shots (:class:`OpenSetScore`), when measured
+    open_set: list[OpenSetScore] = field(default_factory=list)
+    #: what the open set's pool held: {"targets from": ..., "non-target words": [...], ...}
+    open_set_pool: dict[str, Any] = field(default_factory=dict)
 
     def adaptation_line(self) -> str:
         """One sentence on the meta-learner's test-time adaptation settings."""
@@ -118,6 +138,53 @@ def test_store(loaded: LoadedModel, data: str | None, root: str | None,
     return store, desc
 
 
+BACKGROUND = "(background)"
+
+
+@dataclass
+class OpenSetPool:
+    """The clips an open-set evaluation scores in every episode: the test store's rows
+    first (the episodes' words), then the non-target extras."""
+
+    x: torch.Tensor
+    labels: list[str]
+    test_words: list[str]
+    other_words: list[str]
+    backgrounds: int
+
+    def describe(self, rule: str) -> dict[str, Any]:
+        return {"clips": len(self.labels), "test words": self.test_words,
+                "other words": self.other_words, "backgrounds": self.backgrounds,
+                "rule": rule}
+
+
+def open_set_pool(loaded: LoadedModel, store: FeatureStore, run_split: bool) -> OpenSetPool:
+    """Targets and non-targets for the open set: every clip of the test words (``store``);
+    with the run's own split also every clip of its validation words (never trained on);
+    and backgrounds: generated ones and up to 100 recordings from the background folders
+    beside the corpus (:func:`metavox.pipeline.enroll.negative_pool`'s)."""
+    from metavox.pipeline.enroll import builtin_negatives, corpus_backgrounds
+
+    xs = [torch.from_numpy(store.take(range(len(store)))).unsqueeze(1)]
+    labels = list(store.labels)
+    other: list[str] = []
+    if run_split:
+        run = build_run_data(loaded.config)
+        val = run.parts.get("val")
+        if val is not None and len(val):
+            xs.append(torch.from_numpy(val.take(range(len(val)))).unsqueeze(1))
+            labels += list(val.labels)
+            other = sorted(set(val.labels))
+    backgrounds = [builtin_negatives(loaded.frontend)]
+    recorded = corpus_backgrounds(loaded)
+    if recorded is not None:
+        backgrounds.append(recorded)
+    n_bg = sum(len(b) for b in backgrounds)
+    xs += backgrounds
+    labels += [BACKGROUND] * n_bg
+    return OpenSetPool(torch.cat(xs).float(), labels, sorted(set(store.labels)), other, n_bg)
+
+
 def evaluate(
     checkpoint: str | Path,
     *,
@@ -136,6 +203,7 @@ def evaluate(
     precision: str | None = None,
     inner_lr: float | None = None,
     steps: int | None = None,
+    open_set: bool | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint and the baselines on the same meta-test episodes.
 
@@ -146,6 +214,9 @@ def evaluate(
     missing baseline cache). The meta-learner adapts with ``inner_lr`` and ``steps`` (its
     inner steps; the headline accuracy is the one after them) where given, else with the
     settings chosen on validation, else the training config's; the report says which.
+    ``open_set`` (default: ``evaluation.open_set``) also measures every adapting method's
+    clip-level open set on the same episodes (:func:`open_set_pool`; on rank 0 only under
+    ``torchrun``).
     """
     d = from_environment()
     progress = progress and d.main
@@ -173,6 +244,11 @@ def evaluate(
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     with main_first(d):
         store, desc = test_store(loaded, data, root, labels, cache_dir)
+    open_set = e.open_set if open_set is None else open_set
+    if open_set and cfg.episodes.protocol != "class":
+        raise ConfigError("the open-set measurement needs word episodes "
+                          f"(episodes.protocol = 'class'), not {cfg.episodes.protocol!r}")
+    pool = open_set_pool(loaded, store, data is None) if open_set and d.main else None
 
     methods: dict[str, MetaAlgorithm | NoAdaptation] = {cfg.algorithm.name: loaded.algo}
     methods.update(build_baselines(loaded, [n for n in names if n != "noadapt"], run_dir,
@@ -187,6 +263,7 @@ def evaluate(
     headline = loaded.algo.eval().default_steps() or None  # None: no inner loop (ProtoNet)
     curve_steps = max(headline, max_steps) if headline is not None and max_steps else None
     scores: list[Score] = []
+    open_scores: list[OpenSetScore] = []
     ep_cfg = replace(cfg.episodes, ways=ways, queries=queries)
     for k in shots:
         sampler = make_sampler(store, ep_cfg, seed=cfg.seed, stream="test", shots=k)
@@ -204,6 +281,15 @@ def evaluate(
                                     progress=bar, dist=d, precision=precision)
             scores.append(_score(name, k, res, headline_steps=headline if main else None,
                                  max_steps=max_steps if main else None))
+            if pool is not None:
+                bar = progress_callback(f"open set {name} {k}-shot", "episode",
+                                        enabled=progress)
+                got = score_pool(algo, sampler, pool.x, pool.labels, episodes,
+                                 rule=e.open_set_rule, device=dev, progress=bar)
+                r = summarize(got, boot=e.open_set_boot, seed=cfg.seed)
+                open_scores.append(OpenSetScore(name, k, r.detection, r.eer, r.episodes,
+                                                r.targets, r.nontargets, r.det))
     return EvalReport(scores, ways, queries, episodes, cfg.seed, desc,
                       sorted(set(store.labels)), str(checkpoint), cfg.to_dict(),
-                      loaded.adaptation.to_dict())
+                      loaded.adaptation.to_dict(), open_scores,
+                      pool.describe(e.open_set_rule) if pool is not None else {})

@@ -26,6 +26,52 @@ def results_table(report: EvalReport) -> str:
     return "\n".join(rows)
 
 
+def open_set_table(report: EvalReport) -> str:
+    """A Markdown table of the clip-level open set: detection of the right word at each
+    false-accept rate per non-target clip, and the EER, per method and shots."""
+    if not report.open_set:
+        return ""
+    fars = list(report.open_set[0].detection)
+    head = ("| method | shots | " + " | ".join(f"detection at {f} FA" for f in fars)
+            + " | EER |")
+    rows = [head, "|---|---|" + "---|" * (len(fars) + 1)]
+    for o in report.open_set:
+        cells = [f"{100 * m:.1f} ± {100 * c:.1f}" for m, c in (o.detection[f] for f in fars)]
+        rows.append(f"| {o.method} | {o.shots} | " + " | ".join(cells)
+                    + f" | {100 * o.eer[0]:.1f} ± {100 * o.eer[1]:.1f} |")
+    return "\n".join(rows)
+
+
+def plot_det(report: EvalReport, folder: Path) -> list[Path]:
+    """The open set's DET curves (miss rate against false accepts per non-target clip,
+    both logarithmic), one plot per number of shots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for k in sorted({o.shots for o in report.open_set}):
+        fig, ax = plt.subplots(figsize=(5, 3.8))
+        for o in (o for o in report.open_set if o.shots == k):
+            far, miss = o.det["far"], o.det["miss"]
+            ax.plot([100 * f for f in far], [100 * max(m, 1e-4) for m in miss],
+                    label=f"{o.method} (EER {100 * o.eer[0]:.1f}%)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("false accepts per non-target clip (%)")
+        ax.set_ylabel("miss rate (%; a misnamed word is a miss)")
+        ax.set_title(f"open set, {report.ways}-way {k}-shot")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"open_set_det_{k}shot.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _save(fig, ax, xlabel: str, title: str, path: Path) -> Path:
     """Label an accuracy plot, write it as PNG and close it."""
     import matplotlib.pyplot as plt
@@ -93,6 +139,22 @@ def write_report(report: EvalReport, folder: str | Path, *, title: str = "metavo
     ]
     if report.adaptation:
         lines += [report.adaptation_line(), ""]
+    if report.open_set:
+        pool = report.open_set_pool
+        lines += [
+            "## Open set (clip level)", "",
+            "Per episode the enrolled words' other clips are targets, every clip of a word "
+            "not enrolled and every background is a non-target; one threshold over all "
+            f"episodes' non-target scores (rule: {pool.get('rule', 'logit')}). Detection "
+            "of the right word in % at a false-accept rate per non-target clip, and the "
+            "equal error rate, with 95% intervals from a bootstrap over episodes and clips. "
+            f"Pool: {pool.get('clips', 0)} clips: the test words, "
+            f"{len(pool.get('other words', []))} other words "
+            f"({', '.join(pool.get('other words', [])) or 'none'}), "
+            f"{pool.get('backgrounds', 0)} backgrounds.", "",
+            open_set_table(report), "",
+        ]
+        plots = [*plots, *plot_det(report, folder)]
     if notes:
         lines += [notes, ""]
     for p in plots:
