@@ -124,15 +124,17 @@ class SpeechEmbeddingBody(nn.Module):
         for i in range(start, stop):
             channels = 1 if i == 0 else BODY_SPEC[i - 1][0]
             out, kernel, _, _ = BODY_SPEC[i]
-            self.convs[str(i)] = nn.Conv2d(channels, out, kernel, bias=i < NUM_BLOCKS - 1)
+            pad = BODY_SPEC[i][2]  # zeros on the band axis, inside the convolution (no copy)
+            self.convs[str(i)] = nn.Conv2d(channels, out, kernel, padding=(0, pad),
+                                           bias=i < NUM_BLOCKS - 1)
 
     def sequence(self, x: Tensor) -> Tensor:
         """The convolutions over any number of frames: ``[B, C, T, bands]`` in, the
         activations ``[B, C', T', bands']`` out (valid in time, so a clip's whole sequence
         gives every window's activations at once: see :meth:`SpeechEmbedding.forward`)."""
         for i in range(self.start, self.stop):
-            _, _, pad, pool = BODY_SPEC[i]
-            x = self.convs[str(i)](F.pad(x, (pad, pad, 0, 0)) if pad else x)
+            pool = BODY_SPEC[i][3]
+            x = self.convs[str(i)](x)
             if i < NUM_BLOCKS - 1:
                 if torch.is_grad_enabled():
                     x = F.leaky_relu(x, 0.2).clamp_min(-0.4)
@@ -270,7 +272,13 @@ class SpeechEmbedding(nn.Module):
             self.body.load_state_dict(body_state(state, self.body))
         self.body.to(memory_format=torch.channels_last)
 
+    #: clips run through the network at a time: larger batches spill the activations out
+    #: of the caches (measured on one core: 16 clips at a time ~15% faster than 32)
+    BATCH = 16
+
     def forward(self, wave: Tensor) -> Tensor:
+        if wave.shape[0] > self.BATCH:
+            return torch.cat([self(part) for part in wave.split(self.BATCH)])
         mel = self.mel(wave)  # [B, frames, 32]
         stop = self.body.stop
         windows = max(0, (mel.shape[1] - WINDOW_FRAMES) // WINDOW_HOP + 1)
