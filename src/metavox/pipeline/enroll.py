@@ -189,7 +189,7 @@ def corpus_backgrounds(loaded: LoadedModel, *, limit: int = 100, seed: int = 0
     """Features of up to ``limit`` recordings from the background folders beside the
     run's corpora (:data:`BACKGROUND_FOLDERS`: real rooms, taps, machines, where the
     generated noises are synthetic), each made a clip as a word's recording is, through
-    the run's feature cache (computed once: the embedding costs ~50 ms a clip); ``None``
+    the run's feature cache (computed once); ``None``
     when there are none. Unreadable files are skipped, as the cache skips them."""
     from metavox.data import Corpus, Utterance, build_feature_store
 
