@@ -277,6 +277,10 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
         assert sum(v[0] for v in r.by_snr.values()) == r.hits[j]
         assert sum(v[1] for v in r.by_snr.values()) == r.targets
         assert math.isclose(sum(v[3] for v in r.by_snr.values()), r.hours)
+        assert sum(v[4] for v in r.by_snr.values()) == r.nontarget_words
+        # false accepts per 100 non-target words: the counts over the 36 words placed
+        assert r.fa_per_100_words == [100 * f / 36 for f in r.false_accepts]
+        assert r.to_dict()["fa_per_100_words"] == r.fa_per_100_words
     # calibrated on negative streams (the held-out tone 5 laid out as a stream)
     from metavox.kws.calibrate import calibrate_on_streams, negative_streams
 
@@ -299,6 +303,49 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
         assert cal.false_accepts_per_hour(cal.threshold(target)) <= target
     assert cal.threshold(0.0) >= cal.threshold(50.0) >= cal.threshold(500.0)
     assert cal.open_set(50.0).fa_per_hour == 50.0 and cal.open_set(50.0).rule == "background"
+
+
+def test_false_accepts_per_100_nontarget_words_are_the_hand_count(tmp_path):
+    """On a hand-made stream (2 target words, 5 non-target clips and a sentence of 7 words:
+    12 non-target words) with known detections (1 hit, 3 false accepts), the rate per 100
+    non-target words is the hand count, beside the rate per hour; the report's table, JSON
+    and plot hold both."""
+    from metavox.kws.protocol import (
+        FAR_GRID,
+        Placement,
+        StreamConfig,
+        StreamResult,
+        TestStream,
+        match_events,
+    )
+    from metavox.kws.report import write_report
+
+    placements = [Placement("a", 1.0, 1.5, True), Placement("b", 3.0, 3.5, True),
+                  *[Placement(w, 5.0 + k, 5.4 + k, False) for k, w in enumerate("cdefg")],
+                  Placement("the old sailor waited near the harbour", 11.0, 13.0, False, 7)]
+    stream = TestStream(np.zeros(16 * RATE, np.float32), RATE, ["a", "b"], {}, placements,
+                        10.0)
+    assert stream.nontarget_words == 12
+    events = [("a", 1.6), ("a", 3.2), ("b", 6.1), ("a", 12.0)]  # a hit and 3 false accepts
+    hits, false, _ = match_events(stream, events, 0.75)
+    assert (hits, false) == (1, 3)
+    grid = len(FAR_GRID)
+    hours = stream.non_target_seconds / 3600
+    r = StreamResult("m", 1, list(FAR_GRID), [hits] * grid, 2, [false] * grid, hours,
+                     nontarget_words=stream.nontarget_words)
+    assert r.fa_per_100_words == [25.0] * grid  # 3 false accepts in 12 words
+    assert r.fa_per_hour == [3 / hours] * grid
+    assert r.curve("words")[0][-1] == 25.0 and r.rate_at_per_100_words(25.0) == 0.5
+    assert r.rate_at_per_100_words(24.9) == 0.0  # no point qualifies (margins: 0 hits)
+    cfg = StreamConfig(episodes=1, calibration="clips")
+    report = write_report([r], cfg, tmp_path, ["a", "b"])
+    (row,) = report["rows"]
+    assert row["fa_per_100_words_at_far"] == 25.0 and row["nontarget_words"] == 12
+    saved = json.loads((tmp_path / "streams.json").read_text())
+    assert saved["curves"][0]["fa_per_100_words"] == [25.0] * grid
+    md = (tmp_path / "streams.md").read_text()
+    assert "FA per 100 non-target words" in md and "| 25.00 |" in md
+    assert (tmp_path / "streams.png").stat().st_size > 0
 
 
 @pytest.fixture(scope="module")

@@ -170,12 +170,15 @@ def streams_command(
                              extra_negatives=negatives, decision=decision,
                              inner_lr=inner_lr, steps=steps)
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",
+             f"{100 * r['rate_at_1_per_100_words']:.1f}",
              f"{100 * r['rate_at_far']:.1f}", f"{r['fa_per_hour_at_far']:.2f}",
-             f"{r['latency_ms']:.0f}"] for r in report["rows"]]
+             f"{r['fa_per_100_words_at_far']:.2f}", f"{r['latency_ms']:.0f}"]
+            for r in report["rows"]]
     point = "1 FA/h (streams)" if calibration == "streams" else f"far {far:g} (clips)"
     print_table("keyword spotting on streams",
-                ["method", "shots", "DR% @<=1 FA/h", f"DR% @{point}", "FA/h there",
-                 "median latency ms"], rows)
+                ["method", "shots", "DR% @<=1 FA/h", "DR% @<=1 FA/100 words",
+                 f"DR% @{point}", "FA/h there", "FA/100 words there", "median latency ms"],
+                rows)
     split = report["split"]
     if split["speakers_held_out"]:
         typer.echo(f"speakers held out: every clip by the run's {len(split['test_speakers'])} "

@@ -19,7 +19,8 @@ features are computed once, then each adapted model scores them). A detection is
 when it names a placed target word and falls between the word's start and ``tolerance``
 seconds after its end (each placement is hit at most once); any other detection is a
 *false accept*. Rates: hits over placements, and false accepts per hour of the stream
-outside the target words' spans.
+outside the target words' spans and per 100 non-target words spoken in it (a clip is one
+word, a sentence of the ``sentences`` kind counts its words).
 
 The operating point is the one a user sets: the open-set rule (``background`` by default)
 is calibrated at enrollment to accept a fraction ``far`` of negative clips (generated and
@@ -114,13 +115,16 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class Placement:
-    """A clip in a stream: its ``word``, the span of its speech (seconds), whether the
-    word was enrolled."""
+    """A clip (or a spoken sentence) in a stream: its ``word``, the span of its speech
+    (seconds), whether the word was enrolled."""
 
     word: str
     start: float
     end: float
     target: bool
+    #: the words it holds: 1 for a clip, a sentence's words for a spoken sentence (whose
+    #: ``word`` is then the sentence's text)
+    words: int = 1
 
 
 @dataclass
@@ -139,6 +143,11 @@ class TestStream:
     @property
     def seconds(self) -> float:
         return len(self.wave) / self.sample_rate
+
+    @property
+    def nontarget_words(self) -> int:
+        """The non-target words spoken in the stream (a sentence counts its words)."""
+        return sum(p.words for p in self.placements if not p.target)
 
     @property
     def non_target_seconds(self) -> float:
@@ -298,14 +307,15 @@ class StreamResult:
     false_accepts: list[int]
     hours: float
     latencies: list[float] = field(default_factory=list)  # at the reported operating point
-    nontarget_words: int = 0  # non-target clips in the streams
+    #: non-target words spoken in the streams (a clip: one; a sentence: its words)
+    nontarget_words: int = 0
     #: the strictest threshold raised by :data:`MARGINS` spreads: hits and false accepts
     margins: list[float] = field(default_factory=lambda: list(MARGINS))
     margin_hits: list[int] = field(default_factory=lambda: [0] * len(MARGINS))
     margin_false_accepts: list[int] = field(default_factory=lambda: [0] * len(MARGINS))
     #: at the reported operating point: per test word ``[hits, placements]``; false accepts
     #: by ``"heard -> named"`` (``heard``: the word being said, or "background"); per SNR
-    #: (dB) ``[hits, placements, false accepts, non-target hours]``
+    #: (dB) ``[hits, placements, false accepts, non-target hours, non-target words]``
     by_word: dict[str, list[int]] = field(default_factory=dict)
     confusions: dict[str, int] = field(default_factory=dict)
     by_snr: dict[str, list[float]] = field(default_factory=dict)
@@ -330,17 +340,37 @@ class StreamResult:
     def margin_fa_per_hour(self) -> list[float]:
         return [f / max(self.hours, 1e-9) for f in self.margin_false_accepts]
 
-    def curve(self) -> tuple[list[float], list[float]]:
-        """``(fa_per_hour, detection_rate)`` of every point, the calibrated ones and those
-        past the strictest (:data:`MARGINS`), by false accepts per hour."""
-        points = sorted(zip(self.fa_per_hour + self.margin_fa_per_hour,
-                            self.detection_rate + self.margin_detection_rate, strict=True))
+    @property
+    def fa_per_100_words(self) -> list[float]:
+        """False accepts per 100 non-target words spoken in the streams."""
+        return [100 * f / max(self.nontarget_words, 1) for f in self.false_accepts]
+
+    @property
+    def margin_fa_per_100_words(self) -> list[float]:
+        return [100 * f / max(self.nontarget_words, 1) for f in self.margin_false_accepts]
+
+    def curve(self, per: str = "hour") -> tuple[list[float], list[float]]:
+        """``(false accept rate, detection_rate)`` of every point, the calibrated ones and
+        those past the strictest (:data:`MARGINS`), sorted by the rate: per hour of
+        non-target audio (``per="hour"``) or per 100 non-target words (``per="words"``)."""
+        if per not in ("hour", "words"):
+            raise ValueError(f"per must be 'hour' or 'words', got {per!r}")
+        rates = (self.fa_per_hour + self.margin_fa_per_hour if per == "hour"
+                 else self.fa_per_100_words + self.margin_fa_per_100_words)
+        points = sorted(zip(rates, self.detection_rate + self.margin_detection_rate,
+                            strict=True))
         return [f for f, _ in points], [d for _, d in points]
 
     def rate_at(self, max_fa_per_hour: float) -> float:
         """The best detection rate among all points (calibrated and past the strictest)
         with at most this many false accepts per hour (0 if none qualifies)."""
         ok = [d for f, d in zip(*self.curve(), strict=True) if f <= max_fa_per_hour]
+        return max(ok, default=0.0)
+
+    def rate_at_per_100_words(self, max_fa: float) -> float:
+        """The best detection rate among all points with at most ``max_fa`` false accepts
+        per 100 non-target words (0 if none qualifies)."""
+        ok = [d for f, d in zip(*self.curve("words"), strict=True) if f <= max_fa]
         return max(ok, default=0.0)
 
     def add_breakdown(self, stream: TestStream, got: list[Outcome], hours: float) -> None:
@@ -354,15 +384,19 @@ class StreamResult:
             else:
                 key = f"{o.heard or 'background'} -> {o.word}"
                 self.confusions[key] = self.confusions.get(key, 0) + 1
-        row = self.by_snr.setdefault(f"{stream.snr_db:g}", [0, 0, 0, 0.0])
+        row = self.by_snr.setdefault(f"{stream.snr_db:g}", [0, 0, 0, 0.0, 0])
         row[0] += sum(o.hit for o in got)
         row[1] += sum(p.target for p in stream.placements)
         row[2] += sum(not o.hit for o in got)
         row[3] += hours
+        row[4] += stream.nontarget_words
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(detection_rate=self.detection_rate, fa_per_hour=self.fa_per_hour)
+        d.update(detection_rate=self.detection_rate, fa_per_hour=self.fa_per_hour,
+                 fa_per_100_words=self.fa_per_100_words,
+                 margin_fa_per_hour=self.margin_fa_per_hour,
+                 margin_fa_per_100_words=self.margin_fa_per_100_words)
         return d
 
 
@@ -420,7 +454,7 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 r.nontarget_vocabulary = sorted(set(r.nontarget_vocabulary) | {
                     p.word for p in stream.placements if not p.target})
                 r.targets += sum(p.target for p in stream.placements)
-                r.nontarget_words += sum(not p.target for p in stream.placements)
+                r.nontarget_words += stream.nontarget_words
                 r.hours += hours
                 points = [(target, t, r.hits, r.false_accepts, j)
                           for j, (target, t) in enumerate(zip(grid, thresholds, strict=True))]
