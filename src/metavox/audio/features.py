@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from metavox.audio.encoders import ENCODERS
 
 __all__ = [
     "EmbeddingFeatures",
+    "FUSION",
+    "FusionFeatures",
     "FrontendConfig",
     "mel_filterbank",
     "hz_to_mel",
@@ -36,7 +38,11 @@ __all__ = [
     "shared_frontend",
 ]
 
-_KINDS = ("logmel", "mfcc", *ENCODERS)
+#: the front-end kind running both encoders whole, frozen (:class:`FusionFeatures`)
+FUSION = "fusion"
+#: the encoders a fusion runs, in the order their features are stored
+FUSION_ENCODERS = ("speech-embedding", "mswc-resnet")
+_KINDS = ("logmel", "mfcc", *ENCODERS, FUSION)
 #: ``embedding_blocks`` of the kinds without an encoder: the field's value before there
 #: were two encoders (the speech embedding's 20 blocks), kept so that their configs'
 #: dicts, and so their feature-cache keys, stay as they were
@@ -58,7 +64,8 @@ class FrontendConfig:
     f_min: float = 0.0
     f_max: float | None = None  # None: sample_rate / 2
     #: "logmel" | "mfcc", or a pretrained encoder (:mod:`metavox.audio.encoders`):
-    #: "speech-embedding" | "mswc-resnet", frozen, its windows' embeddings as features
+    #: "speech-embedding" | "mswc-resnet", frozen, its windows' embeddings as features;
+    #: or "fusion": both encoders, frozen, in one array (:class:`FusionFeatures`)
     kind: str = "logmel"
     n_mfcc: int = 40
     trim: bool = False  # trim leading/trailing silence when loading clips
@@ -88,6 +95,17 @@ class FrontendConfig:
                 raise ValueError(f"kind={self.kind!r} works at sample_rate {enc.sample_rate} "
                                  f"only, got {self.sample_rate}")
             enc.check_blocks(self.embedding_blocks)
+        elif self.kind == FUSION:
+            if self.embedding_blocks != _NO_ENCODER_BLOCKS:
+                raise ValueError(
+                    f"kind='fusion' runs both encoders whole (frozen bases only): leave "
+                    f"embedding_blocks unset, got {self.embedding_blocks}")
+            if self.sample_rate != ENCODERS["mswc-resnet"].sample_rate:
+                raise ValueError(f"kind='fusion' works at sample_rate 16000 only, got "
+                                 f"{self.sample_rate}")
+            if self.num_samples < _MSWC_WINDOW:
+                raise ValueError(f"kind='fusion' needs clips of at least 1.5 s (the ResNet's "
+                                 f"window), got duration {self.duration}")
         elif not 0 <= self.embedding_blocks <= _NO_ENCODER_BLOCKS:
             raise ValueError(f"embedding_blocks must be in 0..{_NO_ENCODER_BLOCKS}, got "
                              f"{self.embedding_blocks}")
@@ -156,6 +174,8 @@ class FrontendConfig:
         ``embedding_blocks``)."""
         if self.kind in ENCODERS:
             return ENCODERS[self.kind].features(self.embedding_blocks)
+        if self.kind == FUSION:
+            return fusion_layout(self.num_samples)[2]
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
 
     def frames_for(self, num_samples: int) -> int:
@@ -164,6 +184,8 @@ class FrontendConfig:
         MSWC ResNet's 1.5 s)."""
         if self.kind in ENCODERS:
             return ENCODERS[self.kind].num_windows(num_samples)
+        if self.kind == FUSION:
+            return 1
         if self.center:
             return 1 + num_samples // self.hop_length
         return 1 + max(0, num_samples - self.fft_size) // self.hop_length
@@ -378,6 +400,59 @@ class EmbeddingFeatures(nn.Module):
         return out.transpose(1, 2).reshape(*lead, out.shape[2], out.shape[1])
 
 
+_MSWC_WINDOW = 24000  # samples of the ResNet's one window (1.5 s at 16 kHz)
+
+
+def fusion_layout(num_samples: int) -> tuple[int, int, int]:
+    """``(speech-embedding windows W, ResNet dimension, features)`` of the ``fusion``
+    front-end on clips of ``num_samples``: each clip's one frame holds ``96 * W`` values of
+    the speech embedding's windows (feature-major: value ``f * W + w`` is feature ``f`` of
+    window ``w``), then the ResNet's 2048-d unit vector; ``features = 96 * W + 2048``
+    (3584 for 2 s clips: 16 windows)."""
+    se, rn = (ENCODERS[name] for name in FUSION_ENCODERS)
+    windows = se.num_windows(num_samples)
+    return windows, rn.dim, se.dim * windows + rn.dim
+
+
+class FusionFeatures(nn.Module):
+    """The ``fusion`` front-end: both pretrained encoders, whole and frozen, on each clip,
+    ``[..., samples]`` -> ``[..., 96 * W + 2048, 1]`` (:func:`fusion_layout`), what the
+    feature cache stores and what the ``fusion`` model reads.
+
+    Each encoder sees the input it was built for. The speech embedding runs on the whole
+    clip (models declare 2 s: 16 windows of 775 ms every 80 ms, kept, so the model pools
+    them as the ``speech-embedding`` model does). The ResNet was trained on 1.5 s words:
+    it runs once, on the clip's centred 1.5 s. Clips are centred in their 2 s when loaded,
+    so that is the word as the ``mswc-resnet`` front-end sees it (one 1.5 s window around
+    the clip), bit for bit when the padding is even; sliding 1.5 s windows every 125 ms
+    (five for 2 s) would cost five ResNet passes for windows that mostly hold silence.
+    The two embeddings go into one frame (not a vector per speech-embedding window with
+    the ResNet's repeated: 16 copies of 2048 values) because the feature cache stores one
+    ``[features, frames]`` array per clip.
+    """
+
+    def __init__(self, config: FrontendConfig) -> None:
+        super().__init__()
+        if config.kind != FUSION:
+            raise ValueError(f"FusionFeatures needs kind='fusion', got {config.kind!r}")
+        self.config = config
+        self.speech = ENCODERS["speech-embedding"].frontend(
+            ENCODERS["speech-embedding"].num_blocks)
+        self.resnet = ENCODERS["mswc-resnet"].frontend(ENCODERS["mswc-resnet"].num_blocks)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        lead, n = wave.shape[:-1], wave.shape[-1]
+        if n < _MSWC_WINDOW:
+            raise ValueError(f"the fusion front-end needs at least {_MSWC_WINDOW} samples "
+                             f"(1.5 s), got {n}")
+        x = wave.reshape(-1, n)
+        speech = self.speech(x).transpose(1, 2).flatten(1)  # [N, 96 * W], feature-major
+        start = (n - _MSWC_WINDOW) // 2
+        resnet = self.resnet(x[:, start:start + _MSWC_WINDOW])[:, 0]  # [N, 2048]
+        out = torch.cat([speech, resnet], dim=1)
+        return out.reshape(*lead, out.shape[-1], 1)
+
+
 @functools.lru_cache(maxsize=8)
 def shared_frontend(config: FrontendConfig) -> nn.Module:
     """The eval-mode front-end for ``config``, built once per process and then shared:
@@ -388,9 +463,11 @@ def shared_frontend(config: FrontendConfig) -> nn.Module:
 
 
 def build_frontend(config: FrontendConfig | None = None) -> nn.Module:
-    """The feature module ``config.kind`` names: :class:`LogMel`, :class:`MFCC` or, for
-    an encoder, :class:`EmbeddingFeatures`."""
+    """The feature module ``config.kind`` names: :class:`LogMel`, :class:`MFCC`, for
+    an encoder :class:`EmbeddingFeatures`, for both :class:`FusionFeatures`."""
     cfg = FrontendConfig() if config is None else config
+    if cfg.kind == FUSION:
+        return FusionFeatures(cfg)
     if cfg.kind in ENCODERS:
         return EmbeddingFeatures(cfg)
     return MFCC(cfg) if cfg.kind == "mfcc" else LogMel(cfg)

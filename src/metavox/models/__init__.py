@@ -18,8 +18,10 @@ from metavox.models.conv4 import Conv4
 from metavox.models.dscnn import DSCNN
 from metavox.models.embedding import (
     EmbeddingClassifier,
+    FusionClassifier,
     MswcResNetClassifier,
     embedding_frontend,
+    fusion_frontend,
     mswc_frontend,
 )
 from metavox.models.mlp import MLP
@@ -33,6 +35,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "res8": ResNet8,
     "speech-embedding": EmbeddingClassifier,
     "mswc-resnet": MswcResNetClassifier,
+    "fusion": FusionClassifier,
 }
 
 ALIASES: dict[str, str] = {"res8": "resnet8"}
@@ -47,6 +50,9 @@ DESCRIPTIONS: dict[str, str] = {
     "mswc-resnet": "pooled, normalised windows of EfficientWord-Net's ResNet-50 (MSWC words) + "
                    "a head; the frozen ResNet is its front-end (needs `pip install --no-deps "
                    "efficientword-net==1.0.5`)",
+    "fusion": "both pretrained bases, frozen: the speech embedding's pooled windows and the "
+              "MSWC ResNet's vector, each L2-normalised, concatenated (learned per-base weights "
+              "or a residual adapter optional) + a head (needs both bases installed)",
 }
 
 #: The front-end a backbone declares, as a function of its options: the ``FrontendConfig``
@@ -59,6 +65,8 @@ FRONTENDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "speech-embedding": embedding_frontend,
     # one 1.5 s window around the clip
     "mswc-resnet": mswc_frontend,
+    # both, frozen: 2 s through the speech embedding, its centred 1.5 s through the ResNet
+    "fusion": fusion_frontend,
 }
 
 _FIXED = ("self", "num_classes", "input_shape")
@@ -117,6 +125,7 @@ def create_model(name: str, *, num_classes: int, input_shape, **options) -> nn.M
 
 __all__ = [
     "ALIASES", "DESCRIPTIONS", "DSCNN", "FRONTENDS", "MLP", "REGISTRY", "Conv4",
-    "EmbeddingClassifier", "MswcResNetClassifier", "ResNet8", "UnknownOptionError",
+    "EmbeddingClassifier", "FusionClassifier", "MswcResNetClassifier", "ResNet8",
+    "UnknownOptionError",
     "create_model", "list_models", "model_frontend", "model_options",
 ]

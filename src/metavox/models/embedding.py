@@ -20,12 +20,18 @@ and MAML's inner loop adapts them with the head.
 - ``mswc-resnet`` (:class:`MswcResNetClassifier`): blocks are the ResNet's stem and 16
   bottlenecks; the top block comes with the ResNet's head (pool, batch norm, L2
   normalisation).
+
+``fusion`` (:class:`FusionClassifier`) reads both encoders at once (the ``fusion``
+front-end: the speech embedding's windows and the ResNet's vector of each clip), each
+base's embedding L2-normalised, concatenated (optionally with learned per-base weights
+or a residual adapter), then the same scaled cosine head; both bases frozen.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -128,3 +134,110 @@ class MswcResNetClassifier(EmbeddingClassifier):
     :class:`EmbeddingClassifier`."""
 
     ENCODER: ClassVar[str] = "mswc-resnet"
+
+
+def fusion_frontend(options: dict[str, Any]) -> dict[str, Any]:
+    """The front-end fields the ``fusion`` model needs: 2 s at 16 kHz through both
+    encoders, whole and frozen (``kind="fusion"``: the speech embedding's 16 windows and
+    the ResNet's vector of the centred 1.5 s)."""
+    _frozen_only(int(options.get("trainable_blocks", 0)))
+    return {"kind": "fusion", "duration": ENCODERS["speech-embedding"].clip_seconds,
+            "sample_rate": ENCODERS["speech-embedding"].sample_rate}
+
+
+def _frozen_only(trainable_blocks: int) -> None:
+    if trainable_blocks:
+        raise ValueError(
+            f"the fusion model holds both bases frozen: trainable_blocks must be 0, got "
+            f"{trainable_blocks} (train an encoder's top blocks with the `speech-embedding` "
+            f"or `mswc-resnet` model)")
+
+
+class FusionBody(nn.Module):
+    """``[B, 1, 96 * W + 2048, 1]`` (the ``fusion`` front-end,
+    :func:`metavox.audio.features.fusion_layout`) -> ``[B, 96 + 2048]``.
+
+    The speech embedding's ``W`` windows are pooled (mean or max); each base's embedding
+    is L2-normalised; the two unit vectors are concatenated, each times its base's weight
+    (``base_weights``: two learned scalars, initialised to 1; else fixed at 1), optionally
+    passed through a zero-initialised residual adapter, then normalised and scaled. At
+    initialisation this is plain concatenation: the cosine of two such features is the
+    mean of the two bases' cosines, so the prototype-initialised head starts as cosine
+    nearest centroid on the concatenated unit vectors.
+    """
+
+    def __init__(self, input_features: int, *, pool: str = "mean", scale: float = 10.0,
+                 base_weights: bool = False, adapter: bool = False) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        se, rn = ENCODERS["speech-embedding"], ENCODERS["mswc-resnet"]
+        windows, extra = divmod(int(input_features) - rn.dim, se.dim)
+        if windows < 1 or extra:
+            raise ValueError(
+                f"the fusion model reads the `fusion` front-end (96 values per speech-"
+                f"embedding window, then 2048): {input_features} features is not "
+                f"96 * W + 2048")
+        self.windows, self.speech_dim, self.resnet_dim = windows, se.dim, rn.dim
+        dim = self.dim = se.dim + rn.dim
+        self.pool, self.scale = pool, float(scale)
+        self.base_weights = nn.Parameter(torch.ones(2)) if base_weights else None
+        self.adapter = nn.Linear(dim, dim) if adapter else None
+        if self.adapter is not None:  # the identity at first: x + 0
+            nn.init.zeros_(self.adapter.weight)
+            nn.init.zeros_(self.adapter.bias)
+
+    def embeddings(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each base's unit vector: ``([B, 96], [B, 2048])``."""
+        x = x.flatten(1)  # [B, 96 * W + 2048] (one frame)
+        cut = self.speech_dim * self.windows
+        speech = x[:, :cut].reshape(-1, self.speech_dim, self.windows)
+        speech = speech.mean(-1) if self.pool == "mean" else speech.amax(-1)
+        return F.normalize(speech, dim=-1), F.normalize(x[:, cut:], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        speech, resnet = self.embeddings(x)
+        if self.base_weights is not None:
+            speech, resnet = speech * self.base_weights[0], resnet * self.base_weights[1]
+        z = torch.cat([speech, resnet], dim=-1)
+        if self.adapter is not None:
+            z = z + self.adapter(z)
+        return self.scale * F.normalize(z, dim=-1)
+
+
+class FusionClassifier(nn.Module):
+    """``head(body(x))`` on both pretrained bases at once (:class:`FusionBody`): the
+    speech embedding's pooled windows and EfficientWord-Net's ResNet vector, each
+    L2-normalised, concatenated (with learned per-base weights if ``base_weights``, a
+    residual adapter if ``adapter``), normalised and scaled, then a linear head.
+
+    Args:
+        num_classes: outputs of the head (the episode's ways).
+        input_shape: ``(96 * W + 2048, 1)`` as the ``fusion`` front-end gives it
+            (``(3584, 1)`` for 2 s clips).
+        pool: ``"mean"`` or ``"max"`` over the speech embedding's windows.
+        scale: the norm of the features: the cosine head's inverse temperature.
+        base_weights: two learned scalars weighting the bases' unit vectors (initialised
+            to 1: plain concatenation).
+        adapter: a trainable residual linear layer (zero-initialised) on the concatenation.
+        trainable_blocks: must be 0: both bases are frozen (a ``ValueError`` otherwise).
+
+    Needs both bases: ``pip install 'metavox[pretrained]'`` and
+    ``pip install --no-deps efficientword-net==1.0.5``.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int], *, pool: str = "mean",
+                 scale: float = 10.0, base_weights: bool = False, adapter: bool = False,
+                 trainable_blocks: int = 0) -> None:
+        super().__init__()
+        _frozen_only(int(trainable_blocks))
+        if int(input_shape[1]) != 1:
+            raise ValueError(f"the fusion front-end gives one frame per clip, got input_shape "
+                             f"{tuple(input_shape)}")
+        self.body = FusionBody(int(input_shape[0]), pool=pool, scale=scale,
+                               base_weights=base_weights, adapter=adapter)
+        self.feature_dim = self.body.dim
+        self.head = nn.Linear(self.body.dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
