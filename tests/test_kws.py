@@ -693,9 +693,95 @@ def test_streams_command_writes_a_report_and_takes_extra_negatives(tmp_path):
     assert [r["method"] for r in reports["plain"]["rows"]] == ["protonet", "nearest centroid"]
     assert all(r["targets"] > 0 for r in reports["extra"]["rows"])
     assert reports["extra"]["negative_clips"] == reports["plain"]["negative_clips"] + 6
+    if engine_available():  # continuous non-target speech: sentences by synthetic voices
+        out = subprocess.run(
+            [sys.executable, "-m", "metavox", "streams", str(tmp_path / "run"), "--episodes",
+             "1", "--shots", "1", "--ways", "2", "--calibration", "clips", "--no-progress",
+             "--kind", "sentences", "--out", str(tmp_path / "sentences")],
+            capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        saved = json.loads((tmp_path / "sentences" / "streams.json").read_text())
+        assert saved["config"]["kind"] == "sentences" and saved["split"]["voices"]
+        for row in saved["rows"]:  # a sentence's words are its non-target words
+            assert row["targets"] > 0 and row["nontarget_words"] >= 3 * row["targets"]
+            assert 0 <= row["rate_at_1_per_100_words"] <= 1
+        md = (tmp_path / "sentences" / "streams.md").read_text()
+        assert "spoken sentences (each counts its words)" in md
+        assert "sentences spoken by the synthetic voices" in md
     bad = subprocess.run([sys.executable, "-m", "metavox", "streams", str(tmp_path / "run"),
                           "--steps", "3"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "protonet has no inner loop" in bad.stderr
+
+
+def engine_available() -> bool:
+    from metavox.data.synth.engine import engine_available
+
+    return engine_available()
+
+
+@pytest.mark.skipif(not engine_available(), reason="needs eSpeak NG (metavox[synth])")
+def test_sentence_streams_place_targets_among_spoken_sentences(tmp_path):
+    """The ``sentences`` stream kind: the non-target speech is sentences spoken by the
+    synthetic test voices, holding none of the corpus's words (here English words the
+    grammar knows: farmer, harbour, little, the, painted, slowly) nor their inflections;
+    the targets (recorded clips) lie at their recorded times; the non-target words are the
+    sentences' words; the same seed gives the same stream, another seed another."""
+    from train_helpers import tone_manifest
+
+    from metavox.audio.io import load_audio, speech_bounds
+    from metavox.data import load_corpus
+    from metavox.kws.protocol import StreamConfig, build_stream
+    from metavox.kws.sentences import VOICES, make_sentences
+
+    names = {"0": "farmer", "1": "harbour", "2": "little", "3": "the", "4": "painted",
+             "5": "slowly"}
+    manifest = tone_manifest(tmp_path / "tones", labels=range(6), per=4, seconds=0.5)
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([rows[0]] + [
+        ",".join([r.split(",")[0], names[r.split(",")[1]], r.split(",")[2]])
+        for r in rows[1:]]) + "\n")
+    corpus = load_corpus(str(manifest))
+    test_words = ["farmer", "harbour", "little", "the", "painted"]
+    cfg = StreamConfig(episodes=1, ways=2, shots=(1,), targets=3, nontargets=3, seed=2,
+                       kind="sentences", snr_db=(30.0,), calibration="clips")
+    a = build_stream(corpus, test_words, cfg, 0, RATE, exclude={"slowly"})
+    b = build_stream(corpus, test_words, cfg, 0, RATE, exclude={"slowly"})
+    assert np.array_equal(a.wave, b.wave) and a.placements == b.placements
+    other = build_stream(corpus, test_words, StreamConfig(**{**vars(cfg), "seed": 3}), 0,
+                         RATE, exclude={"slowly"})
+    assert [p.word for p in other.placements] != [p.word for p in a.placements]
+    targets = [p for p in a.placements if p.target]
+    sentences = [p for p in a.placements if not p.target]
+    assert len(targets) == 2 * 3 and {p.word for p in targets} == set(a.words)
+    assert a.voices and set(a.voices) <= set(VOICES)
+    # none of the corpus's words (nor an inflection) is spoken in a sentence
+    banned = {f for w in names.values() for f in (w, w + "s", w + "ed", w + "d", w + "ing")}
+    assert all(len(p.word.split()) >= 4 and not set(p.word.split()) & banned
+               for p in sentences)
+    # the non-target words are the sentences' words: at least 3 per target placement
+    assert a.nontarget_words == sum(len(p.word.split()) for p in sentences)
+    assert all(p.words == len(p.word.split()) for p in sentences)
+    assert 3 * 6 <= a.nontarget_words < 3 * 6 + 9
+    assert all(0 <= p.start < p.end <= a.seconds for p in a.placements)
+    spans = sorted((p.start, p.end) for p in a.placements)
+    assert all(e0 <= s1 for (_, e0), (s1, _) in zip(spans, spans[1:], strict=False))
+    # each target is its recorded clip, at its recorded time (the stream is the clip there)
+    by = corpus.by_label()
+    for p in targets:
+        best = 0.0
+        for u in by[p.word]:
+            clip = load_audio(u.path, RATE)
+            lo, _ = speech_bounds(clip, RATE, top_db=30.0)
+            i = round(p.start * RATE) - lo
+            seg = a.wave[i:i + len(clip)]
+            if i >= 0 and len(seg) == len(clip):
+                best = max(best, float(np.corrcoef(seg, clip)[0, 1]))
+        assert best > 0.95
+    # the grammar alone: the same generator, the same sentences
+    assert make_sentences(20, np.random.default_rng(0)) == make_sentences(
+        20, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="kind"):
+        StreamConfig(kind="paragraphs")
 
 
 def test_speech_segments_find_the_words_and_the_protocol_scores_them(tmp_path):

@@ -137,6 +137,10 @@ def streams_command(
     decision: str = typer.Option("windows", "--decision", help="windows: the sliding window "
                                  "every hop (as listen); segments: one window per speech "
                                  "segment cut by energy (needs --calibration clips)."),
+    kind: str = typer.Option("words", "--kind", help="The non-target speech: words "
+                             "(clips of the corpus's other words) or sentences (continuous "
+                             "sentences spoken by the synthetic voices; needs the synth "
+                             "extra)."),
     negatives: Path | None = typer.Option(None, "--negatives", help="A folder of extra "
                                           "negative recordings (none of the test words) for "
                                           "the open-set calibration and background bank."),
@@ -150,15 +154,17 @@ def streams_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Keyword spotting on long test streams built from the run's test words: detection
-    rate against false accepts per hour, meta-learned model against the frozen-base
-    nearest-centroid baseline, with a DET plot. When the run's split holds speakers out,
-    every clip of the streams is by its test speakers.
+    rate against false accepts per hour and per 100 non-target words, meta-learned model
+    against the frozen-base nearest-centroid baseline, with a DET plot. When the run's
+    split holds speakers out, every clip of the streams is by its test speakers.
 
     Example:
 
       metavox streams runs/sc-embedding-protomaml --episodes 12 --shots 1,3,5
 
       metavox streams runs/sc-maml --inner-lr 0.3 --steps 10
+
+      metavox streams runs/sc-embedding-protomaml --kind sentences
     """
     from metavox.kws.report import run_streams
     from metavox.pipeline.select import AdaptationSettings
@@ -168,7 +174,7 @@ def streams_command(
         report = run_streams(checkpoint, episodes=episodes, shots=shot_list, ways=ways,
                              far=far, calibration=calibration, out=out, progress=not quiet,
                              extra_negatives=negatives, decision=decision,
-                             inner_lr=inner_lr, steps=steps)
+                             inner_lr=inner_lr, steps=steps, kind=kind)
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",
              f"{100 * r['rate_at_1_per_100_words']:.1f}",
              f"{100 * r['rate_at_far']:.1f}", f"{r['fa_per_hour_at_far']:.2f}",

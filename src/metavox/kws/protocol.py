@@ -83,6 +83,9 @@ class StreamConfig:
     #: "windows": the sliding window every hop (what `metavox listen` does); "segments":
     #: one window per speech segment (:mod:`metavox.kws.segments`), clip calibration only
     decision: str = "windows"
+    #: the non-target speech: "words" (clips of the corpus's other words) or "sentences"
+    #: (continuous sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`)
+    kind: str = "words"
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.ways < 1 or not self.shots or min(self.shots) < 1:
@@ -100,6 +103,8 @@ class StreamConfig:
         if self.decision not in ("windows", "segments"):
             raise ValueError(f"decision must be 'windows' or 'segments', got "
                              f"{self.decision!r}")
+        if self.kind not in ("words", "sentences"):
+            raise ValueError(f"kind must be 'words' or 'sentences', got {self.kind!r}")
         if self.decision == "segments" and self.calibration != "clips":
             raise ValueError("segment decisions are calibrated on clips (calibration='clips')")
 
@@ -139,6 +144,8 @@ class TestStream:
     snr_db: float
     #: the speakers of every clip in it, enrollment included (sorted; unknown ones left out)
     speakers: list[str] = field(default_factory=list)
+    #: the synthetic voices that spoke its sentences (the ``sentences`` kind; sorted)
+    voices: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -175,39 +182,66 @@ def build_stream(corpus: Corpus, test_words: list[str], cfg: StreamConfig, episo
         order = rng.permutation(len(clips))
         enroll[w] = [clips[i] for i in order[: max(cfg.shots)]]
         items += [(w, clips[i], True) for i in order[max(cfg.shots):][: cfg.targets]]
-    others = [u.path for label, us in by_label.items()
-              if label not in words and label not in exclude for u in us]
-    labels = {u.path: u.label for u in corpus}
-    n_other = min(len(others), cfg.nontargets * len(items))
-    items += [(labels[others[i]], others[i], False)
-              for i in rng.choice(len(others), size=n_other, replace=False)]
+    voices = []
+    if cfg.kind == "sentences":
+        from metavox.kws.sentences import VOICES, make_sentences, speak
+
+        banned = set(by_label) | set(test_words) | set(exclude)
+        texts = make_sentences(cfg.nontargets * len(items), rng, banned)
+        who = [str(v) for v in rng.choice(VOICES, size=len(texts))]
+        seeds = rng.integers(0, 2**31 - 1, size=len(texts))
+        audio = speak([(v, t, int(x)) for v, t, x in zip(who, texts, seeds, strict=True)],
+                      sample_rate)
+        items += [(t, a, False) for t, a in zip(texts, audio, strict=True)]
+        voices = sorted(set(who))
+    else:
+        others = [u.path for label, us in by_label.items()
+                  if label not in words and label not in exclude for u in us]
+        labels = {u.path: u.label for u in corpus}
+        n_other = min(len(others), cfg.nontargets * len(items))
+        items += [(labels[others[i]], others[i], False)
+                  for i in rng.choice(len(others), size=n_other, replace=False)]
     items = [items[i] for i in rng.permutation(len(items))]
     wave, placements, snr = lay_out(items, cfg, rng, sample_rate)
     speaker = {u.path: u.speaker for u in corpus}
-    used = [p for w in words for p in enroll[w]] + [path for _, path, _ in items]
+    used = [p for w in words for p in enroll[w]] + [path for _, path, _ in items
+                                                     if isinstance(path, str)]
     speakers = sorted({speaker[p] for p in used if speaker.get(p) is not None})
-    return TestStream(wave, sample_rate, words, enroll, placements, snr, speakers)
+    return TestStream(wave, sample_rate, words, enroll, placements, snr, speakers, voices)
 
 
-def lay_out(items: list[tuple[str, str, bool]], cfg: StreamConfig, rng: np.random.Generator,
-            sample_rate: int) -> tuple[np.ndarray, list[Placement], float]:
+def lay_out(items: list[tuple[str, str | np.ndarray, bool]], cfg: StreamConfig,
+            rng: np.random.Generator, sample_rate: int
+            ) -> tuple[np.ndarray, list[Placement], float]:
     """Clips ``(word, path, target)`` in order, separated by random gaps, over background
-    noise at an SNR drawn from ``cfg.snr_db``: ``(wave, placements, snr)``."""
-    pieces, placements, t, speech_power = [], [], 0, []
-    for word, path, target in items:
+    noise at an SNR drawn from ``cfg.snr_db``: ``(wave, placements, snr)``. An item whose
+    ``path`` is audio (a spoken sentence, ``word`` its text) is scaled to the clips' mean
+    speech level and counts as its text's words."""
+    audio = [load_audio(src, sample_rate) if isinstance(src, str) else np.asarray(src)
+             for _, src, _ in items]
+    bounds = [speech_bounds(clip, sample_rate, top_db=30.0) for clip in audio]
+    power = [float(np.mean(np.square(clip[a:b]))) if b > a else 0.0
+             for clip, (a, b) in zip(audio, bounds, strict=True)]
+    recorded = [pw for (_, src, _), pw in zip(items, power, strict=True)
+                if isinstance(src, str)]
+    if recorded and len(recorded) < len(items):  # spoken sentences at the clips' level
+        level = math.sqrt(np.mean(recorded))
+        for i, (_, src, _) in enumerate(items):
+            if not isinstance(src, str) and power[i] > 0:
+                audio[i] = (audio[i] * (level / math.sqrt(power[i]))).astype(np.float32)
+                power[i] = level ** 2
+    pieces, placements, t = [], [], 0
+    for (word, src, target), clip, (a, b) in zip(items, audio, bounds, strict=True):
         gap = int(rng.uniform(*cfg.gap) * sample_rate)
-        clip = load_audio(path, sample_rate)
-        a, b = speech_bounds(clip, sample_rate, top_db=30.0)
-        speech_power.append(float(np.mean(np.square(clip[a:b]))) if b > a else 0.0)
         pieces += [np.zeros(gap, dtype=np.float32), clip]
         start = t + gap
         placements.append(Placement(word, (start + a) / sample_rate, (start + b) / sample_rate,
-                                    target))
+                                    target, 1 if isinstance(src, str) else len(word.split())))
         t = start + len(clip)
     pieces.append(np.zeros(sample_rate, dtype=np.float32))  # a second of background to end
     speech = np.concatenate(pieces)
     snr = float(rng.choice(cfg.snr_db))
-    level = math.sqrt(max(np.mean(speech_power), 1e-12)) / 10 ** (snr / 20)
+    level = math.sqrt(max(np.mean(power), 1e-12)) / 10 ** (snr / 20)
     noise = background_noise(cfg.noise, len(speech), sample_rate, rng, level=level)
     return np.clip(speech + noise, -1.0, 1.0).astype(np.float32), placements, snr
 
@@ -323,6 +357,8 @@ class StreamResult:
     #: and the words placed as non-targets (sorted)
     speakers: list[str] = field(default_factory=list)
     nontarget_vocabulary: list[str] = field(default_factory=list)
+    #: the synthetic voices of the non-target sentences (the ``sentences`` kind)
+    voices: list[str] = field(default_factory=list)
 
     @property
     def detection_rate(self) -> list[float]:
@@ -381,8 +417,9 @@ class StreamResult:
         for o in got:
             if o.hit:
                 self.by_word[o.word][0] += 1
-            else:
-                key = f"{o.heard or 'background'} -> {o.word}"
+            else:  # a spoken sentence is named as such, not by its text
+                heard = "a sentence" if " " in o.heard else o.heard or "background"
+                key = f"{heard} -> {o.word}"
                 self.confusions[key] = self.confusions.get(key, 0) + 1
         row = self.by_snr.setdefault(f"{stream.snr_db:g}", [0, 0, 0, 0.0, 0])
         row[0] += sum(o.hit for o in got)
@@ -452,7 +489,8 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 r = results[(name, k)]
                 r.speakers = sorted(set(r.speakers) | set(stream.speakers))
                 r.nontarget_vocabulary = sorted(set(r.nontarget_vocabulary) | {
-                    p.word for p in stream.placements if not p.target})
+                    w for p in stream.placements if not p.target for w in p.word.split()})
+                r.voices = sorted(set(r.voices) | set(stream.voices))
                 r.targets += sum(p.target for p in stream.placements)
                 r.nontarget_words += stream.nontarget_words
                 r.hours += hours

@@ -24,7 +24,8 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
                 out: str | Path | None = None, progress: bool = False,
                 config: StreamConfig | None = None,
                 extra_negatives: str | Path | None = None, decision: str = "windows",
-                inner_lr: float | None = None, steps: int | None = None) -> dict:
+                inner_lr: float | None = None, steps: int | None = None,
+                kind: str = "words") -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
     nearest-centroid baseline on its untrained backbone; write the report.
 
@@ -33,12 +34,14 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     negative streams of the calibration by its training speakers. ``extra_negatives``: a
     folder of extra negative recordings for the open-set calibration and bank (as
     ``metavox adapt --negatives``); ``inner_lr`` / ``steps``: the meta-learner's test-time
-    adaptation (default: the settings chosen on validation, else the training config's)."""
+    adaptation (default: the settings chosen on validation, else the training config's);
+    ``kind``: the non-target speech, ``"words"`` (the corpus's other words) or
+    ``"sentences"`` (sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`)."""
     loaded = load_trained(checkpoint, inner_lr=inner_lr, steps=steps)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
                                  ways=ways, far=far, calibration=calibration,
-                                 seed=loaded.config.seed, decision=decision)
+                                 seed=loaded.config.seed, decision=decision, kind=kind)
     data = build_run_data(loaded.config, progress=progress)
     if "test" not in data.parts:
         raise ValueError("the run's split has no test part to build streams from")
@@ -96,6 +99,7 @@ def split_record(data: RunData, results: list[StreamResult]) -> dict:
         "speakers_used": sorted({s for r in results for s in r.speakers}),
         "words_enrolled": sorted({w for r in results for w in r.by_word}),
         "nontarget_words": sorted({w for r in results for w in r.nontarget_vocabulary}),
+        "voices": sorted({v for r in results for v in r.voices}),
     }
 
 
@@ -114,6 +118,9 @@ def split_lines(split: dict | None) -> list[str]:
                f"included ({len(used)} in the streams).")
     words = (f" Words enrolled: {', '.join(split['words_enrolled'])}; non-target words: "
              f"{', '.join(split['nontarget_words']) or 'none'}.")
+    if split.get("voices"):
+        words += (f" The non-target speech is sentences spoken by the synthetic voices "
+                  f"{', '.join(split['voices'])} (eSpeak NG).")
     return ["", who + words]
 
 
@@ -158,9 +165,12 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
               f"{r['fa_per_100_words_at_far']:.2f} | {r['latency_ms']:.0f} |" for r in rows]
     hours = rows[0]["hours"] if rows else 0.0
     per_hour = results[0].nontarget_words / max(hours, 1e-9) if results else 0.0
+    speech = ("spoken sentences (each counts its words)" if cfg.kind == "sentences"
+              else "clips of other words")
     lines.append(f"\n{cfg.episodes} streams, {rows[0]['targets'] if rows else 0} target words "
                  f"and {hours:.2f} h of non-target audio per cell "
-                 f"({results[0].nontarget_words if results else 0} non-target words, "
+                 f"({results[0].nontarget_words if results else 0} non-target words in "
+                 f"{speech}, "
                  f"{per_hour:.0f} per hour: 1 FA/h is one false accept in {per_hour:.0f} "
                  f"non-target words); test words: {', '.join(test_words)}. "
                  f"At <= 1 FA/h and at <= 1 FA per 100 non-target words: the best point of "
