@@ -12,7 +12,9 @@ time span in the stream is known (its clip's speech, found by energy). Every cli
 from the corpus given: for a run whose split holds speakers out,
 :func:`metavox.kws.report.run_streams` gives the test speakers' clips alone, so
 enrollment, targets and non-targets are all by unseen speakers (each stream records its
-``speakers``).
+``speakers``). With ``kind="sentences"`` the non-target speech is continuous instead:
+sentences spoken by the synthesiser, none of the corpus's words
+(:mod:`metavox.kws.sentences`), as many words as the clips would have been.
 
 Every method adapts on the same enrollment clips and scores the same stream (the stream's
 features are computed once, then each adapted model scores them). A detection is a *hit*
