@@ -253,3 +253,24 @@ def check_export(adapted, path: Path, shared_data: Path) -> None:
             want = spotter(torch.from_numpy(x).float())
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
+
+
+def test_a_stream_gives_the_fused_features_of_the_last_two_seconds():
+    """Streams on the fusion (``listen``, the stream protocol, the service): every hop,
+    the fused front-end's features of the last 2 s (zeros before the stream began)."""
+    from metavox.audio.streaming import feature_stream
+
+    cfg = FrontendConfig(**model_frontend("fusion"))
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    stream = feature_stream(cfg)
+    steps = stream.push(wave[:3000]) + stream.push(wave[3000:])
+    assert len(steps) == 8000 // stream.hop == 5
+    frontend = shared_frontend(cfg)
+    for t, feats in steps[::2]:
+        end = int(round(t * cfg.sample_rate))
+        window = np.concatenate([np.zeros(cfg.num_samples, np.float32), wave[:end]])
+        with torch.no_grad():
+            ref = frontend(torch.from_numpy(window[-cfg.num_samples:])[None])[0]
+        assert feats.shape == (3584, 1)
+        torch.testing.assert_close(feats, ref, atol=1e-5, rtol=1e-5)
