@@ -9,7 +9,7 @@
 - ``centroid``: nearest class mean on the untrained backbone's features, no training at
   all: for a pretrained backbone (``speech-embedding``, ``mswc-resnet``), the frozen
   pretrained embedding with the nearest-centroid rule (the baseline any meta-learner on it
-  has to beat).
+  has to beat); for ``fusion``, the plain concatenation of both bases' unit vectors.
 
 What needs training is trained once and stored in the run folder (``baselines/``), so
 later evaluations reuse it.
