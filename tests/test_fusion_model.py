@@ -232,16 +232,20 @@ def test_a_run_on_the_fusion_trains_evaluates_enrolls_and_exports(shared_data, t
     (w2, p2), = again.predict_files([probe])
     assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
     if all(importlib.util.find_spec(m) for m in ("onnxscript", "onnxruntime")):
-        check_export(again, tmp_path / "words.onnx", shared_data)
+        check_export(again, path, tmp_path / "words.onnx", shared_data)
 
 
-def check_export(adapted, path: Path, shared_data: Path) -> None:
-    """The exported graph (both front-ends in it) takes any batch and answers as PyTorch."""
+def check_export(adapted, saved: Path, path: Path, shared_data: Path) -> None:
+    """`metavox export` on the fused model: the graph (both front-ends in it) takes any
+    batch and answers as PyTorch."""
     import onnxruntime as ort
+    from typer.testing import CliRunner
 
-    from metavox.kws.export import ClipSpotter, export_onnx
+    from metavox.cli import app
+    from metavox.kws.export import ClipSpotter
 
-    export_onnx(adapted, path)
+    res = CliRunner().invoke(app, ["export", str(saved), "--onnx", str(path)])
+    assert res.exit_code == 0, res.output
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 32000]
     clips = np.stack([load_clip(shared_data / "fsdd" / "recordings" / f"{d}_theo_{i}.wav",
