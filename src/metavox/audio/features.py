@@ -78,7 +78,8 @@ class FrontendConfig:
     #: others, at the top, are the model's to train. None (the default): all of them,
     #: the encoder's embedding (20 blocks for the speech embedding, 17 for the MSWC
     #: ResNet), filled in on construction, so ``to_dict()`` always holds the number.
-    #: Other kinds ignore it (and store 20).
+    #: Other kinds ignore it (and store 20; ``fusion`` runs both encoders whole and
+    #: accepts no other value).
     embedding_blocks: int | None = None
 
     def __post_init__(self) -> None:
@@ -171,7 +172,7 @@ class FrontendConfig:
         """Feature bins per frame: ``n_mels`` for log-mel, ``n_mfcc`` for MFCC, the
         embedding's size for an encoder (96 for the speech embedding, 2048 for the MSWC
         ResNet; below its top: the size of one window's activations at the input of block
-        ``embedding_blocks``)."""
+        ``embedding_blocks``); for ``fusion``, ``96 * W + 2048`` (:func:`fusion_layout`)."""
         if self.kind in ENCODERS:
             return ENCODERS[self.kind].features(self.embedding_blocks)
         if self.kind == FUSION:
@@ -181,7 +182,7 @@ class FrontendConfig:
     def frames_for(self, num_samples: int) -> int:
         """Frames ``torch.stft`` gives for ``num_samples`` samples under this config (for an
         encoder: its windows, every 80 ms of the speech embedding, every 125 ms of the
-        MSWC ResNet's 1.5 s)."""
+        MSWC ResNet's 1.5 s; for ``fusion``: one, the whole clip)."""
         if self.kind in ENCODERS:
             return ENCODERS[self.kind].num_windows(num_samples)
         if self.kind == FUSION:
