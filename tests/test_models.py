@@ -25,14 +25,22 @@ from metavox.models import (
 MODELS = sorted(list_models())
 
 
+#: the fusion reads its own front-end's layout: 96 values per speech-embedding window
+#: (two windows here), then the ResNet's 2048, in one frame
+FUSION_SHAPE = (96 * 2 + 2048, 1)
+
+
 def build(name: str, input_shape=(40, 101), num_classes: int = 5, **options) -> nn.Module:
     shape = 1 if name == "mlp" and input_shape == (40, 101) else input_shape
+    shape = FUSION_SHAPE if name == "fusion" else shape
     return create_model(name, num_classes=num_classes, input_shape=shape, **options)
 
 
 def example_input(name: str, input_shape=(40, 101), batch: int = 3) -> torch.Tensor:
     if name == "mlp" and input_shape == (40, 101):
         return torch.randn(batch, 1)
+    if name == "fusion":
+        return torch.randn(batch, 1, *FUSION_SHAPE)
     return torch.randn(batch, 1, *input_shape)
 
 
@@ -41,7 +49,8 @@ def count(module: nn.Module) -> int:
 
 
 def test_registry_lists_every_model_once_with_a_description():
-    assert MODELS == ["conv4", "dscnn", "mlp", "mswc-resnet", "resnet8", "speech-embedding"]
+    assert MODELS == ["conv4", "dscnn", "fusion", "mlp", "mswc-resnet", "resnet8",
+                      "speech-embedding"]
     assert set(REGISTRY) == set(MODELS) | set(ALIASES)
     assert all(DESCRIPTIONS[n] and "\n" not in DESCRIPTIONS[n] for n in MODELS)
     assert isinstance(create_model("res8", num_classes=2, input_shape=(40, 101)), ResNet8)
