@@ -28,6 +28,7 @@ __all__ = [
     "FUSION",
     "FusionFeatures",
     "FrontendConfig",
+    "fusion_layout",
     "mel_filterbank",
     "hz_to_mel",
     "mel_to_hz",
