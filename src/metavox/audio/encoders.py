@@ -102,33 +102,9 @@ def _speech_embedding_frozen(blocks: int) -> nn.Module:
     return speech_embedding.SpeechEmbedding(input_scale=1.0, blocks=blocks)
 
 
-def _speech_embedding_windows(num_samples: int) -> int:
-    return speech_embedding.num_windows(num_samples)
-
-
-def _speech_embedding_body(start: int, stop: int) -> nn.Module:
-    return speech_embedding.SpeechEmbeddingBody(start, stop)
-
-
-def _speech_embedding_state() -> dict[str, Tensor]:
-    return speech_embedding.pretrained_state()
-
-
 def _mswc_frozen(blocks: int) -> nn.Module:
     # [-1, 1] input, as EfficientWord-Net feeds the words it enrolls
     return mswc_resnet.MswcResNetWindows(input_scale=1.0, blocks=blocks)
-
-
-def _mswc_windows(num_samples: int) -> int:
-    return mswc_resnet.num_windows(num_samples)
-
-
-def _mswc_body(start: int, stop: int) -> nn.Module:
-    return mswc_resnet.MswcResNetBody(start, stop)
-
-
-def _mswc_state() -> dict[str, Tensor]:
-    return mswc_resnet.pretrained_state()
 
 
 ENCODERS: dict[str, Encoder] = {
@@ -140,10 +116,10 @@ ENCODERS: dict[str, Encoder] = {
         sample_rate=speech_embedding.SAMPLE_RATE,
         clip_seconds=2.0,  # 16 windows of 775 ms, every 80 ms
         block_shape=speech_embedding.block_shape,
-        num_windows=_speech_embedding_windows,
-        body=_speech_embedding_body,
+        num_windows=speech_embedding.num_windows,
+        body=speech_embedding.SpeechEmbeddingBody,
         body_state=speech_embedding.body_state,
-        pretrained_state=_speech_embedding_state,
+        pretrained_state=speech_embedding.pretrained_state,
         frozen=_speech_embedding_frozen,
     ),
     "mswc-resnet": Encoder(
@@ -155,10 +131,10 @@ ENCODERS: dict[str, Encoder] = {
         sample_rate=mswc_resnet.SAMPLE_RATE,
         clip_seconds=mswc_resnet.WINDOW_SECONDS,  # one window
         block_shape=mswc_resnet.block_shape,
-        num_windows=_mswc_windows,
-        body=_mswc_body,
+        num_windows=mswc_resnet.num_windows,
+        body=mswc_resnet.MswcResNetBody,
         body_state=mswc_resnet.body_state,
-        pretrained_state=_mswc_state,
+        pretrained_state=mswc_resnet.pretrained_state,
         frozen=_mswc_frozen,
     ),
 }

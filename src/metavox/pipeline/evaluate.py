@@ -116,13 +116,16 @@ def _score(name: str, shots: int, res: EpisodeResults, *, headline_steps: int | 
 
 
 def test_store(loaded: LoadedModel, data: str | None, root: str | None,
-               labels: list[str] | None, cache_dir: str | None) -> tuple[FeatureStore, str]:
+               labels: list[str] | None, cache_dir: str | None
+               ) -> tuple[FeatureStore, str, FeatureStore | None]:
     """The features of the meta-test classes: the run's own test split, or another corpus
-    (optionally restricted to ``labels``) under the checkpoint's front-end."""
+    (optionally restricted to ``labels``) under the checkpoint's front-end; and the run's
+    validation split when the test split is the run's own (``None`` otherwise)."""
     cfg = loaded.config
+    val = None
     if data is None:
         run = build_run_data(cfg)
-        store = run.parts["test"]
+        store, val = run.parts["test"], run.parts.get("val")
         desc = f"{cfg.data.corpus} (test split)"
     else:
         corpus = load_corpus(data, root)
@@ -135,7 +138,7 @@ def test_store(loaded: LoadedModel, data: str | None, root: str | None,
             have = sorted(set(store.labels))
             raise ValueError(f"labels {missing} are not in {desc}; it has {have}")
         store = store.filter(labels=labels)
-    return store, desc
+    return store, desc, val
 
 
 BACKGROUND = "(background)"
@@ -158,23 +161,22 @@ class OpenSetPool:
                 "rule": rule}
 
 
-def open_set_pool(loaded: LoadedModel, store: FeatureStore, run_split: bool) -> OpenSetPool:
+def open_set_pool(loaded: LoadedModel, store: FeatureStore, val: FeatureStore | None
+                  ) -> OpenSetPool:
     """Targets and non-targets for the open set: every clip of the test words (``store``);
-    with the run's own split also every clip of its validation words (never trained on);
-    and backgrounds: generated ones and up to 100 recordings from the background folders
-    beside the corpus (:func:`metavox.pipeline.enroll.negative_pool`'s)."""
+    every clip of the run's validation words (``val``, never trained on; ``None`` when
+    testing on another corpus); and backgrounds: generated ones and up to 100 recordings
+    from the background folders beside the corpus
+    (:func:`metavox.pipeline.enroll.negative_pool`'s)."""
     from metavox.pipeline.enroll import builtin_negatives, corpus_backgrounds
 
     xs = [torch.from_numpy(store.take(range(len(store)))).unsqueeze(1)]
     labels = list(store.labels)
     other: list[str] = []
-    if run_split:
-        run = build_run_data(loaded.config)
-        val = run.parts.get("val")
-        if val is not None and len(val):
-            xs.append(torch.from_numpy(val.take(range(len(val)))).unsqueeze(1))
-            labels += list(val.labels)
-            other = sorted(set(val.labels))
+    if val is not None and len(val):
+        xs.append(torch.from_numpy(val.take(range(len(val)))).unsqueeze(1))
+        labels += list(val.labels)
+        other = sorted(set(val.labels))
     backgrounds = [builtin_negatives(loaded.frontend)]
     recorded = corpus_backgrounds(loaded)
     if recorded is not None:
@@ -243,12 +245,12 @@ def evaluate(
     run_dir = Path(checkpoint)
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     with main_first(d):
-        store, desc = test_store(loaded, data, root, labels, cache_dir)
+        store, desc, val = test_store(loaded, data, root, labels, cache_dir)
     open_set = e.open_set if open_set is None else open_set
     if open_set and cfg.episodes.protocol != "class":
         raise ConfigError("the open-set measurement needs word episodes "
                           f"(episodes.protocol = 'class'), not {cfg.episodes.protocol!r}")
-    pool = open_set_pool(loaded, store, data is None) if open_set and d.main else None
+    pool = open_set_pool(loaded, store, val) if open_set and d.main else None
 
     methods: dict[str, MetaAlgorithm | NoAdaptation] = {cfg.algorithm.name: loaded.algo}
     methods.update(build_baselines(loaded, [n for n in names if n != "noadapt"], run_dir,
