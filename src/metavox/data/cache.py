@@ -311,6 +311,10 @@ def _run_worker(chunk: int) -> tuple[int, int]:
     return _worker(chunk)
 
 
+def _num_chunks(clips: int) -> int:
+    return -(-clips // _CHUNK)
+
+
 def _chunk_path(folder: Path, chunk: int) -> Path:
     return folder / f"chunk-{chunk:07d}.safetensors"
 
@@ -432,7 +436,7 @@ class FeatureCache:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._clean_stale()
         parts = self.cache_dir / f".chunks-{target.name}-{_CHUNK}"
-        rank, world, _ = _rank()
+        rank, world, local = _rank()
 
         def waiting() -> None:
             if self.progress:
@@ -440,14 +444,13 @@ class FeatureCache:
 
         lock = self.cache_dir / f".{target.name}.lock"
         if world > 1:  # the ranks featurize side by side; one of them joins the chunks
-            self._featurize(corpus, parts, rank, world, rebuild=rebuild)
+            self._featurize(corpus, parts, rank, world, local, rebuild=rebuild)
             self._wait_for_chunks(corpus, parts)
             with waiting_lock(lock):
                 store = self._open_valid(target, key, warn=False)
-                if store is not None and not rebuild:
+                # built before, or (a rebuild) joined just now by another rank
+                if store is not None and (not rebuild or not parts.is_dir()):
                     return store
-                if not parts.is_dir():  # another rank joined them (a rebuild, just now)
-                    return FeatureStore(target)
                 return self._join(corpus, fp, key, target, parts)
         # one builder per entry: a second process waits, then opens what the first built
         with waiting_lock(lock, on_wait=waiting):
@@ -455,7 +458,7 @@ class FeatureCache:
                 store = self._open_valid(target, key, warn=False)
                 if store is not None:
                     return store
-            self._featurize(corpus, parts, 0, 1, rebuild=rebuild)
+            self._featurize(corpus, parts, 0, 1, 1, rebuild=rebuild)
             return self._join(corpus, fp, key, target, parts)
 
     def _open_valid(self, target: Path, key: str, *, warn: bool = True) -> FeatureStore | None:
@@ -498,20 +501,20 @@ class FeatureCache:
             except OSError:
                 pass
 
-    def _featurize(self, corpus: Corpus, parts: Path, rank: int, world: int, *,
+    def _featurize(self, corpus: Corpus, parts: Path, rank: int, world: int, local: int, *,
                    rebuild: bool) -> None:
-        """Write every missing chunk of this rank's share into ``parts``."""
+        """Write every missing chunk of this rank's share into ``parts`` (``local``: the
+        ranks on this node, which share its cores)."""
         if rebuild and world == 1:
             shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True, exist_ok=True)
         n = len(corpus)
-        chunks = range(rank, -(-n // _CHUNK), world)
+        chunks = range(rank, _num_chunks(n), world)
         todo = [j for j in chunks if not _chunk_path(parts, j).is_file()]
         sizes = {j: min(n, (j + 1) * _CHUNK) - j * _CHUNK for j in chunks}
         done = sum(sizes.values()) - sum(sizes[j] for j in todo)
         workers = self.workers
         if workers is None:
-            _, _, local = _rank()
             workers = max(1, _usable_cpus() // local) if len(todo) > 1 else 0
         workers = min(workers, len(todo))
         args = (self.config.to_dict(), self.dtype, str(parts), [u.path for u in corpus])
@@ -546,7 +549,7 @@ class FeatureCache:
     def _wait_for_chunks(self, corpus: Corpus, parts: Path) -> None:
         """Under torchrun: wait until the other ranks' chunks are all in ``parts`` (or
         another rank has already joined them and removed the folder)."""
-        total = -(-len(corpus) // _CHUNK)
+        total = _num_chunks(len(corpus))
         last = time.monotonic()
         while parts.is_dir():
             have = sum(1 for j in range(total) if _chunk_path(parts, j).is_file())
@@ -566,7 +569,7 @@ class FeatureCache:
         n = len(corpus)
         for stale in self.cache_dir.glob(f".tmp-{target.name}-*"):  # a killed join's
             shutil.rmtree(stale, ignore_errors=True)
-        chunks = [_read_chunk(_chunk_path(parts, j)) for j in range(-(-n // _CHUNK))]
+        chunks = [_read_chunk(_chunk_path(parts, j)) for j in range(_num_chunks(n))]
         kept = [i for _, k, _ in chunks for i in k]
         failures = [{"path": corpus.relpath(corpus[i]), "reason": reason}
                     for _, _, f in chunks for i, reason in f]
