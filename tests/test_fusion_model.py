@@ -192,11 +192,15 @@ def test_a_run_on_the_fusion_trains_evaluates_enrolls_and_exports(shared_data, t
     runs the frozen nearest-centroid baseline (on the plain concatenation), ProtoNet and
     the fine-tune baselines on the same episodes, enrollment featurizes through the same
     front-end, and the exported graph holds both front-ends and answers as PyTorch."""
-    from train_helpers import fsdd_manifest, tiny_config
+    from train_helpers import (
+        assert_onnx_answers_as_pytorch,
+        enroll_digits_and_reload,
+        fsdd_manifest,
+        tiny_config,
+    )
 
-    from metavox.pipeline.enroll import enroll, load_adapted, save_adapted
     from metavox.pipeline.evaluate import evaluate
-    from metavox.pipeline.train import load_trained, train
+    from metavox.pipeline.train import train
 
     manifest = fsdd_manifest(shared_data, tmp_path / "data", per=3)
     cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache", frontend={},
@@ -216,47 +220,18 @@ def test_a_run_on_the_fusion_trains_evaluates_enrolls_and_exports(shared_data, t
     assert {"maml", "nearest centroid"} <= set(scores)
     assert len(scores) >= 4  # ProtoNet and the fine-tune baselines ran on the fusion body
     assert all(0.0 <= s.accuracy <= 1.0 for s in scores.values())
-    words = tmp_path / "words"
-    for digit in ("3", "5"):
-        (words / digit).mkdir(parents=True)
-        for i in range(2):
-            src = shared_data / "fsdd" / "recordings" / f"{digit}_theo_{10 + i}.wav"
-            (words / digit / f"{i}.wav").write_bytes(src.read_bytes())
-    loaded = load_trained(tmp_path / "run")
+    loaded, _, again, path = enroll_digits_and_reload(shared_data, tmp_path)
     assert loaded.frontend == frontend
-    adapted = enroll(loaded, words)
-    path = save_adapted(tmp_path / "words.safetensors", adapted, loaded)
-    again = load_adapted(path)
-    probe = shared_data / "fsdd" / "recordings" / "3_theo_20.wav"
-    (w1, p1), = adapted.predict_files([probe])
-    (w2, p2), = again.predict_files([probe])
-    assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
     if all(importlib.util.find_spec(m) for m in ("onnxscript", "onnxruntime")):
-        check_export(again, path, tmp_path / "words.onnx", shared_data)
+        # `metavox export` on the fused model: the graph holds both front-ends
+        from typer.testing import CliRunner
 
+        from metavox.cli import app
 
-def check_export(adapted, saved: Path, path: Path, shared_data: Path) -> None:
-    """`metavox export` on the fused model: the graph (both front-ends in it) takes any
-    batch and answers as PyTorch."""
-    import onnxruntime as ort
-    from typer.testing import CliRunner
-
-    from metavox.cli import app
-    from metavox.kws.export import ClipSpotter
-
-    res = CliRunner().invoke(app, ["export", str(saved), "--onnx", str(path)])
-    assert res.exit_code == 0, res.output
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].shape == ["batch", 32000]
-    clips = np.stack([load_clip(shared_data / "fsdd" / "recordings" / f"{d}_theo_{i}.wav",
-                                16000, 2.0) for d in "35" for i in (20, 21)])
-    spotter = ClipSpotter(adapted).eval()
-    for x in (clips[:1], clips[1:]):
-        got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
-        with torch.no_grad():
-            want = spotter(torch.from_numpy(x).float())
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
+        onnx_path = tmp_path / "words.onnx"
+        res = CliRunner().invoke(app, ["export", str(path), "--onnx", str(onnx_path)])
+        assert res.exit_code == 0, res.output
+        assert_onnx_answers_as_pytorch(again, onnx_path, shared_data, 2.0)
 
 
 def test_a_stream_gives_the_fused_features_of_the_last_two_seconds():

@@ -181,11 +181,15 @@ def test_a_run_on_the_resnet_trains_evaluates_and_enrolls(shared_data, tmp_path,
     caches the ResNet's embeddings (or its activations below the trainable top block),
     Proto-MAML meta-trains on top, evaluation runs the frozen nearest-centroid baseline on
     the same episodes, and enrollment featurizes through the same front-end."""
-    from train_helpers import fsdd_manifest, tiny_config
+    from train_helpers import (
+        assert_onnx_answers_as_pytorch,
+        enroll_digits_and_reload,
+        fsdd_manifest,
+        tiny_config,
+    )
 
-    from metavox.pipeline.enroll import enroll, load_adapted, save_adapted
     from metavox.pipeline.evaluate import evaluate
-    from metavox.pipeline.train import load_trained, train
+    from metavox.pipeline.train import train
 
     manifest = fsdd_manifest(shared_data, tmp_path / "data", per=4)
     cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache", frontend={},
@@ -208,44 +212,14 @@ def test_a_run_on_the_resnet_trains_evaluates_and_enrolls(shared_data, tmp_path,
         # with no adapter the body is the frozen embedding itself, so before its first
         # step Proto-MAML answers exactly as the nearest-centroid baseline
         assert scores["maml"].by_step[0][0] == pytest.approx(scores["nearest centroid"].accuracy)
-    words = tmp_path / "words"
-    for digit in ("3", "5"):
-        (words / digit).mkdir(parents=True)
-        for i in range(2):
-            src = shared_data / "fsdd" / "recordings" / f"{digit}_theo_{10 + i}.wav"
-            (words / digit / f"{i}.wav").write_bytes(src.read_bytes())
-    loaded = load_trained(tmp_path / "run")
+    loaded, _, again, _ = enroll_digits_and_reload(shared_data, tmp_path)
     assert loaded.frontend == frontend
-    adapted = enroll(loaded, words)
-    path = save_adapted(tmp_path / "words.safetensors", adapted, loaded)
-    again = load_adapted(path)
-    probe = shared_data / "fsdd" / "recordings" / "3_theo_20.wav"
-    (w1, p1), = adapted.predict_files([probe])
-    (w2, p2), = again.predict_files([probe])
-    assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
     if top == 0 and all(importlib.util.find_spec(m) for m in ("onnxscript", "onnxruntime")):
-        check_export(again, tmp_path / "words.onnx", shared_data)
+        # the exported graph (the ResNet front-end in it) takes any batch
+        from metavox.kws.export import export_onnx
 
-
-def check_export(adapted, path: Path, shared_data: Path) -> None:
-    """The exported graph (the ResNet front-end in it) takes any batch and answers as
-    PyTorch does."""
-    import onnxruntime as ort
-
-    from metavox.kws.export import ClipSpotter, export_onnx
-
-    export_onnx(adapted, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].shape == ["batch", 24000]
-    clips = np.stack([load_clip(shared_data / "fsdd" / "recordings" / f"{d}_theo_{i}.wav",
-                                16000, 1.5) for d in "35" for i in (20, 21)])
-    spotter = ClipSpotter(adapted).eval()
-    for x in (clips[:1], clips[1:]):
-        got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
-        with torch.no_grad():
-            want = spotter(torch.from_numpy(x).float())
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
+        export_onnx(again, tmp_path / "words.onnx")
+        assert_onnx_answers_as_pytorch(again, tmp_path / "words.onnx", shared_data, 1.5)
 
 
 def test_a_stream_gives_the_front_end_features_of_the_last_window():

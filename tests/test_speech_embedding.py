@@ -171,11 +171,10 @@ def test_a_run_on_the_embedding_trains_evaluates_and_enrolls(shared_data, tmp_pa
     """The pipeline end to end on the pretrained base: the backbone's declared front-end
     caches embeddings, Proto-MAML meta-trains on top, and evaluation runs the frozen
     nearest-centroid baseline on the same episodes."""
-    from train_helpers import fsdd_manifest, tiny_config
+    from train_helpers import enroll_digits_and_reload, fsdd_manifest, tiny_config
 
-    from metavox.pipeline.enroll import enroll, load_adapted, save_adapted
     from metavox.pipeline.evaluate import evaluate
-    from metavox.pipeline.train import load_trained, train
+    from metavox.pipeline.train import train
 
     manifest = fsdd_manifest(shared_data, tmp_path / "data", per=4)
     cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache", frontend={},
@@ -196,17 +195,4 @@ def test_a_run_on_the_embedding_trains_evaluates_and_enrolls(shared_data, tmp_pa
     # Proto-MAML answers exactly as the nearest-centroid baseline on the same episodes
     assert scores["maml"].by_step[0][0] == pytest.approx(scores["nearest centroid"].accuracy)
     # enrollment through the same front-end, saved and loaded as a learner
-    words = tmp_path / "words"
-    for digit in ("3", "5"):
-        (words / digit).mkdir(parents=True)
-        for i in range(2):
-            src = shared_data / "fsdd" / "recordings" / f"{digit}_theo_{10 + i}.wav"
-            (words / digit / f"{i}.wav").write_bytes(src.read_bytes())
-    loaded = load_trained(tmp_path / "run")
-    adapted = enroll(loaded, words)
-    path = save_adapted(tmp_path / "words.safetensors", adapted, loaded)
-    again = load_adapted(path)
-    probe = shared_data / "fsdd" / "recordings" / "3_theo_20.wav"
-    (w1, p1), = adapted.predict_files([probe])
-    (w2, p2), = again.predict_files([probe])
-    assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
+    enroll_digits_and_reload(shared_data, tmp_path)

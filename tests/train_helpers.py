@@ -79,3 +79,53 @@ def tiny_config(manifest: Path, out: Path, cache: Path, **overrides):
         else:
             data[section] = value
     return config_from_dict(data)
+
+
+def enroll_digits_and_reload(shared_data: Path, tmp_path: Path):
+    """Enroll FSDD digits 3 and 5 (two recordings of one speaker each) on the run in
+    ``tmp_path / "run"``, save the learner and load it back; both must name a held-out
+    recording alike. Returns ``(loaded run, adapted, reloaded, saved path)``."""
+    import pytest
+
+    from metavox.pipeline.enroll import enroll, load_adapted, save_adapted
+    from metavox.pipeline.train import load_trained
+
+    recordings = shared_data / "fsdd" / "recordings"
+    words = tmp_path / "words"
+    for digit in ("3", "5"):
+        (words / digit).mkdir(parents=True)
+        for i in range(2):
+            (words / digit / f"{i}.wav").write_bytes(
+                (recordings / f"{digit}_theo_{10 + i}.wav").read_bytes())
+    loaded = load_trained(tmp_path / "run")
+    adapted = enroll(loaded, words)
+    path = save_adapted(tmp_path / "words.safetensors", adapted, loaded)
+    again = load_adapted(path)
+    (w1, p1), = adapted.predict_files([recordings / "3_theo_20.wav"])
+    (w2, p2), = again.predict_files([recordings / "3_theo_20.wav"])
+    assert w1 == w2 and p1 == pytest.approx(p2, abs=1e-5)
+    return loaded, adapted, again, path
+
+
+def assert_onnx_answers_as_pytorch(adapted, onnx_path: Path, shared_data: Path,
+                                   seconds: float) -> None:
+    """The exported graph at ``onnx_path`` takes any batch of ``seconds``-long clips and
+    answers as the adapted model's PyTorch module does."""
+    import onnxruntime as ort
+    import torch
+
+    from metavox.audio.io import load_clip
+    from metavox.kws.export import ClipSpotter
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", int(16000 * seconds)]
+    recordings = shared_data / "fsdd" / "recordings"
+    clips = np.stack([load_clip(recordings / f"{d}_theo_{i}.wav", 16000, seconds)
+                      for d in "35" for i in (20, 21)])
+    spotter = ClipSpotter(adapted).eval()
+    for x in (clips[:1], clips[1:]):
+        got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+        with torch.no_grad():
+            want = spotter(torch.from_numpy(x).float())
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
