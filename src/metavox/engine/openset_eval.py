@@ -175,8 +175,8 @@ class _Pooled:
             det.append(float((wp * ok).sum() / total_p) if total_p else math.nan)
         # EER: the smallest max(false-accept rate, miss rate) over thresholds at each
         # non-target score, accepting scores >= it or > it (the crossing of the two steps)
-        asc, w_asc = self.neg[::-1], wn[::-1]
-        tail_n = np.concatenate([np.cumsum(w_asc[::-1])[::-1], [0.0]])
+        asc = self.neg[::-1]
+        tail_n = np.concatenate([cum[::-1], [0.0]])  # weight of asc[j:], the n - j highest
         ok = np.argsort(self.pos[self.pos_ok], kind="stable")
         ok_asc, w_ok = self.pos[self.pos_ok][ok], wp[self.pos_ok][ok]
         tail_p = np.concatenate([np.cumsum(w_ok[::-1])[::-1], [0.0]])
@@ -190,8 +190,8 @@ class _Pooled:
     def det_curve(self, points: int = 60) -> dict[str, list[float]]:
         wn, wp = self.weights(None)
         grid = np.geomspace(max(1.0 / len(self.neg), 1e-5), 1.0, points)
-        miss, _ = self.rates(wn, wp, list(grid))
-        return {"far": [float(x) for x in grid], "miss": [1.0 - m for m in miss]}
+        det, _ = self.rates(wn, wp, list(grid))
+        return {"far": [float(x) for x in grid], "miss": [1.0 - d for d in det]}
 
 
 def summarize(scores: OpenSetScores, fars: Sequence[float] = FARS, *, boot: int = 200,
