@@ -429,13 +429,14 @@ class FeatureCache:
         if not rebuild:
             store = self._open_valid(target, key)
             if store is not None:
+                self._remove_chunks(target)
                 return store
         if not len(corpus):
             raise ValueError(f"corpus {corpus.name!r} is empty: nothing to cache")
         self._check_location(corpus)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._clean_stale()
-        parts = self.cache_dir / f".chunks-{target.name}-{_CHUNK}"
+        parts = self._chunks_folder(target)
         rank, world, local = _rank()
 
         def waiting() -> None:
@@ -460,6 +461,18 @@ class FeatureCache:
                     return store
             self._featurize(corpus, parts, 0, 1, 1, rebuild=rebuild)
             return self._join(corpus, fp, key, target, parts)
+
+    def _chunks_folder(self, target: Path) -> Path:
+        return self.cache_dir / f".chunks-{target.name}-{_CHUNK}"
+
+    def _remove_chunks(self, target: Path) -> None:
+        """Remove the chunk files of a complete entry, left by a build killed between
+        renaming the entry into place and removing them (under the entry's lock, which
+        the join holds while it removes them itself)."""
+        parts = self._chunks_folder(target)
+        if parts.is_dir():
+            with waiting_lock(self.cache_dir / f".{target.name}.lock"):
+                shutil.rmtree(parts, ignore_errors=True)
 
     def _open_valid(self, target: Path, key: str, *, warn: bool = True) -> FeatureStore | None:
         if not target.is_dir():
