@@ -260,19 +260,29 @@ def negative_stream(paths: list[str], cfg: StreamConfig, seed: int, sample_rate:
     return TestStream(wave, sample_rate, [], {}, placements, snr)
 
 
-def stream_features(stream: TestStream, adapted_frontend, *, chunk: float = 1.0
-                    ) -> tuple[np.ndarray, Tensor]:
+def stream_features(stream: TestStream, adapted_frontend, *, chunk: float = 1.0,
+                    hop: int | None = None) -> tuple[np.ndarray, Tensor]:
     """``(times [hops], features [hops, 1, F, frames])`` of a whole stream, through the
-    front-end's feature stream (shared by every method that scores it)."""
+    front-end's feature stream (shared by every method that scores it); ``hop``: samples
+    between windows (default: :func:`stream_hop`, what a spotter uses)."""
     from metavox.audio.streaming import feature_stream
 
-    fs = feature_stream(adapted_frontend)
+    fs = feature_stream(adapted_frontend, stream_hop(adapted_frontend) if hop is None else hop)
     step = int(chunk * stream.sample_rate)
     out = []
     for i in range(0, len(stream.wave), step):
         out += fs.push(stream.wave[i:i + step])
     times = np.array([t for t, _ in out])
     return times, torch.stack([f for _, f in out]).unsqueeze(1)
+
+
+def stream_hop(frontend) -> int:
+    """Samples between a spotter's windows on ``frontend``: the cascade's 80 ms on the
+    ``fusion`` base (:mod:`metavox.kws.cascade`), else the front-end's default."""
+    from metavox.audio.streaming import default_hop
+    from metavox.kws.cascade import HOP, is_heavy
+
+    return HOP if is_heavy(frontend) else default_hop(frontend)
 
 
 def score(adapted: Adapted, feats: Tensor, open_set: OpenSet, *, batch: int = 512) -> Tensor:

@@ -7,7 +7,9 @@ threshold, then nothing is for a refractory period.
   scores and a live stream make the very same decisions.
 - :class:`Spotter` feeds audio chunks of any size through the front-end's
   :func:`~metavox.audio.streaming.feature_stream` and the model, and yields detections:
-  the iterator API a service or ``metavox listen`` uses.
+  the iterator API a service or ``metavox listen`` uses. On the heavy ``fusion`` base it
+  runs the two-stage cascade of :mod:`metavox.kws.cascade` (the full model only on hops
+  the speech embedding finds promising) unless told to verify every hop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 from metavox.audio.features import FrontendConfig
 from metavox.audio.io import load_audio
 from metavox.audio.streaming import feature_stream
+from metavox.kws.cascade import CascadeError, CascadeScorer, is_heavy, stage1_rule
 from metavox.meta.openset import OpenSet
 from metavox.pipeline.enroll import Adapted
 
@@ -166,6 +169,29 @@ def detect(times: np.ndarray, values: Tensor, words: list[str], open_set: OpenSe
                                settings.refractory_seconds)]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One hop of a :class:`Spotter`: the window's open-set scores ``values [words]`` and
+    the moving average ``smoothed`` the decision compared with the threshold; on a hop a
+    cascade did not verify (``verified`` false) both are every word at the display's
+    floor (:func:`unverified_row`) and no detection is made."""
+
+    time: float
+    values: Tensor
+    smoothed: Tensor
+    detection: Detection | None
+    verified: bool = True
+
+
+def unverified_row(open_set: OpenSet, words: int) -> Tensor:
+    """The scores shown for a hop a cascade did not verify: what :func:`levels` draws at 0
+    (four spreads of the negatives' scores below the threshold; 0 for probabilities)."""
+    t = open_set.threshold
+    if math.isinf(t) or open_set.rule == "probability":
+        return torch.zeros(words)
+    return torch.full((words,), t - (4 * open_set.spread if open_set.spread else 1.0))
+
+
 class Spotter:
     """Spot an adapted model's words in a stream.
 
@@ -173,24 +199,87 @@ class Spotter:
     >>> for chunk in chunks:                 # float32 mono at the model's sample rate
     ...     for d in spotter.feed(chunk):
     ...         print(d.time, d.word)
+
+    ``cascade`` (models on the heavy ``fusion`` base only): ``None`` runs the cascade of
+    :mod:`metavox.kws.cascade` when the model has a stage-1 rule or the background bank
+    to calibrate one, ``True`` requires it, ``False`` verifies every hop (the comparison);
+    ``cascade_far``: stage 1's rate of negatives passed (default: the saved rule's, else
+    :data:`metavox.kws.cascade.DEFAULT_FAR`).
     """
 
     def __init__(self, adapted: Adapted, *, settings: SpotSettings | None = None,
-                 hop: int | None = None, open_set: OpenSet | None = None) -> None:
+                 hop: int | None = None, open_set: OpenSet | None = None,
+                 cascade: bool | None = None, cascade_far: float | None = None) -> None:
         self.adapted = adapted
         self.settings = (settings or SpotSettings()).resolve(adapted.frontend)
         self.open_set = open_set or adapted.open_set
-        self.features = feature_stream(adapted.frontend, hop)
         self.detector = Detector(adapted.classes, self.open_set, self.settings)
         self.sample_rate = adapted.frontend.sample_rate
+        self.scorer: CascadeScorer | None = None
+        if is_heavy(adapted.frontend):
+            stage1 = None
+            if cascade is not False:
+                try:
+                    stage1 = stage1_rule(adapted, cascade_far, self.open_set)
+                except CascadeError:
+                    if cascade:
+                        raise
+            self.scorer = CascadeScorer(adapted, self.open_set, stage1,
+                                        self.settings.smooth, hop)
+            self.features = None
+        elif cascade:
+            raise CascadeError(f"a cascade serves models on the fusion base; this one reads "
+                               f"{adapted.frontend.kind!r} features")
+        else:
+            self.features = feature_stream(adapted.frontend, hop)
+        self._floor = unverified_row(self.open_set, len(adapted.classes))
 
     @property
     def hop_seconds(self) -> float:
-        return self.features.hop / self.sample_rate
+        hop = self.scorer.hop if self.scorer is not None else self.features.hop
+        return hop / self.sample_rate
+
+    @property
+    def cascading(self) -> bool:
+        """Whether the full model runs only on candidate hops."""
+        return self.scorer is not None and self.scorer.stage1 is not None
+
+    @property
+    def verified_fraction(self) -> float:
+        """The fraction of hops so far whose window the full model scored (1 without a
+        cascade)."""
+        if self.scorer is None:
+            return 1.0
+        return self.scorer.verified / max(self.scorer.hops, 1)
+
+    def steps(self, chunk: np.ndarray) -> list[Step]:
+        """Every hop ``chunk`` completes: scores, smoothed scores and detection."""
+        if self.scorer is None:
+            out = []
+            for t, row in self.scores(chunk):
+                d = self.detector.step(t, row)
+                out.append(Step(t, row, self.detector.smoother.smoothed, d))
+            return out
+        out = []
+        for t, _, rows in self.scorer.push(chunk):
+            if rows is None:
+                out.append(Step(t, self._floor, self._floor, None, verified=False))
+                continue
+            smoothed = torch.stack([r.float() for r in rows]).mean(0)
+            score, best = smoothed.max(-1)
+            fire = self.detector.trigger.step(t, float(score), int(best))
+            d = Detection(self.detector.words[int(best)], t, float(score)) if fire else None
+            out.append(Step(t, rows[-1], smoothed, d))
+        return out
 
     def scores(self, chunk: np.ndarray) -> list[tuple[float, Tensor]]:
         """``(time, open-set scores [words])`` for every hop ``chunk`` completes (no
-        decisions)."""
+        decisions; not for a cascade, which scores only some hops: see :meth:`steps`)."""
+        if self.scorer is not None:
+            if self.cascading:
+                raise CascadeError("a cascade scores only candidate hops: use Spotter.steps, "
+                                   "or cascade=False to score every hop")
+            return [(t, rows[-1]) for t, _, rows in self.scorer.push(chunk)]
         steps = self.features.push(chunk)
         if not steps:
             return []
@@ -200,8 +289,7 @@ class Spotter:
 
     def feed(self, chunk: np.ndarray) -> list[Detection]:
         """Detections the new samples complete."""
-        return [d for t, row in self.scores(chunk)
-                if (d := self.detector.step(t, row)) is not None]
+        return [s.detection for s in self.steps(chunk) if s.detection is not None]
 
     def run(self, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:
         """Detections over an iterable of chunks, as they happen."""

@@ -95,6 +95,9 @@ class Adapted:
     learner: Learner
     frontend: FrontendConfig
     open_set: OpenSet = OpenSet()
+    #: the stage-1 rule of a stream cascade (heavy bases: :class:`metavox.kws.cascade.Stage1`
+    #: as JSON), saved with the model; ``None``: none set
+    cascade: dict | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -326,6 +329,7 @@ def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Pat
         "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
         # the rows of the head (wider than the run's ways when more words were enrolled)
         "ways": max(int(loaded.meta.get("ways", 0)), len(adapted.classes)),
+        **({} if adapted.cascade is None else {"cascade": adapted.cascade}),
         "open_set": adapted.open_set.to_dict()},
         tensors={} if bank is None else {"open_set/background": bank.contiguous()})
 
@@ -342,4 +346,8 @@ def load_adapted(path: str | Path) -> Adapted:
         open_set = OpenSet.from_dict(ckpt.meta.get("open_set") or {}, bank)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: unusable open-set settings ({err})") from None
-    return Adapted(Learner.from_checkpoint(ckpt, model, source=str(path)), frontend, open_set)
+    cascade = ckpt.meta.get("cascade")
+    if cascade is not None and not isinstance(cascade, dict):
+        raise CheckpointError(f"{path}: unusable cascade settings {cascade!r}")
+    return Adapted(Learner.from_checkpoint(ckpt, model, source=str(path)), frontend, open_set,
+                   cascade=cascade)

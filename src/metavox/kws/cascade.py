@@ -1,0 +1,307 @@
+"""A two-stage cascade for spotting words in a stream with a model on the heavy base (the
+``fusion`` of the speech embedding and EfficientWord-Net's ResNet-50).
+
+Running the fused model on every 80 ms hop costs a ResNet-50 pass per hop (about 21 ms of
+one core: a real-time factor near 0.26). Most hops hold background or other words, and
+the speech embedding, which a stream computes incrementally anyway, already tells most of
+them apart. So:
+
+- **stage 1**, every hop: the window's speech-embedding windows, pooled and normalised
+  as the fusion model pools them, against each word's *speech direction*: the speech
+  embedding's part of the adapted model's class vectors (its head's rows, or ProtoNet's
+  prototypes; :func:`word_directions`). The best cosine is the hop's stage-1 score.
+  A hop is a *candidate* when it is at or above the stage-1 threshold, calibrated to pass
+  a fraction ``far`` of the same negatives the open set was calibrated on (the adapted
+  model's background bank, whose embeddings hold each negative's speech-embedding part:
+  :func:`calibrate_stage1`), looser than the open set's rate (default
+  :data:`DEFAULT_FAR`).
+- **stage 2**, only on candidates: the full adapted model (both bases) on the window,
+  with its own open-set rule. The decision at a candidate hop is exactly the one
+  verifying every hop makes there: the moving average over the last ``smooth`` hops of
+  the full model's scores, the hops before it verified too when stage 1 had passed them
+  over; a hop that is no candidate makes no detection.
+
+So the cascade's detections are those of verifying every hop, restricted to candidate
+hops (the refractory period counts from the cascade's own detections): it can only miss
+words stage 1 passes over, or fire later within a word. :func:`cascade_triggered` makes
+these decisions over recorded scores (the stream protocol), :class:`CascadeScorer` live
+(:class:`metavox.kws.spotter.Spotter`); both give the same detections.
+
+The stage-1 rule (:class:`Stage1`) is saved with the adapted model
+(:func:`metavox.pipeline.enroll.save_adapted` stores ``Adapted.cascade``); a model saved
+without it gets it from its own background bank at :data:`DEFAULT_FAR` when loaded into a
+spotter, the same every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metavox.audio.encoders import ENCODERS
+from metavox.audio.features import FUSION, FrontendConfig, fusion_layout, shared_frontend
+from metavox.audio.streaming import EmbeddingFeatureStream
+from metavox.meta.learner import LEARNER_FEATURES
+from metavox.meta.openset import OpenSet, threshold_for
+from metavox.pipeline.enroll import Adapted
+
+#: the fraction of negatives stage 1 passes by default (the open set's is ~1%): see the
+#: trade-off measured in docs/kws.md#cascade
+DEFAULT_FAR = 0.05
+#: samples between hops of a cascade: the speech embedding's 80 ms step
+HOP = EmbeddingFeatureStream.STEP
+_SPEECH_DIM = ENCODERS["speech-embedding"].dim
+_RESNET_WINDOW = 24000  # the ResNet's 1.5 s, centred in the window (as FusionFeatures)
+
+
+class CascadeError(ValueError):
+    """A model or setting the cascade cannot use; the message says why."""
+
+
+@dataclass(frozen=True)
+class Stage1:
+    """The stage-1 rule: a hop is a candidate when its best cosine between the window's
+    pooled speech embedding and a word's speech direction is ``>= threshold``; ``far``:
+    the fraction of the ``negatives`` it was calibrated on that pass."""
+
+    threshold: float
+    far: float
+    negatives: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.far <= 1.0:
+            raise CascadeError(f"the stage-1 rate far must be in [0, 1], got {self.far}")
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.threshold
+        return {"threshold": None if math.isinf(t) else float(t), "far": self.far,
+                "negatives": self.negatives}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stage1:
+        try:
+            t = d.get("threshold")
+            return cls(-math.inf if t is None else float(t), float(d["far"]),
+                       int(d.get("negatives", 0)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CascadeError(f"unusable stage-1 settings {d!r} ({err})") from None
+
+
+def is_heavy(frontend: FrontendConfig) -> bool:
+    """Whether a model on ``frontend`` is one a cascade serves: the ``fusion`` base."""
+    return frontend.kind == FUSION
+
+
+def speech_config(frontend: FrontendConfig) -> FrontendConfig:
+    """The speech embedding's front-end on the same windows as a ``fusion`` front-end."""
+    return FrontendConfig(kind="speech-embedding", duration=frontend.duration,
+                          sample_rate=frontend.sample_rate)
+
+
+def _module_parts(adapted: Adapted) -> tuple[nn.Module, Tensor]:
+    """The adapted model's body (what embeds a window) and class vectors ``[rows, dim]``."""
+    learner = adapted.learner
+    module = learner.to_module()
+    if learner.kind == "model" and isinstance(getattr(module, "head", None), nn.Linear):
+        vectors = module.head.weight
+    elif learner.kind == "body_head" and isinstance(module[1], nn.Linear):
+        vectors = module[1].weight
+    elif learner.kind == "prototypes":
+        vectors = module.prototypes
+    else:
+        raise CascadeError(f"a cascade needs a linear head or prototypes on the fusion body; "
+                           f"this model's learner is {learner.kind!r}")
+    return LEARNER_FEATURES[learner.kind](module), vectors.detach()
+
+
+def word_directions(adapted: Adapted) -> Tensor:
+    """``[words, 96]`` unit vectors: the speech-embedding part of each word's class vector
+    (the fusion body puts the speech embedding's 96 values first)."""
+    if not is_heavy(adapted.frontend):
+        raise CascadeError(f"a cascade serves models on the fusion base; this one reads "
+                           f"{adapted.frontend.kind!r} features")
+    _, vectors = _module_parts(adapted)
+    return F.normalize(vectors[: len(adapted.classes), :_SPEECH_DIM].float(), dim=-1)
+
+
+def pooled_speech(adapted: Adapted, speech: Tensor) -> Tensor:
+    """``[N, 96]`` unit vectors: windows' speech embeddings ``[N, 96, W]`` pooled as the
+    adapted fusion body pools them (mean, or max)."""
+    body, _ = _module_parts(adapted)
+    pooled = speech.amax(-1) if getattr(body, "pool", "mean") == "max" else speech.mean(-1)
+    return F.normalize(pooled.float(), dim=-1)
+
+
+def stage1_values(adapted: Adapted, speech: Tensor) -> Tensor:
+    """``[N, words]``: each word's stage-1 cosine for windows' speech embeddings
+    ``[N, 96, W]``."""
+    return pooled_speech(adapted, speech) @ word_directions(adapted).t()
+
+
+def split_fused(features: Tensor, frontend: FrontendConfig) -> tuple[Tensor, Tensor]:
+    """``(speech [N, 96, W], resnet [N, 2048])`` of ``fusion`` features
+    ``[N, 1, 96 * W + 2048, 1]`` (:func:`metavox.audio.features.fusion_layout`)."""
+    windows, dim, size = fusion_layout(frontend.num_samples)
+    flat = features.reshape(len(features), size)
+    cut = _SPEECH_DIM * windows
+    return flat[:, :cut].reshape(-1, _SPEECH_DIM, windows), flat[:, cut:]
+
+
+def fuse(speech: Tensor, resnet: Tensor) -> Tensor:
+    """``fusion`` features ``[N, 1, 96 * W + 2048, 1]`` from their two parts (feature-major
+    speech windows, then the ResNet's vector), as :class:`FusionFeatures` lays them out."""
+    out = torch.cat([speech.flatten(1), resnet], dim=1)
+    return out.reshape(len(out), 1, out.shape[1], 1)
+
+
+def stage1_scores(adapted: Adapted, features: Tensor, *, batch: int = 1024) -> np.ndarray:
+    """``[hops]`` stage-1 scores of recorded ``fusion`` features ``[hops, 1, F, 1]``."""
+    out = [stage1_values(adapted, split_fused(features[i:i + batch], adapted.frontend)[0]
+                         ).max(-1).values for i in range(0, len(features), batch)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def calibrate_stage1(adapted: Adapted, far: float = DEFAULT_FAR,
+                     open_set: OpenSet | None = None) -> Stage1:
+    """The stage-1 rule passing a fraction ``far`` of the negatives in ``open_set``'s
+    background bank (default: the model's): the fusion body's embeddings of the negatives
+    the open set was calibrated on, whose first 96 values are each negative's pooled speech
+    embedding, scaled (the body normalises the concatenation of the two bases' unit
+    vectors)."""
+    rule = open_set or adapted.open_set
+    if rule.background is None:
+        raise CascadeError("calibrating a cascade needs the negatives of the background "
+                           "open-set rule (enroll with --far and the background rule), or a "
+                           "saved stage-1 rule")
+    speech = F.normalize(rule.background[:, :_SPEECH_DIM].float(), dim=-1)
+    scores = (speech @ word_directions(adapted).t()).max(-1).values
+    return Stage1(threshold_for(scores, far), float(far), len(scores))
+
+
+def stage1_rule(adapted: Adapted, far: float | None = None,
+                open_set: OpenSet | None = None) -> Stage1:
+    """The stage-1 rule for ``adapted``: the saved one (``adapted.cascade``) unless ``far``
+    asks for another rate, else calibrated on its bank (:func:`calibrate_stage1`)."""
+    if adapted.cascade is not None:
+        saved = Stage1.from_dict(adapted.cascade)
+        if far is None or far == saved.far:
+            return saved
+    return calibrate_stage1(adapted, DEFAULT_FAR if far is None else far, open_set)
+
+
+def with_stage1(adapted: Adapted, stage1: Stage1) -> Adapted:
+    """``adapted`` carrying ``stage1`` (saved with it by ``save_adapted``)."""
+    adapted.cascade = stage1.to_dict()
+    return adapted
+
+
+def verified_hops(candidates: np.ndarray, smooth: int) -> np.ndarray:
+    """``[hops]`` bool: the hops whose window the full model scores: every candidate and
+    the ``smooth - 1`` hops before it (the moving average at a candidate needs them)."""
+    c = np.asarray(candidates, dtype=bool)
+    out = c.copy()
+    for k in range(1, smooth):
+        out[:-k] |= c[k:]
+    return out
+
+
+def cascade_triggered(times: np.ndarray, best: np.ndarray, scores: np.ndarray,
+                      candidates: np.ndarray, threshold: float, refractory: float
+                      ) -> np.ndarray:
+    """Indices of the hops at which the cascade detects, over recorded smoothed scores of
+    the full model (``best``, ``scores``: :func:`metavox.kws.spotter.smoothed_scores`)
+    and candidate hops: the trigger steps at candidate hops only."""
+    from metavox.kws.spotter import triggered
+
+    idx = np.flatnonzero(np.asarray(candidates, dtype=bool))
+    fired = triggered(times[idx], best[idx], scores[idx], threshold, refractory)
+    return idx[fired]
+
+
+@dataclass
+class _Hop:
+    time: float
+    speech: Tensor  # [96, W]
+    window: np.ndarray  # the window's samples
+    values: Tensor | None = None  # the full model's open-set scores, once verified
+
+
+class CascadeScorer:
+    """The cascade live: push samples, get per hop ``(time, stage-1 score, rows)`` where
+    ``rows`` is ``None`` for a hop stage 1 passes over, else the full model's open-set
+    scores ``[words]`` of the last ``smooth`` hops (this one last; fewer at the stream's
+    start), whose mean is the decision's score. ``stage1=None`` verifies every hop (the
+    comparison). The speech embedding runs incrementally (each 775 ms window once), the
+    ResNet on each verified window's centred 1.5 s."""
+
+    def __init__(self, adapted: Adapted, open_set: OpenSet, stage1: Stage1 | None,
+                 smooth: int, hop: int | None = None) -> None:
+        if not is_heavy(adapted.frontend):
+            raise CascadeError(f"a cascade serves models on the fusion base, not "
+                               f"{adapted.frontend.kind!r}")
+        hop = HOP if hop is None else hop
+        if hop % HOP:
+            raise CascadeError(f"a cascade's hop must be a multiple of {HOP} samples (80 ms, "
+                               f"the speech embedding's step), got {hop}")
+        self.adapted, self.open_set, self.stage1 = adapted, open_set, stage1
+        self.speech = EmbeddingFeatureStream(speech_config(adapted.frontend), hop)
+        self.resnet = shared_frontend(adapted.frontend).resnet
+        self.directions = word_directions(adapted) if stage1 is not None else None
+        self.body, _ = _module_parts(adapted)
+        self.size = adapted.frontend.num_samples
+        self.window = np.zeros(self.size, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.recent: deque[_Hop] = deque(maxlen=smooth)
+        self.hops = 0  # hops seen
+        self.verified = 0  # windows the full model scored
+
+    @property
+    def hop(self) -> int:
+        return self.speech.hop
+
+    def push(self, chunk: np.ndarray) -> list[tuple[float, float, list[Tensor] | None]]:
+        """One ``(time, stage-1 score, rows or None)`` per hop the samples complete (the
+        stage-1 score is ``inf`` when every hop is verified)."""
+        x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():
+            raise ValueError("the stream holds NaN or infinite samples")
+        self._pending = np.concatenate([self._pending, x])
+        out = []
+        while len(self._pending) >= self.hop:
+            piece, self._pending = self._pending[: self.hop], self._pending[self.hop:]
+            self.window = np.concatenate([self.window, piece])[-self.size:]
+            ((t, speech),) = self.speech.push(piece)
+            out.append(self._hop(t, speech, self.window))
+        return out
+
+    def _hop(self, t: float, speech: Tensor, window: np.ndarray
+             ) -> tuple[float, float, list[Tensor] | None]:
+        self.hops += 1
+        self.recent.append(_Hop(t, speech, window))
+        if self.stage1 is None:
+            s1 = math.inf
+        else:
+            with torch.no_grad():
+                s1 = float((pooled_speech(self.adapted, speech[None]) @ self.directions.t()
+                            ).max())
+            if s1 < self.stage1.threshold:
+                return t, s1, None
+        todo = [h for h in self.recent if h.values is None]
+        with torch.no_grad():
+            mid = (self.size - _RESNET_WINDOW) // 2
+            waves = torch.from_numpy(np.stack([h.window[mid:mid + _RESNET_WINDOW]
+                                               for h in todo]))
+            resnet = self.resnet(waves)[:, 0]
+            values = self.adapted.values(fuse(torch.stack([h.speech for h in todo]), resnet),
+                                         self.open_set)
+        for h, v in zip(todo, values, strict=True):
+            h.values = v
+        self.verified += len(todo)
+        return t, s1, [h.values for h in self.recent]
