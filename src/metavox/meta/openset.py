@@ -17,6 +17,9 @@ user sets:
   prototype with the distance to the nearest negative): a background class built from
   negatives, a likelihood ratio in spirit. The bank and the calibration use disjoint
   halves of the negatives.
+- ``"learned"``: the class's output of a learner trained to reject (protoreject,
+  :mod:`metavox.meta.reject`), which is already the class's logit minus the task's
+  learned unknown logit; 0 is the learned boundary, a calibrated threshold moves it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-RULES = ("background", "logit", "probability")
+RULES = ("background", "learned", "logit", "probability")
 
 
 def background_logits(features: Tensor, bank: Tensor) -> Tensor:
@@ -42,7 +45,7 @@ def rule_values(rule: str, logits: Tensor, features: Tensor | None = None,
                 bank: Tensor | None = None) -> Tensor:
     """``[N, classes]``: every class's open-set score under ``rule`` (the best is
     compared with the threshold)."""
-    if rule == "logit":
+    if rule in ("logit", "learned"):
         return logits
     if rule == "probability":
         return logits.softmax(-1)
