@@ -32,6 +32,13 @@ def listen_command(
                                       "device's index or name (default: the system's)."),
     seconds: float | None = typer.Option(None, "--seconds", help="With --mic: stop after "
                                          "this many seconds."),
+    every_hop: bool = typer.Option(False, "--every-hop", help="On the fusion base: run the "
+                                   "full model on every hop instead of the cascade (the "
+                                   "speech embedding first, the full model on candidate "
+                                   "windows)."),
+    cascade_far: float | None = typer.Option(
+        None, "--cascade-far", help="On the fusion base: the fraction of negatives the "
+        "cascade's first stage passes (default: the model's saved rule, else 0.05)."),
 ) -> None:
     """Spot the enrolled words in recordings or a live stream: timestamped detections.
 
@@ -63,7 +70,8 @@ def listen_command(
         rate = adapted.frontend.sample_rate
         step = None if hop is None else max(1, round(hop * rate))
         for source in audio or ["mic"]:
-            spotter = Spotter(adapted, settings=settings, hop=step, open_set=open_set)
+            spotter = Spotter(adapted, settings=settings, hop=step, open_set=open_set,
+                              cascade=False if every_hop else None, cascade_far=cascade_far)
             if mic:
                 chunks = microphone_chunks(rate, seconds=seconds, device=(
                     int(device) if device is not None and device.isdigit() else device))
@@ -150,6 +158,9 @@ def streams_command(
     steps: int | None = typer.Option(
         None, "--steps", help="The meta-learner's test-time inner steps (default: chosen on "
         "validation, else the training config's eval_steps)."),
+    cascade: str = typer.Option("", "--cascade", help="On the fusion base: stage-1 rates "
+                                "of the cascade to score beside verifying every hop, e.g. "
+                                "0.05,0.2 (each a row; 'hops verified' says its cost)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
@@ -165,6 +176,8 @@ def streams_command(
       metavox streams runs/sc-maml --inner-lr 0.3 --steps 10
 
       metavox streams runs/sc-embedding-protomaml --kind sentences
+
+      metavox streams runs/sc-fusion-protomaml --cascade 0.05,0.2 --calibration clips
     """
     from metavox.kws.report import run_streams
     from metavox.pipeline.select import AdaptationSettings
@@ -174,16 +187,19 @@ def streams_command(
         report = run_streams(checkpoint, episodes=episodes, shots=shot_list, ways=ways,
                              far=far, calibration=calibration, out=out, progress=not quiet,
                              extra_negatives=negatives, decision=decision,
-                             inner_lr=inner_lr, steps=steps, kind=kind)
+                             inner_lr=inner_lr, steps=steps, kind=kind,
+                             cascade=tuple(float(f) for f in cascade.split(",") if f.strip()))
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",
              f"{100 * r['rate_at_1_per_100_words']:.1f}",
              f"{100 * r['rate_at_far']:.1f}", f"{r['fa_per_hour_at_far']:.2f}",
-             f"{r['fa_per_100_words_at_far']:.2f}", f"{r['latency_ms']:.0f}"]
+             f"{r['fa_per_100_words_at_far']:.2f}", f"{r['latency_ms']:.0f}",
+             f"{100 * r['verified_fraction']:.1f}"]
             for r in report["rows"]]
     point = "1 FA/h (streams)" if calibration == "streams" else f"far {far:g} (clips)"
     print_table("keyword spotting on streams",
                 ["method", "shots", "DR% @<=1 FA/h", "DR% @<=1 FA/100 words",
-                 f"DR% @{point}", "FA/h there", "FA/100 words there", "median latency ms"],
+                 f"DR% @{point}", "FA/h there", "FA/100 words there", "median latency ms",
+                 "hops verified %"],
                 rows)
     split = report["split"]
     if split["speakers_held_out"]:

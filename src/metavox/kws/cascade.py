@@ -225,6 +225,30 @@ def cascade_triggered(times: np.ndarray, best: np.ndarray, scores: np.ndarray,
     return idx[fired]
 
 
+def fusion_stream_features(wave: np.ndarray, frontend: FrontendConfig, *, hop: int = HOP,
+                           batch: int = 32) -> tuple[np.ndarray, Tensor]:
+    """``(times [hops], fusion features [hops, 1, F, 1])`` of a whole recorded stream, every
+    hop, as :class:`metavox.audio.streaming.ClipFeatureStream` gives them, faster: the
+    speech embedding incrementally, the ResNet batched over the windows (what verifying
+    every hop computes; the stream protocol's features on the fusion base)."""
+    speech = EmbeddingFeatureStream(speech_config(frontend), hop)
+    size = frontend.num_samples
+    padded = np.concatenate([np.zeros(size, np.float32), np.asarray(wave, np.float32)])
+    steps = speech.push(padded[size:])
+    resnet = shared_frontend(frontend).resnet
+    mid = (size - _RESNET_WINDOW) // 2
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(steps), batch):
+            part = steps[i:i + batch]
+            ends = [size + (k + 1) * hop for k in range(i, i + len(part))]
+            waves = torch.from_numpy(np.stack([padded[e - size + mid: e - size + mid
+                                                      + _RESNET_WINDOW] for e in ends]))
+            out.append(fuse(torch.stack([f for _, f in part]), resnet(waves)[:, 0]))
+    times = np.array([t for t, _ in steps])
+    return times, (torch.cat(out) if out else torch.zeros(0, 1, frontend.num_features, 1))
+
+
 @dataclass
 class _Hop:
     time: float

@@ -88,6 +88,9 @@ class StreamConfig:
     #: the non-target speech: "words" (clips of the corpus's other words) or "sentences"
     #: (continuous sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`)
     kind: str = "words"
+    #: on the ``fusion`` base: stage-1 rates of the cascade (:mod:`metavox.kws.cascade`)
+    #: to score beside verifying every hop, each a method row of its own ("windows" only)
+    cascade: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.ways < 1 or not self.shots or min(self.shots) < 1:
@@ -107,6 +110,10 @@ class StreamConfig:
                              f"{self.decision!r}")
         if self.kind not in ("words", "sentences"):
             raise ValueError(f"kind must be 'words' or 'sentences', got {self.kind!r}")
+        if any(not 0.0 <= f <= 1.0 for f in self.cascade):
+            raise ValueError(f"cascade stage-1 rates must be in [0, 1], got {self.cascade}")
+        if self.cascade and self.decision != "windows":
+            raise ValueError("the cascade decides on the sliding window (decision='windows')")
         if self.decision == "segments" and self.calibration != "clips":
             raise ValueError("segment decisions are calibrated on clips (calibration='clips')")
 
@@ -266,7 +273,10 @@ def stream_features(stream: TestStream, adapted_frontend, *, chunk: float = 1.0,
     front-end's feature stream (shared by every method that scores it); ``hop``: samples
     between windows (default: :func:`stream_hop`, what a spotter uses)."""
     from metavox.audio.streaming import feature_stream
+    from metavox.kws.cascade import HOP, fusion_stream_features, is_heavy
 
+    if is_heavy(adapted_frontend) and (hop is None or hop % HOP == 0):
+        return fusion_stream_features(stream.wave, adapted_frontend, hop=hop or HOP)
     fs = feature_stream(adapted_frontend, stream_hop(adapted_frontend) if hop is None else hop)
     step = int(chunk * stream.sample_rate)
     out = []
@@ -371,6 +381,14 @@ class StreamResult:
     nontarget_vocabulary: list[str] = field(default_factory=list)
     #: the synthetic voices of the non-target sentences (the ``sentences`` kind)
     voices: list[str] = field(default_factory=list)
+    #: hops scored, and those whose window the full model scored (fewer for a cascade)
+    hops: int = 0
+    verified_hops: int = 0
+
+    @property
+    def verified_fraction(self) -> float:
+        """The fraction of hops the full model scored (1 when it verifies every hop)."""
+        return self.verified_hops / max(self.hops, 1)
 
     @property
     def detection_rate(self) -> list[float]:
@@ -444,6 +462,7 @@ class StreamResult:
         d = asdict(self)
         d.update(detection_rate=self.detection_rate, fa_per_hour=self.fa_per_hour,
                  fa_per_100_words=self.fa_per_100_words,
+                 verified_fraction=self.verified_fraction,
                  margin_fa_per_hour=self.margin_fa_per_hour,
                  margin_fa_per_100_words=self.margin_fa_per_100_words)
         return d
@@ -459,13 +478,24 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
     ``cfg.calibration == "streams"``); ``exclude``: words never used as non-targets (the
     run's meta-training words, which the negatives hold)."""
     from metavox.kws.calibrate import calibrate_on_streams
+    from metavox.kws.cascade import (
+        calibrate_stage1,
+        is_heavy,
+        stage1_scores,
+        verified_hops,
+    )
 
     if cfg.calibration == "streams" and streams is None:
         raise ValueError("calibration on streams needs the negative streams")
+    if cfg.cascade and not is_heavy(frontend):
+        raise ValueError(f"the cascade serves the fusion base; this run's front-end is "
+                         f"{frontend.kind!r}")
     grid = cfg.grid
     settings = cfg.settings.resolve(frontend)
-    results = {(m, k): StreamResult(m, k, list(grid), [0] * len(grid), 0, [0] * len(grid), 0.0)
-               for m in methods for k in cfg.shots}
+    variants = [(m, None) for m in methods] + [(m, f) for m in methods for f in cfg.cascade]
+    results = {(m, f, k): StreamResult(cascade_name(m, f), k, list(grid), [0] * len(grid), 0,
+                                       [0] * len(grid), 0.0)
+               for m, f in variants for k in cfg.shots}
     bar = Progress(cfg.episodes, "streams", "stream", enabled=progress)
     for e in range(cfg.episodes):
         stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate,
@@ -498,28 +528,59 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 else:
                     best, scores = smoothed_scores(score(adapted, feats, probe),
                                                    settings.smooth)
-                r = results[(name, k)]
-                r.speakers = sorted(set(r.speakers) | set(stream.speakers))
-                r.nontarget_vocabulary = sorted(set(r.nontarget_vocabulary) | {
-                    w for p in stream.placements if not p.target for w in p.word.split()})
-                r.voices = sorted(set(r.voices) | set(stream.voices))
-                r.targets += sum(p.target for p in stream.placements)
-                r.nontarget_words += stream.nontarget_words
-                r.hours += hours
-                points = [(target, t, r.hits, r.false_accepts, j)
-                          for j, (target, t) in enumerate(zip(grid, thresholds, strict=True))]
-                points += [(None, t, r.margin_hits, r.margin_false_accepts, j)
-                           for j, t in enumerate(past)]
-                for target, threshold, hit_counts, false_counts, j in points:
-                    fired = (np.flatnonzero(scores >= threshold) if cfg.decision == "segments"
-                             else triggered(times, best, scores, threshold,
-                                            settings.refractory_seconds))
-                    got = match(stream, stream.words, times, best, fired, cfg.tolerance)
-                    hit_counts[j] += sum(o.hit for o in got)
-                    false_counts[j] += sum(not o.hit for o in got)
-                    if target == cfg.operating_point:
-                        r.latencies += [o.latency for o in got if o.hit]
-                        r.add_breakdown(stream, got, hours)
+                # each variant: verify every hop (None), or a cascade's candidate hops
+                candidates = {None: None}
+                if cfg.cascade:
+                    first = stage1_scores(adapted, feats)
+                    candidates |= {f: first >= calibrate_stage1(adapted, f, probe).threshold
+                                   for f in cfg.cascade}
+                for f, cand in candidates.items():
+                    r = results[(name, f, k)]
+                    r.hops += len(times)
+                    r.verified_hops += (len(times) if cand is None else
+                                        int(verified_hops(cand, settings.smooth).sum()))
+                    count(r, stream, hours, grid, thresholds, past, cfg, times, best, scores,
+                          cand, settings)
         bar.update(1)
     bar.close()
     return list(results.values())
+
+
+def cascade_name(method: str, far: float | None) -> str:
+    """A result row's method: the method, or its cascade at stage-1 rate ``far``."""
+    return method if far is None else f"{method}, cascade (stage 1 at {far:g})"
+
+
+def count(r: StreamResult, stream: TestStream, hours: float, grid, thresholds: list[float],
+          past: list[float], cfg: StreamConfig, times: np.ndarray, best: np.ndarray,
+          scores: np.ndarray, candidates: np.ndarray | None, settings: SpotSettings) -> None:
+    """Add one stream's outcomes at every threshold to ``r`` (``candidates``: a cascade's
+    candidate hops, or ``None`` for every hop)."""
+    from metavox.kws.cascade import cascade_triggered
+
+    r.speakers = sorted(set(r.speakers) | set(stream.speakers))
+    r.nontarget_vocabulary = sorted(set(r.nontarget_vocabulary) | {
+        w for p in stream.placements if not p.target for w in p.word.split()})
+    r.voices = sorted(set(r.voices) | set(stream.voices))
+    r.targets += sum(p.target for p in stream.placements)
+    r.nontarget_words += stream.nontarget_words
+    r.hours += hours
+    points = [(target, t, r.hits, r.false_accepts, j)
+              for j, (target, t) in enumerate(zip(grid, thresholds, strict=True))]
+    points += [(None, t, r.margin_hits, r.margin_false_accepts, j)
+               for j, t in enumerate(past)]
+    for target, threshold, hit_counts, false_counts, j in points:
+        if cfg.decision == "segments":
+            fired = np.flatnonzero(scores >= threshold)
+        elif candidates is None:
+            fired = triggered(times, best, scores, threshold,
+                              settings.refractory_seconds)
+        else:
+            fired = cascade_triggered(times, best, scores, candidates, threshold,
+                                      settings.refractory_seconds)
+        got = match(stream, stream.words, times, best, fired, cfg.tolerance)
+        hit_counts[j] += sum(o.hit for o in got)
+        false_counts[j] += sum(not o.hit for o in got)
+        if target == cfg.operating_point:
+            r.latencies += [o.latency for o in got if o.hit]
+            r.add_breakdown(stream, got, hours)

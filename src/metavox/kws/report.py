@@ -25,7 +25,7 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
                 config: StreamConfig | None = None,
                 extra_negatives: str | Path | None = None, decision: str = "windows",
                 inner_lr: float | None = None, steps: int | None = None,
-                kind: str = "words") -> dict:
+                kind: str = "words", cascade: tuple[float, ...] = ()) -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
     nearest-centroid baseline on its untrained backbone; write the report.
 
@@ -36,12 +36,15 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     ``metavox adapt --negatives``); ``inner_lr`` / ``steps``: the meta-learner's test-time
     adaptation (default: the settings chosen on validation, else the training config's);
     ``kind``: the non-target speech, ``"words"`` (the corpus's other words) or
-    ``"sentences"`` (sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`)."""
+    ``"sentences"`` (sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`);
+    ``cascade``: on the fusion base, stage-1 rates of the cascade scored beside verifying
+    every hop (:mod:`metavox.kws.cascade`)."""
     loaded = load_trained(checkpoint, inner_lr=inner_lr, steps=steps)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
                                  ways=ways, far=far, calibration=calibration,
-                                 seed=loaded.config.seed, decision=decision, kind=kind)
+                                 seed=loaded.config.seed, decision=decision, kind=kind,
+                                 cascade=tuple(cascade))
     data = build_run_data(loaded.config, progress=progress)
     if "test" not in data.parts:
         raise ValueError("the run's split has no test part to build streams from")
@@ -135,7 +138,7 @@ def summary(r: StreamResult, cfg: StreamConfig) -> dict:
             "rate_at_far": r.detection_rate[j], "fa_per_hour_at_far": r.fa_per_hour[j],
             "fa_per_100_words_at_far": r.fa_per_100_words[j],
             "latency_ms": lat, "targets": r.targets, "hours": r.hours,
-            "nontarget_words": r.nontarget_words}
+            "nontarget_words": r.nontarget_words, "verified_fraction": r.verified_fraction}
 
 
 def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
@@ -158,11 +161,13 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
              if cfg.calibration == "streams" else f"calibrated to far = {cfg.far:g} on clips")
     lines = ["| method | shots | detection rate at <= 1 FA/h | detection rate at <= 1 FA per "
              "100 non-target words | " + point + ": detection rate | FA/h | FA per 100 "
-             "non-target words | median latency (ms) |", "|---|---|---|---|---|---|---|---|"]
+             "non-target words | median latency (ms) | hops verified |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['shots']} | {100 * r['rate_at_1']:.1f}% | "
               f"{100 * r['rate_at_1_per_100_words']:.1f}% | "
               f"{100 * r['rate_at_far']:.1f}% | {r['fa_per_hour_at_far']:.2f} | "
-              f"{r['fa_per_100_words_at_far']:.2f} | {r['latency_ms']:.0f} |" for r in rows]
+              f"{r['fa_per_100_words_at_far']:.2f} | {r['latency_ms']:.0f} | "
+              f"{100 * r['verified_fraction']:.1f}% |" for r in rows]
     hours = rows[0]["hours"] if rows else 0.0
     per_hour = results[0].nontarget_words / max(hours, 1e-9) if results else 0.0
     speech = ("spoken sentences (each counts its words)" if cfg.kind == "sentences"

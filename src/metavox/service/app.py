@@ -337,11 +337,13 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
             while True:
                 data = await websocket.receive_bytes()
                 chunk = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
+                # every hop's scores and decision (on the fusion base a cascade verifies
+                # only candidate hops; the others show every word at the floor)
                 steps = await asyncio.get_running_loop().run_in_executor(
-                    service.live_pool, spotter.scores, chunk.astype(np.float32) / 32768)
-                for t, values in steps:
-                    d = spotter.detector.step(t, values)
-                    shown = levels(spotter.detector.smoother.smoothed, open_set)
+                    service.live_pool, spotter.steps, chunk.astype(np.float32) / 32768)
+                for step in steps:
+                    t, values, d = step.time, step.values, step.detection
+                    shown = levels(step.smoothed, open_set)
                     await websocket.send_json({
                         "time": round(t, 3),
                         "scores": {w: round(float(v), 3) for w, v in zip(words, values,
