@@ -67,8 +67,17 @@ def test_enroll_adapt_classify_and_listen(run, tmp_path):
     out = r.json()
     assert out["version"] == 1 and out["words"] == sorted(FREQS) and out["clips"] == 9
     assert out["open_set"]["rule"] == "background" and out["seconds"] < 30
+    # what to expect: every word, its 3 clips each held out; no threshold (far=1), so
+    # every negative is some word's false accept and there is no confidence to read
+    expected = out["expectations"]
+    assert [w["word"] for w in expected["words"]] == sorted(FREQS)
+    assert all(w["clips"] == w["held_out"] == 3 and 0 <= w["detection"] <= 1
+               for w in expected["words"])
+    assert sum(w["false_accepts_per_100"] for w in expected["words"]) == pytest.approx(100)
+    assert expected["threshold"] is None and isinstance(expected["warnings"], list)
     r = c.post("/profiles/ann/classify", files={"file": ("q.wav", wav(2500.0, seed=9), "x")})
     assert r.status_code == 200 and r.json()["word"] == "mid", r.text
+    assert r.json()["confidence"] is None
     clip = c.get("/profiles/ann/clips").json()["clips"][0]
     assert c.get(f"/profiles/ann/clips/{clip['id']}").content[:4] == b"fLaC"
     with c.websocket_connect("/profiles/ann/listen") as ws:
@@ -80,14 +89,49 @@ def test_enroll_adapt_classify_and_listen(run, tmp_path):
     assert head["words"] == sorted(FREQS) and head["sample_rate"] == RATE
     assert all(set(m["scores"]) == set(m["levels"]) == set(FREQS) for m in messages)
     assert all(0 <= v <= 1 for m in messages for v in m["levels"].values())
+    assert not any("confidence" in m for m in messages)
     info = c.get("/profiles/ann").json()
     assert info["words"] == sorted(FREQS) and info["model"]["version"] == 1
+    assert info["model"]["expectations"] == expected
     assert c.post("/profiles/ann/adapt").json()["version"] == 2
     # a restart: the profile, its clips and its model versions are still there
     again = client(run, tmp_path / "data")
     assert again.get("/profiles").json() == {"profiles": ["ann"]}
     r = again.post("/profiles/ann/classify", files={"file": ("q.wav", wav(1900.0, seed=8), "x")})
     assert r.json()["word"] == "low" and r.json()["version"] == 2
+
+
+def test_a_calibrated_model_says_what_to_expect_and_how_sure_it_is(run, tmp_path):
+    """With a threshold, answers carry a confidence (0.5 at the threshold, odds x9 per
+    spread above it), the same on the HTTP API and the live stream; a clip of another
+    word among a word's clips is flagged as the odd one out."""
+    limits = Limits(max_bytes=200_000, max_words=3, max_clips=4, far=0.05)
+    c = TestClient(create_app(Service(run, tmp_path / "data", limits)))
+    c.post("/profiles", json={"name": "sue"})
+    clips = {"low": [1900.0] * 3, "high": [3200.0] * 3 + [1900.0]}  # high's 4th is low
+    for word, freqs in clips.items():
+        for k, freq in enumerate(freqs):
+            c.post(f"/profiles/sue/words/{word}/clips",
+                   files={"file": ("c.wav", wav(freq, seed=k), "audio/wav")})
+    out = c.post("/profiles/sue/adapt").json()
+    o, expected = out["open_set"], out["expectations"]
+    assert expected["threshold"] == pytest.approx(o["threshold"])
+    assert ("outlier", ["high"], 4) in [(w["kind"], w["words"], w["clip"])
+                                         for w in expected["warnings"]], expected
+    assert all(w["negatives"] == o["negatives"] for w in expected["words"])
+    r = c.post("/profiles/sue/classify", files={"file": ("q.wav", wav(1900.0, seed=9), "x")})
+    got = r.json()
+    want = 1 / (1 + 9 ** (-(got["score"] - o["threshold"]) / o["spread"]))
+    assert got["confidence"] == pytest.approx(want, abs=1e-4)
+    with c.websocket_connect("/profiles/sue/listen") as ws:
+        ws.receive_json()
+        ws.send_bytes((tone(16000, RATE, 1900.0) * 32767).astype("<i2").tobytes())
+        messages = [ws.receive_json() for _ in range(10)]
+    for m in messages:
+        assert set(m["confidence"]) == {"low", "high"}
+        assert all(0 <= v <= 1 for v in m["confidence"].values())
+        if "detection" in m:
+            assert 0.5 <= m["detection"]["confidence"] <= 1
 
 
 def test_bad_input_is_a_4xx_naming_the_problem(run, tmp_path):

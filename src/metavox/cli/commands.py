@@ -211,7 +211,7 @@ def adapt_command(
             raise typer.BadParameter(f"--far must be a rate in [0, 1], got {far}")
         loaded = load_trained(checkpoint)
         adapted = enroll(loaded, examples, steps=steps, far=far if open_set else None,
-                         rule=rule, negatives=negatives)
+                         rule=rule, negatives=negatives, expect=True)
         if open_set and fa_per_hour is not None and rule == "background":
             from metavox.kws.calibrate import calibrate_enrolled
 
@@ -229,6 +229,9 @@ def adapt_command(
     elif o.far is not None:
         typer.echo(f"open set: '{o.rule}' threshold {o.threshold:.4g}, calibrated on "
                    f"{o.negatives} negative clips to accept at most {o.far:g} of them")
+    expected = adapted.expectations()
+    if expected is not None:
+        typer.echo(f"\nwhat to expect (saved with the model):\n{expected.table()}")
 
 
 def _classify(model: Adapted, files: list[Path]) -> list[tuple[str, dict] | AudioError]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from metavox.audio.features import FrontendConfig, shared_frontend
 from metavox.audio.io import AudioError, fit_clip, load_audio
 from metavox.meta import Learner
 from metavox.meta.openset import OpenSet, spread_of, threshold_for
+from metavox.pipeline.expect import Evidence, Expectations, expectations, held_out_values
 from metavox.pipeline.train import LoadedModel, rebuild_model
 from metavox.storage import CheckpointError, load_checkpoint
 
@@ -90,14 +91,23 @@ UNKNOWN = "unknown"
 @dataclass
 class Adapted:
     """An adapted model (a :class:`~metavox.meta.Learner`) with the front-end its clips
-    go through and its open-set rule (the default accepts everything)."""
+    go through and its open-set rule (the default accepts everything); ``evidence``: what
+    :meth:`expectations` are computed from, when enrollment was asked for them."""
 
     learner: Learner
     frontend: FrontendConfig
     open_set: OpenSet = OpenSet()
+    evidence: Evidence | None = field(default=None, compare=False, repr=False)
     #: the stage-1 rule of a stream cascade (heavy bases: :class:`metavox.kws.cascade.Stage1`
     #: as JSON), saved with the model; ``None``: none set
     cascade: dict | None = None
+
+    def expectations(self) -> Expectations | None:
+        """Warnings and per-word expected detection and false accepts at the current
+        open-set rule (see :mod:`metavox.pipeline.expect`); ``None`` without evidence."""
+        if self.evidence is None:
+            return None
+        return expectations(self.evidence, self.classes, self.open_set)
 
     @property
     def classes(self) -> list[str]:
@@ -237,10 +247,18 @@ def run_backgrounds(loaded: LoadedModel) -> Tensor:
 def negative_scores(adapted: Adapted, negatives: list[Tensor | None], *,
                     rule: str = "background", seed: int = 0) -> tuple[Tensor, Tensor | None]:
     """The negatives' best open-set scores under ``rule`` for ``adapted``, and the
-    background bank (``None`` unless ``rule == "background"``). For the background rule
-    the negatives (feature batches ``[n, 1, features, frames]``) are shuffled and split in
-    two: one half's embeddings (by the adapted model) are the bank, the other half is
-    scored."""
+    background bank (see :func:`negative_values`)."""
+    values, bank = negative_values(adapted, negatives, rule=rule, seed=seed)
+    return values.max(-1).values, bank
+
+
+def negative_values(adapted: Adapted, negatives: list[Tensor | None], *,
+                    rule: str = "background", seed: int = 0) -> tuple[Tensor, Tensor | None]:
+    """The negatives' open-set scores ``[n, words]`` under ``rule`` for ``adapted``, and
+    the background bank (``None`` unless ``rule == "background"``). For the background
+    rule the negatives (feature batches ``[n, 1, features, frames]``) are shuffled and
+    split in two: one half's embeddings (by the adapted model) are the bank, the other
+    half is scored."""
     x = torch.cat([n for n in negatives if n is not None and len(n)])
     bank = None
     if rule == "background":
@@ -249,16 +267,24 @@ def negative_scores(adapted: Adapted, negatives: list[Tensor | None], *,
         bank = torch.cat([adapted.learner.features(bank_x[i:i + 256])
                           for i in range(0, len(bank_x), 256)])
     probe = OpenSet(rule, background=bank)
-    scores = torch.cat([adapted.values(x[i:i + 256], probe).max(-1).values
+    values = torch.cat([adapted.values(x[i:i + 256], probe)
                         for i in range(0, len(x), 256)])
-    return scores, bank
+    return values, bank
 
 
 def calibrate_open_set(adapted: Adapted, negatives: list[Tensor | None], *, far: float,
                        rule: str = "background", seed: int = 0) -> OpenSet:
     """The open-set rule for ``adapted`` accepting at most ``far`` of the ``negatives``
     (see :func:`negative_scores`)."""
-    scores, bank = negative_scores(adapted, negatives, rule=rule, seed=seed)
+    values, bank = negative_values(adapted, negatives, rule=rule, seed=seed)
+    return open_set_from(values, bank, far=far, rule=rule)
+
+
+def open_set_from(values: Tensor, bank: Tensor | None, *, far: float,
+                  rule: str = "background") -> OpenSet:
+    """The open-set rule accepting at most ``far`` of negatives whose scores ``values``
+    ``[n, words]`` and bank are :func:`negative_values`'s."""
+    scores = values.max(-1).values
     return OpenSet(rule, threshold_for(scores, far), far, len(scores), background=bank,
                    spread=spread_of(scores))
 
@@ -283,23 +309,37 @@ def check_word_count(loaded: LoadedModel, words: int) -> None:
 
 def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None,
            far: float | None = None, rule: str = "background",
-           negatives: str | Path | None = None) -> Adapted:
+           negatives: str | Path | None = None, expect: bool = False) -> Adapted:
     """Adapt ``loaded`` to the words in ``examples``; with ``far``, calibrate the
     open-set rule on negatives (:func:`negative_pool`: generated and recorded backgrounds,
     the run's own meta-training words other than these when its corpus is at hand, and
     the clips of ``negatives/`` if given) so that at most that fraction of them is
-    accepted as a word."""
+    accepted as a word. With ``expect``, also gather the :class:`Evidence` of
+    :meth:`Adapted.expectations` (one more adaptation per clip of the word with most)."""
     x, y, words = read_examples(examples, loaded.frontend)
     check_word_count(loaded, len(words))
     adapted = Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
-    if far is None:
-        return adapted
-    pool = negative_pool(loaded, exclude=words)
-    if negatives is not None:
-        pool.append(read_negatives(negatives, loaded.frontend))
-    adapted.open_set = calibrate_open_set(adapted, pool, far=far, rule=rule,
-                                          seed=loaded.config.seed)
+    neg_values = None
+    if far is not None:
+        pool = negative_pool(loaded, exclude=words)
+        if negatives is not None:
+            pool.append(read_negatives(negatives, loaded.frontend))
+        neg_values, bank = negative_values(adapted, pool, rule=rule, seed=loaded.config.seed)
+        adapted.open_set = open_set_from(neg_values, bank, far=far, rule=rule)
+    if expect:
+        adapted.evidence = support_evidence(loaded, adapted, x, y, neg_values, steps=steps)
     return adapted
+
+
+def support_evidence(loaded: LoadedModel, adapted: Adapted, x: Tensor, y: Tensor,
+                     neg_values: Tensor | None, *, steps: int | None = None) -> Evidence:
+    """:class:`Evidence` for ``adapted`` (enrolled from support ``x``, ``y`` by
+    ``loaded``'s algorithm with ``steps``): its held-out scores, with the calibration
+    negatives' scores."""
+    def adapt(xs: Tensor, ys: Tensor) -> Learner:
+        return loaded.algo.adapt(xs, ys, steps=steps, classes=adapted.classes)
+
+    return Evidence(held_out_values(adapted, adapt, x, y), y, neg_values)
 
 
 def read_negatives(folder: str | Path, frontend: FrontendConfig) -> Tensor:
@@ -325,12 +365,14 @@ def save_adapted(path: str | Path, adapted: Adapted, loaded: LoadedModel) -> Pat
     """Save an adapted model: the learner, plus the run config and front-end that rebuild
     its base model and featurise new clips."""
     bank = adapted.open_set.background
+    expected = adapted.expectations()
     return adapted.learner.save(path, meta={
         "frontend": adapted.frontend.to_dict(), "config": loaded.config.to_dict(),
         # the rows of the head (wider than the run's ways when more words were enrolled)
         "ways": max(int(loaded.meta.get("ways", 0)), len(adapted.classes)),
         **({} if adapted.cascade is None else {"cascade": adapted.cascade}),
-        "open_set": adapted.open_set.to_dict()},
+        "open_set": adapted.open_set.to_dict(),
+        **({} if expected is None else {"expectations": expected.to_dict()})},
         tensors={} if bank is None else {"open_set/background": bank.contiguous()})
 
 

@@ -43,17 +43,20 @@ from metavox.kws.spotter import SpotSettings, Spotter, levels
 from metavox.pipeline.enroll import (
     Adapted,
     EnrollError,
-    calibrate_open_set,
     check_word_count,
     corpus_negatives,
     featurize,
     featurize_waves,
     load_adapted,
     negative_pool,
+    negative_values,
+    open_set_from,
     run_backgrounds,
     save_adapted,
+    support_evidence,
     word_limit,
 )
+from metavox.pipeline.expect import confidence, confidences
 from metavox.pipeline.train import load_trained
 from metavox.service.store import Store, StoreError
 
@@ -150,19 +153,23 @@ class Service:
             negatives = negative_pool(self.loaded, exclude=words,
                                       backgrounds=self.backgrounds)
             adapted = Adapted(self.loaded.algo.adapt(x, y, classes=words), self.frontend)
-            adapted.open_set = calibrate_open_set(adapted, negatives, far=self.limits.far,
-                                                  seed=self.loaded.config.seed)
+            values, bank = negative_values(adapted, negatives, seed=self.loaded.config.seed)
+            adapted.open_set = open_set_from(values, bank, far=self.limits.far)
+            # what to expect: each clip held out, the negatives' false accepts per word
+            adapted.evidence = support_evidence(self.loaded, adapted, x, y, values)
+            expected = adapted.expectations().to_dict()
             version, path = self.store.next_model_file(profile)
             save_adapted(path, adapted, self.loaded)
             seconds = time.perf_counter() - t0
             self.store.add_model(profile, version, path, words,
-                                 json.dumps(adapted.open_set.to_dict()), seconds)
+                                 json.dumps(adapted.open_set.to_dict()), seconds,
+                                 json.dumps(expected))
             self._models[(profile, version)] = adapted
             log.info("adapted profile %r: version %d, %d words, %d clips, %.2f s", profile,
                      version, len(words), len(clips), seconds)
             return {"profile": profile, "version": version, "words": words,
                     "clips": len(clips), "open_set": adapted.open_set.to_dict(),
-                    "seconds": round(seconds, 3)}
+                    "expectations": expected, "seconds": round(seconds, 3)}
 
     def model(self, profile: str) -> tuple[int, Adapted]:
         latest = self.store.latest_model(profile)
@@ -181,7 +188,10 @@ class Service:
             x = featurize_waves([resample(wave, rate, self.frontend.sample_rate)],
                                 self.frontend)
             (word, probs, score), = adapted.predict(x)
-        return {"word": word, "score": score, "version": version,
+        # confidence: 0.5 at the threshold, odds x9 per spread above (None: no threshold)
+        sure = confidence(score, adapted.open_set)
+        return {"word": word, "score": score,
+                "confidence": None if sure is None else round(sure, 4), "version": version,
                 "probabilities": {w: round(p, 4) for w, p in probs.items()}}
 
     def onnx(self, profile: str) -> Path:
@@ -194,6 +204,20 @@ class Service:
     def spotter(self, profile: str) -> Spotter:
         _, adapted = self.model(profile)
         return Spotter(adapted, settings=SpotSettings())
+
+
+def readable(values, open_set, words: list[str]) -> dict[str, float] | None:
+    """Every word's smoothed score as a confidence (see
+    :func:`metavox.pipeline.expect.confidences`), rounded; ``None`` without a threshold."""
+    sure = confidences(torch.as_tensor(values), open_set)
+    return None if sure is None else {w: round(float(v), 4)
+                                      for w, v in zip(words, sure, strict=True)}
+
+
+def detection_confidence(score: float, open_set) -> dict[str, float]:
+    """``{"confidence": c}`` for a detection's score, or ``{}`` without a threshold."""
+    sure = confidence(score, open_set)
+    return {} if sure is None else {"confidence": round(sure, 4)}
 
 
 class NewProfile(BaseModel):
@@ -344,13 +368,16 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
                 for step in steps:
                     t, values, d = step.time, step.values, step.detection
                     shown = levels(step.smoothed, open_set)
+                    sure = readable(step.smoothed, open_set, words)
                     await websocket.send_json({
                         "time": round(t, 3),
                         "scores": {w: round(float(v), 3) for w, v in zip(words, values,
                                                                          strict=True)},
                         "levels": {w: round(float(v), 3) for w, v in zip(words, shown,
                                                                          strict=True)},
-                        **({"detection": d.to_dict()} if d is not None else {})})
+                        **({"confidence": sure} if sure is not None else {}),
+                        **({"detection": {**d.to_dict(), **detection_confidence(
+                            d.score, open_set)}} if d is not None else {})})
         except WebSocketDisconnect:
             return
 

@@ -42,6 +42,8 @@ MIGRATIONS: dict[int, list[str]] = {
            open_set TEXT NOT NULL, seconds REAL NOT NULL, created REAL NOT NULL,
            UNIQUE (profile_id, version))""",
     ],
+    # what the enrollment said to expect (metavox.pipeline.expect), JSON; NULL before
+    2: ["ALTER TABLE models ADD COLUMN expectations TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -210,21 +212,24 @@ class Store:
         return int(v), self.folder / "models" / f"profile{pid}-v{v}.safetensors"
 
     def add_model(self, profile: str, version: int, file: Path, words: list[str],
-                  open_set: str, seconds: float) -> None:
+                  open_set: str, seconds: float, expectations: str | None = None) -> None:
         pid = self.profile_id(profile)
         with self.lock:
             self.db.execute(
                 "INSERT INTO models (profile_id, version, file, words, open_set, seconds, "
-                "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (pid, version, file.name, "\n".join(words), open_set, seconds, time.time()))
+                "created, expectations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (pid, version, file.name, "\n".join(words), open_set, seconds, time.time(),
+                 expectations))
 
     def model_info(self, profile: str) -> dict | None:
-        """The latest model version's record (version, words, open set, seconds), if any."""
+        """The latest model version's record (version, words, open set, seconds, what its
+        enrollment said to expect or ``None``), if any."""
         row = self._latest(profile)
         if row is None:
             return None
         return {"version": int(row[0]), "words": row[2].split("\n"),
-                "open_set": json.loads(row[3]), "seconds": float(row[4])}
+                "open_set": json.loads(row[3]), "seconds": float(row[4]),
+                "expectations": json.loads(row[5]) if row[5] else None}
 
     def latest_model(self, profile: str) -> tuple[int, Path] | None:
         """The latest model version and its file, if any."""
@@ -234,6 +239,6 @@ class Store:
     def _latest(self, profile: str) -> tuple | None:
         pid = self.profile_id(profile)
         with self.lock:
-            return self.db.execute("SELECT version, file, words, open_set, seconds FROM models "
-                                   "WHERE profile_id = ? ORDER BY version DESC LIMIT 1",
-                                   (pid,)).fetchone()
+            return self.db.execute("SELECT version, file, words, open_set, seconds, "
+                                   "expectations FROM models WHERE profile_id = ? "
+                                   "ORDER BY version DESC LIMIT 1", (pid,)).fetchone()

@@ -132,6 +132,7 @@ async function chooseProfile(name) {
   state.profile = name;
   state.words = new Map();
   $("model").textContent = "";
+  showExpectations(null);
   setDownload(false);
   if (!name) { renderWords(); return; }
   const { clips } = await (await api(profilePath() + "/clips")).json();
@@ -232,7 +233,53 @@ async function deleteClip(word, clip) {
 function showModel(m) {
   $("model").textContent = "Model version " + m.version + ": " + m.words.join(", ") +
     (m.seconds !== undefined ? " (enrolled in " + m.seconds.toFixed(2) + " s)" : "") + ".";
+  showExpectations(m.expectations);
   setDownload(true);
+}
+
+const percent = (x) => Math.round(100 * x) + "%";
+
+// what the enrollment said to expect: warnings first, then a row per word
+function showExpectations(e) {
+  const box = $("expect");
+  box.replaceChildren();
+  box.hidden = !e;
+  if (!e) return;
+  const warnings = document.createElement("ul");
+  warnings.id = "warnings";
+  for (const w of e.warnings) {
+    const li = document.createElement("li");
+    li.className = "warning " + w.kind;
+    li.textContent = w.message;
+    warnings.append(li);
+  }
+  const table = document.createElement("table");
+  table.id = "expectations";
+  const caption = document.createElement("caption");
+  caption.textContent = "What to expect";
+  const head = table.createTHead().insertRow();
+  for (const h of ["Word", "Clips", "Expected detection", "False accepts per 100 other sounds"]) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = h;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const w of e.words) {
+    const row = body.insertRow();
+    const cells = [w.word, String(w.clips),
+      w.detection === null ? "unknown (record more clips)"
+        : w.detected + " of " + w.held_out + " (" + percent(w.detection) + "; could be " +
+          percent(w.detection_low) + "–" + percent(w.detection_high) + ")",
+      w.false_accepts_per_100 === null ? "–" : w.false_accepts_per_100.toFixed(1)];
+    for (const c of cells) row.insertCell().textContent = c;
+  }
+  table.prepend(caption);
+  const note = document.createElement("p");
+  note.className = "note";
+  note.textContent = e.note;
+  if (e.warnings.length) box.append(warnings);
+  box.append(table, note);
 }
 
 function setDownload(on) { $("download").setAttribute("aria-disabled", on ? "false" : "true"); }
@@ -244,7 +291,9 @@ async function adapt() {
   try {
     const m = await (await api(profilePath() + "/adapt", { method: "POST" })).json();
     showModel(m);
-    say("Enrolled " + m.words.length + " words from " + m.clips + " clips.");
+    const n = m.expectations ? m.expectations.warnings.length : 0;
+    say("Enrolled " + m.words.length + " words from " + m.clips + " clips" +
+        (n ? "; " + n + (n === 1 ? " warning" : " warnings") + " below." : "."));
   } catch (err) { say("Could not enroll: " + err.message, true); }
   $("adapt").disabled = false;
 }
@@ -275,7 +324,7 @@ function buildBars(words) {
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.setAttribute("role", "meter");
-    bar.setAttribute("aria-label", "score of " + w + " (the mark is the detection threshold)");
+    bar.setAttribute("aria-label", "confidence of " + w + " (the mark is the detection threshold)");
     bar.setAttribute("aria-valuemin", "0");
     bar.setAttribute("aria-valuemax", "100");
     const fill = document.createElement("div");
@@ -284,7 +333,7 @@ function buildBars(words) {
     mark.className = "mark";
     bar.append(fill, mark);
     bars.append(label, bar);
-    rows.set(w, { label, bar, fill });
+    rows.set(w, { label, bar, fill, mark });
   }
   return rows;
 }
@@ -310,11 +359,16 @@ async function startListening() {
     if (m.error) { say(m.error, true); stopListening(); return; }
     if (m.words) { live.rows = buildBars(m.words); return; }
     window.metavox.hops++;
-    for (const [w, level] of Object.entries(m.levels || {})) {
+    // bars: each word's confidence (the threshold is 50%) or, without a calibrated
+    // threshold, the score's level (the threshold at 75%)
+    const sure = m.confidence !== undefined;
+    for (const [w, level] of Object.entries(sure ? m.confidence : (m.levels || {}))) {
       const row = live.rows.get(w);
       if (!row) continue;
       row.fill.style.width = Math.round(100 * level) + "%";
+      row.mark.style.left = sure ? "50%" : "75%";
       row.bar.setAttribute("aria-valuenow", String(Math.round(100 * level)));
+      row.bar.setAttribute("aria-valuetext", sure ? percent(level) + " sure" : percent(level));
     }
     if (m.detection) {
       const d = m.detection;
@@ -322,7 +376,8 @@ async function startListening() {
       const received = (performance.now() - live.start) / 1000;
       window.metavox.detections.push(Object.assign({ received }, d));
       const li = document.createElement("li");
-      li.textContent = d.word + " at " + d.time.toFixed(2) + " s (score " + d.score.toFixed(2) + ")";
+      li.textContent = d.word + " at " + d.time.toFixed(2) + " s — " + (d.confidence !== undefined
+        ? percent(d.confidence) + " sure" : "score " + d.score.toFixed(2));
       $("detections").prepend(li);
       if (live.rows.has(d.word)) flash(live.rows.get(d.word));
     }
