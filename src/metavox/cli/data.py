@@ -148,13 +148,33 @@ def synth(
         None, "--out", "-o",
         help="Output folder [default: $METAVOX_CACHE or ~/.cache/metavox, + /synth-v1].",
     ),
-    speakers: int = typer.Option(64, "--speakers", "-s", help="How many built-in speakers."),
+    speakers: int | None = typer.Option(
+        None, "--speakers", "-s",
+        help="How many built-in speakers [default: 64; with --bank 8].",
+    ),
     words: str | None = typer.Option(
         None, "--words", "-w",
         help="Comma-separated words, or a file with one word per line [default: the 248 "
-        "built-in words].",
+        "built-in words]. With --bank: how many words [default: 3000].",
     ),
-    reps: int = typer.Option(3, "--reps", help="Clips per speaker and word."),
+    reps: int | None = typer.Option(
+        None, "--reps", help="Clips per speaker and word [default: 3; with --bank 2]."
+    ),
+    bank: bool = typer.Option(
+        False, "--bank",
+        help="Generate the multilingual word bank with near-homophones instead "
+        "(default folder synth-bank-v1; see docs/data.md).",
+    ),
+    languages: str | None = typer.Option(
+        None, "--languages",
+        help="With --bank: comma-separated language codes [default: en,de,fr,es,it,pt,nl,"
+        "pl,ru,hi,tr,sw,vi,cmn].",
+    ),
+    backgrounds: Path | None = typer.Option(
+        None, "--backgrounds",
+        help="With --bank: a folder of recordings (.wav/.flac/.ogg) to mix under the speech "
+        "instead of generated noise, e.g. Speech Commands' _silence_ folder.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same files (bit for bit)."),
     workers: int | None = typer.Option(
         None, "--workers", help="Parallel processes [default: the usable CPUs]."
@@ -172,17 +192,57 @@ def synth(
     """
     from metavox.data.synth import SynthError, synthesize_corpus
 
+    if bank:
+        _synth_bank(out, speakers, words, reps, seed, workers, overwrite, quiet, languages,
+                    backgrounds)
+        return
+    if languages is not None or backgrounds is not None:
+        raise _fail("--languages and --backgrounds apply to the word bank only (add --bank)")
+    reps = 3 if reps is None else reps
     try:
         word_list = None if words is None else _word_list(words)
-        result = synthesize_corpus(out, speakers=speakers, words=word_list, reps=reps,
-                                   seed=seed, workers=workers, overwrite=overwrite,
-                                   progress=not quiet)
+        result = synthesize_corpus(out, speakers=64 if speakers is None else speakers,
+                                   words=word_list, reps=reps, seed=seed, workers=workers,
+                                   overwrite=overwrite, progress=not quiet)
     except (SynthError, OSError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(
         f"{result.n_clips} clips ({result.n_speakers} speakers x {result.n_words} words x "
         f"{reps}) in {result.out}; {result.n_written} written in {result.seconds:.1f} s "
         f"with {result.workers} worker(s)\nmanifest: {result.manifest}"
+    )
+
+
+def _synth_bank(out: Path | None, speakers: int | None, words: str | None, reps: int | None,
+                seed: int, workers: int | None, overwrite: bool, quiet: bool,
+                languages: str | None, backgrounds: Path | None) -> None:
+    """``metavox data synth --bank``: the multilingual word bank."""
+    from metavox.data.synth import SynthError
+    from metavox.data.synth.bank import (
+        DEFAULT_BANK_REPS,
+        DEFAULT_BANK_SPEAKERS,
+        DEFAULT_BANK_WORDS,
+        synthesize_bank,
+    )
+
+    try:
+        n_words = DEFAULT_BANK_WORDS if words is None else int(words)
+    except ValueError:
+        raise _fail(f"with --bank, --words is a number of words, not {words!r}") from None
+    langs = None if languages is None else languages.replace(",", " ").split()
+    try:
+        result = synthesize_bank(
+            out, words=n_words, languages=langs,
+            speakers=DEFAULT_BANK_SPEAKERS if speakers is None else speakers,
+            reps=DEFAULT_BANK_REPS if reps is None else reps, seed=seed,
+            backgrounds=backgrounds, workers=workers, overwrite=overwrite,
+            progress=not quiet)
+    except (SynthError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"{result.n_clips} clips ({result.n_speakers} speakers x {result.n_words} words in "
+        f"{len(result.languages)} languages) in {result.out}; {result.n_written} written in "
+        f"{result.seconds:.1f} s with {result.workers} worker(s)\nmanifest: {result.manifest}"
     )
 
 

@@ -165,14 +165,18 @@ class EspeakEngine:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate(chunks).astype(np.int16, copy=False)
 
-    def phonemes(self, text: str) -> str:
-        """eSpeak's phoneme transcription of ``text`` with the current voice (ASCII names)."""
+    def phonemes(self, text: str, separator: str = "") -> str:
+        """eSpeak's phoneme transcription of ``text`` with the current voice (ASCII names),
+        with ``separator`` (one character) between phonemes if given."""
         if self._voice is None:
             raise EngineError("set_voice() must be called before phonemes()")
+        if len(separator) > 1:
+            raise EngineError(f"the phoneme separator must be one character, not {separator!r}")
+        mode = ord(separator) << 8 if separator else 0
         buf = ctypes.c_char_p(text.encode("utf-8"))
         parts: list[str] = []
         while buf.value:
-            out = self._lib.espeak_TextToPhonemes(ctypes.byref(buf), _CHARS_UTF8, 0)
+            out = self._lib.espeak_TextToPhonemes(ctypes.byref(buf), _CHARS_UTF8, mode)
             parts.append((out or b"").decode("utf-8", "replace").strip())
         return " ".join(p for p in parts if p)
 

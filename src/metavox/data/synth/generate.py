@@ -220,9 +220,20 @@ def _coloured_noise(rng: np.random.Generator, n: int, beta: float, sr: int) -> n
     return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
 
 
-def render_clip(engine: Any, plan: ClipPlan) -> tuple[np.ndarray, dict[str, float | int]]:
+def mix_at_snr(clean: np.ndarray, speech_power: float, noise: np.ndarray,
+               snr_db: float) -> np.ndarray:
+    """``clean`` plus unit-RMS ``noise`` scaled so that ``speech_power`` over the added
+    noise's power is ``snr_db``."""
+    return clean + noise * math.sqrt(speech_power / 10 ** (snr_db / 10))
+
+
+def render_clip(engine: Any, plan: ClipPlan, *, text: str | None = None,
+                noise: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float | int]]:
     """Synthesise and finish one clip with ``engine`` (voice already set to the speaker's).
 
+    ``text``: what to speak (default ``plan.word``; ``[[...]]`` for phoneme mnemonics);
+    ``noise``: unit-RMS noise of the clip's length to mix under the speech (default:
+    coloured noise drawn from the plan).
     Returns int16 samples (``SAMPLE_RATE``, ``CLIP_SECONDS``) and the values decided while
     rendering: the final ``rate`` (raised when the word would not fit the window), the
     ``offset`` and the duration ``speech_s`` of the spoken part, in seconds.
@@ -233,7 +244,7 @@ def render_clip(engine: Any, plan: ClipPlan) -> tuple[np.ndarray, dict[str, floa
     rate = plan.rate
     speech = np.zeros(0)
     for _ in range(4):
-        raw = engine.synthesize(plan.word, rate=rate, pitch=plan.pitch,
+        raw = engine.synthesize(plan.word if text is None else text, rate=rate, pitch=plan.pitch,
                                 pitch_range=plan.pitch_range, seed=plan.seed,
                                 volume=ENGINE_VOLUME)
         x = resample_poly(raw.astype(np.float64) / 32768.0, up, down, window=taps)
@@ -249,10 +260,12 @@ def render_clip(engine: Any, plan: ClipPlan) -> tuple[np.ndarray, dict[str, floa
     start = int(round(plan.offset_frac * (n - len(speech))))
     clean = np.zeros(n)
     clean[start: start + len(speech)] = speech
-    rng = np.random.default_rng([plan.seed, 1])
-    noise = _coloured_noise(rng, n, plan.noise_beta, SAMPLE_RATE)
-    power = float(np.mean(speech**2))
-    mix = clean + noise * math.sqrt(power / 10 ** (plan.snr_db / 10))
+    if noise is None:
+        rng = np.random.default_rng([plan.seed, 1])
+        noise = _coloured_noise(rng, n, plan.noise_beta, SAMPLE_RATE)
+    elif noise.shape != (n,):
+        raise SynthError(f"the noise has shape {noise.shape}; the clip needs ({n},)")
+    mix = mix_at_snr(clean, float(np.mean(speech**2)), noise, plan.snr_db)
     mix *= 10 ** (plan.gain_db / 20) / np.abs(mix).max()
     audio = np.round(mix * 32767.0).astype(np.int16)
     return audio, {"rate": rate, "offset": start / SAMPLE_RATE,
@@ -453,9 +466,21 @@ def _mp_context() -> Any:
 def _run_workers(out: Path, todo: Sequence[Speaker], words: Sequence[str], reps: int,
                  seed: int, workers: int, tick: Callable[[int], None]) -> dict[str, Any]:
     """Run one fresh process per speaker, ``workers`` at a time."""
+    jobs = [(s.id, _worker_main, (str(out), s.id, list(words), reps, seed)) for s in todo]
+    by_id = {s.id: s for s in todo}
+    return run_jobs(jobs, workers, tick,
+                    lambda sid: _speaker_done(out, by_id[sid], words, reps))
+
+
+def run_jobs(jobs: Sequence[tuple[str, Callable[..., None], tuple[Any, ...]]], workers: int,
+             tick: Callable[[int], None], done: Callable[[str], bool]) -> dict[str, Any]:
+    """Run each job ``(speaker id, target, args)`` as ``target(connection, *args)`` in a
+    fresh process, ``workers`` at a time. A target sends ``("progress", n)``, then
+    ``("done", written, engine version, cpu seconds)`` or ``("error", text)``; ``done(id)``
+    checks its output once it exits."""
     ctx = _mp_context()
-    pending = deque(todo)
-    running: dict[str, tuple[Speaker, Any, Any]] = {}  # id -> (speaker, process, connection)
+    pending = deque(jobs)
+    running: dict[str, tuple[Any, Any]] = {}  # id -> (process, connection)
     stats: dict[str, Any] = {"written": 0, "engine": "", "worker_cpu_s": 0.0}
 
     def drain(sid: str, conn: Any) -> None:
@@ -478,17 +503,16 @@ def _run_workers(out: Path, todo: Sequence[Speaker], words: Sequence[str], reps:
     try:
         while pending or running:
             while pending and len(running) < workers:
-                spk = pending.popleft()
+                sid, target, args = pending.popleft()
                 recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker_main, name=f"metavox-synth-{spk.id}",
-                                   args=(send, str(out), spk.id, list(words), reps, seed),
-                                   daemon=True)
+                proc = ctx.Process(target=target, name=f"metavox-synth-{sid}",
+                                   args=(send, *args), daemon=True)
                 proc.start()
                 send.close()
-                running[spk.id] = (spk, proc, recv)
-            mp_wait([c for _, _, c in running.values()]
-                    + [p.sentinel for _, p, _ in running.values()])
-            for sid, (spk, proc, conn) in list(running.items()):
+                running[sid] = (proc, recv)
+            mp_wait([c for _, c in running.values()]
+                    + [p.sentinel for p, _ in running.values()])
+            for sid, (proc, conn) in list(running.items()):
                 drain(sid, conn)
                 if proc.is_alive():
                     continue
@@ -496,11 +520,11 @@ def _run_workers(out: Path, todo: Sequence[Speaker], words: Sequence[str], reps:
                 drain(sid, conn)
                 conn.close()
                 del running[sid]
-                if not _speaker_done(out, spk, words, reps):
+                if not done(sid):
                     raise SynthError(f"the worker for speaker {sid} stopped (exit code "
                                      f"{proc.exitcode}) before finishing")
     finally:
-        for _, proc, conn in running.values():
+        for proc, conn in running.values():
             if proc.is_alive():
                 proc.terminate()
             proc.join()
