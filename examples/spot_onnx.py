@@ -9,12 +9,19 @@ before the stream starts) every hop; this script slides that window over the fil
 each word's open-set score over the last `smooth` hops, and reports the best word when its score
 is at or above the calibrated threshold, then does not report that word again for `refractory`
 seconds: the decisions `metavox listen` makes (all settings are read from the file's metadata).
+
+A model on the heavy fusion base comes with a cascade (`my_words.stage1.onnx` beside it,
+named in the metadata): the small stage-1 graph scores every window, and the full model
+only the candidate windows (stage-1 score at or above its threshold) and the `smooth - 1`
+windows before each, whose scores the average needs; a window that is no candidate
+reports nothing. `--every-hop` runs the full model on every window instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from math import gcd
 
 import numpy as np
@@ -34,7 +41,13 @@ def read_mono(path: str, rate: int) -> np.ndarray:
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
 
-def spot(model_path: str, wave: np.ndarray) -> list[dict]:
+def run_batches(session: ort.InferenceSession, output: str, windows: np.ndarray) -> np.ndarray:
+    """One output of a graph over many windows, 64 at a time."""
+    return np.concatenate([session.run([output], {"waveform": windows[i:i + 64]})[0]
+                           for i in range(0, len(windows), 64)])
+
+
+def spot(model_path: str, wave: np.ndarray, *, every_hop: bool = False) -> list[dict]:
     """Detections over a whole waveform: [{"word", "time", "score"}]."""
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     meta = json.loads(session.get_modelmeta().custom_metadata_map["metavox"])
@@ -49,10 +62,24 @@ def spot(model_path: str, wave: np.ndarray) -> list[dict]:
                              np.zeros(rate // 2, dtype=np.float32)])
     ends = range(size + hop, len(padded) + 1, hop)  # one window per completed hop
     windows = np.stack([padded[e - size:e] for e in ends])
-    values = np.concatenate([session.run(["values"], {"waveform": windows[i:i + 64]})[0]
-                             for i in range(0, len(windows), 64)])
+    cascade = None if every_hop else meta.get("cascade")
+    if cascade is None:  # the full model on every window; every window a candidate
+        candidates = np.ones(len(windows), dtype=bool)
+        values = run_batches(session, "values", windows)
+    else:  # stage 1 on every window, the full model on the candidates and the hops before
+        first = ort.InferenceSession(os.path.join(os.path.dirname(model_path),
+                                                  cascade["stage1_file"]),
+                                     providers=["CPUExecutionProvider"])
+        t1 = -np.inf if cascade["threshold"] is None else cascade["threshold"]
+        candidates = run_batches(first, cascade["output"], windows).max(axis=1) >= t1
+        verified = candidates.copy()
+        for k in range(1, smooth):
+            verified[:-k] |= candidates[k:]
+        values = np.zeros((len(windows), len(words)), dtype=np.float32)
+        if verified.any():
+            values[verified] = run_batches(session, "values", windows[verified])
     out, last = [], {}  # each word's last detection
-    for k in range(len(values)):  # every word's open-set score, averaged over `smooth` hops
+    for k in np.flatnonzero(candidates):  # each word's score averaged over `smooth` hops
         mean = values[max(0, k - smooth + 1): k + 1].mean(axis=0)
         best = int(np.argmax(mean))
         score = float(mean[best])
@@ -68,10 +95,12 @@ def main() -> None:
     parser.add_argument("model", help="the .onnx file `metavox export` wrote")
     parser.add_argument("audio", help="a WAV/FLAC/Ogg file of any length")
     parser.add_argument("--json", action="store_true", help="one JSON object per detection")
+    parser.add_argument("--every-hop", action="store_true", help="a cascade's full model on "
+                        "every window (the comparison)")
     args = parser.parse_args()
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     rate = json.loads(session.get_modelmeta().custom_metadata_map["metavox"])["sample_rate"]
-    for d in spot(args.model, read_mono(args.audio, rate)):
+    for d in spot(args.model, read_mono(args.audio, rate), every_hop=args.every_hop):
         print(json.dumps(d) if args.json else f"{d['time']:8.2f} s\t{d['word']}\t"
               f"(score {d['score']:.3f})")
 

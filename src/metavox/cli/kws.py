@@ -102,15 +102,22 @@ def export_command(
     refractory: float | None = typer.Option(
         None, "--refractory", help="Stored likewise: seconds after a word's detection in "
         "which that word is not detected again (default: the model's window length)."),
+    cascade: bool = typer.Option(True, "--cascade/--no-cascade", help="On the fusion base: "
+                                 "also write the cascade's stage-1 graph (NAME.stage1.onnx, "
+                                 "named in the metadata)."),
+    cascade_far: float | None = typer.Option(
+        None, "--cascade-far", help="On the fusion base: the fraction of negatives the "
+        "cascade's first stage passes (default: the model's saved rule, else 0.05)."),
 ) -> None:
     """Export an adapted model to ONNX: waveform in, word probabilities, score and
-    unknown out (runs with onnxruntime alone; see examples/spot_onnx.py).
+    unknown out (runs with onnxruntime alone; see examples/spot_onnx.py). On the fusion
+    base it carries the stream cascade: a second, small graph for the first stage.
 
     Example:
 
       metavox export my_words.safetensors --onnx my_words.onnx --int8
     """
-    from metavox.kws.export import ExportError, export_onnx
+    from metavox.kws.export import ExportError, export_onnx, read_metadata
     from metavox.kws.spotter import SpotSettings
     from metavox.pipeline.enroll import load_adapted
 
@@ -118,12 +125,17 @@ def export_command(
         adapted = load_adapted(model)
         settings = SpotSettings(smooth=smooth, refractory=refractory)
         try:
-            path = export_onnx(adapted, onnx_path, settings=settings)
+            options = {"cascade": None if cascade else False, "cascade_far": cascade_far}
+            path = export_onnx(adapted, onnx_path, settings=settings, **options)
             typer.echo(f"wrote {path} ({len(adapted.classes)} words: "
                        f"{', '.join(adapted.classes)})")
+            first = read_metadata(path).get("cascade")
+            if first:
+                typer.echo(f"wrote {path.parent / first['stage1_file']} (the cascade's "
+                           f"first stage, passing {first['far']:g} of the negatives)")
             if quantize:
                 q = export_onnx(adapted, onnx_path.with_suffix(".int8.onnx"),
-                                settings=settings, quantize=True)
+                                settings=settings, quantize=True, **options)
                 typer.echo(f"wrote {q} (int8 weights)")
         except ExportError as err:
             raise ValueError(str(err)) from None

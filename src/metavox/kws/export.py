@@ -17,6 +17,15 @@ settings go into the ONNX
 file's metadata (``metadata_props``: ``metavox`` holds them as JSON), so a program needs
 nothing else. To spot words in a stream, run it on the last ``duration`` seconds every
 hop: what :class:`metavox.kws.spotter.Spotter` computes (see ``examples/spot_onnx.py``).
+
+On the heavy ``fusion`` base the export carries the stream cascade
+(:mod:`metavox.kws.cascade`): a second, small file ``NAME.stage1.onnx`` takes the same
+``waveform`` and gives ``stage1 [batch, words]``, each word's stage-1 cosine from the
+speech embedding alone, and the metadata's ``cascade`` entry names that file and holds
+the stage-1 threshold. A program runs stage 1 on every window and the full model
+(``NAME.onnx``) only on candidate windows (stage-1 best at or above the threshold) and
+the ``smooth - 1`` windows before each; running the full model on every window stays
+valid (verifying every hop).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from torch import Tensor, nn
 
 from metavox.audio.features import build_frontend
 from metavox.audio.streaming import default_hop
+from metavox.kws.cascade import HOP, Stage1, is_heavy, stage1_rule, word_directions
 from metavox.kws.spotter import SpotSettings
 from metavox.meta.learner import LEARNER_FEATURES
 from metavox.meta.openset import RULES, background_logits, rule_values
@@ -71,26 +81,75 @@ class ClipSpotter(nn.Module):
         return values, logits.softmax(-1), score, word
 
 
-def export_metadata(adapted: Adapted, hop: float, settings: SpotSettings) -> dict:
-    """What a program running the exported file needs to know."""
+class Stage1Scorer(nn.Module):
+    """The cascade's stage 1 as one module: ``waveform [batch, samples]`` -> ``[batch,
+    words]``, each word's cosine between the window's pooled speech embedding and the
+    word's speech direction (:func:`metavox.kws.cascade.stage1_values`)."""
+
+    def __init__(self, adapted: Adapted) -> None:
+        super().__init__()
+        from metavox.kws.cascade import _module_parts
+
+        self.speech = build_frontend(adapted.frontend).speech.eval()
+        body, _ = _module_parts(adapted)
+        self.pool = getattr(body, "pool", "mean")
+        self.register_buffer("directions", word_directions(adapted).float())
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        windows = self.speech(waveform).flatten(2)  # [batch, W, 96]
+        pooled = windows.amax(1) if self.pool == "max" else windows.mean(1)
+        return torch.nn.functional.normalize(pooled, dim=-1) @ self.directions.t()
+
+
+def export_metadata(adapted: Adapted, hop: float, settings: SpotSettings,
+                    stage1: Stage1 | None = None, stage1_file: str | None = None) -> dict:
+    """What a program running the exported file needs to know (``stage1``: the cascade's
+    rule, whose graph is ``stage1_file`` beside it)."""
     fe = adapted.frontend
-    return {"format": "metavox-clip-spotter/1", "words": adapted.classes,
+    meta = {"format": "metavox-clip-spotter/1", "words": adapted.classes,
             "sample_rate": fe.sample_rate, "clip_samples": fe.num_samples, "hop_seconds": hop,
             "smooth": settings.smooth, "refractory": settings.refractory,
             "open_set": adapted.open_set.to_dict(), "outputs": list(OUTPUTS),
             "unknown": -1}
+    if stage1 is not None:
+        meta["cascade"] = {"stage1_file": stage1_file, "output": "stage1",
+                           **stage1.to_dict()}
+    return meta
+
+
+def stage1_path(path: str | os.PathLike[str]) -> Path:
+    """Where the cascade's stage-1 graph goes beside the exported file ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.stage1.onnx")
 
 
 def export_onnx(adapted: Adapted, path: str | os.PathLike[str], *, hop: float | None = None,
-                settings: SpotSettings | None = None, quantize: bool = False) -> Path:
+                settings: SpotSettings | None = None, quantize: bool = False,
+                cascade: bool | None = None, cascade_far: float | None = None) -> Path:
     """Write ``adapted`` as an ONNX file (opset 18; see the module doc); ``hop``: seconds
     between windows a stream should use (the front-end's default, as ``metavox listen``)
     and ``settings`` its smoothing and refractory period, both stored for the program that
     runs it; ``quantize``: int8 dynamic quantisation of its weights (onnxruntime's) except
-    the spectral front-end's (:func:`spectrum_nodes`), written instead."""
+    the spectral front-end's (:func:`spectrum_nodes`), written instead. On the fusion
+    base ``cascade`` (``None``: when the model has a stage-1 rule or the bank to calibrate
+    one at ``cascade_far``; ``False``: never) also writes the cascade's stage-1 graph
+    (:func:`stage1_path`) and names it in the metadata."""
     settings = (settings or SpotSettings()).resolve(adapted.frontend)
+    stage1 = None
+    if is_heavy(adapted.frontend) and cascade is not False:
+        from metavox.kws.cascade import CascadeError
+
+        try:
+            stage1 = stage1_rule(adapted, cascade_far)
+        except CascadeError:
+            if cascade:
+                raise
+    elif cascade:
+        raise ExportError(f"the cascade serves the fusion base, not "
+                          f"{adapted.frontend.kind!r}")
     if hop is None:
-        hop = default_hop(adapted.frontend) / adapted.frontend.sample_rate
+        hop = (HOP if is_heavy(adapted.frontend) else default_hop(adapted.frontend)
+               ) / adapted.frontend.sample_rate
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
@@ -101,21 +160,23 @@ def export_onnx(adapted: Adapted, path: str | os.PathLike[str], *, hop: float | 
         raise ExportError(f"unknown open-set rule {adapted.open_set.rule!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = ClipSpotter(adapted).eval()
     example = torch.zeros(2, adapted.frontend.num_samples)
-    import logging
-    import warnings
-
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, opset_version=OPSET, verbose=False,
-            input_names=["waveform"], output_names=list(OUTPUTS),
-            dynamic_shapes={"waveform": {0: torch.export.Dim("batch")}})
-    proto = program.model_proto
+    stage1_file = None
+    if stage1 is not None:
+        first = stage1_path(path)
+        stage1_file = first.name
+        proto1 = _to_onnx(Stage1Scorer(adapted).eval(), example, ["stage1"])
+        e = proto1.metadata_props.add()
+        e.key, e.value = "metavox", json.dumps(
+            {"format": "metavox-cascade-stage1/1", "words": adapted.classes,
+             "stage1": stage1.to_dict(), "outputs": ["stage1"]})
+        tmp1 = first.with_name(f".{first.name}.tmp")
+        onnx.save(proto1, str(tmp1))
+        os.replace(tmp1, first)
+    meta = export_metadata(adapted, hop, settings, stage1, stage1_file)
+    proto = _to_onnx(ClipSpotter(adapted).eval(), example, list(OUTPUTS))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "metavox", json.dumps(export_metadata(adapted, hop, settings))
+    entry.key, entry.value = "metavox", json.dumps(meta)
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save(proto, str(tmp))
     if quantize:
@@ -127,11 +188,26 @@ def export_onnx(adapted: Adapted, path: str | os.PathLike[str], *, hop: float | 
         q = onnx.load(str(path))  # quantize_dynamic keeps no custom metadata: add it back
         if not any(p.key == "metavox" for p in q.metadata_props):
             e = q.metadata_props.add()
-            e.key, e.value = "metavox", json.dumps(export_metadata(adapted, hop, settings))
+            e.key, e.value = "metavox", json.dumps(meta)
             onnx.save(q, str(path))
     else:
         os.replace(tmp, path)
     return path
+
+
+def _to_onnx(module: nn.Module, example: Tensor, outputs: list[str]):
+    """``module`` (waveform in) as an ONNX model proto with a dynamic batch."""
+    import logging
+    import warnings
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=["waveform"], output_names=outputs,
+            dynamic_shapes={"waveform": {0: torch.export.Dim("batch")}})
+    return program.model_proto
 
 
 def spectrum_nodes(proto) -> list[str]:
