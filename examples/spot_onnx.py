@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from math import gcd
 
 import numpy as np
@@ -63,6 +64,11 @@ def spot(model_path: str, wave: np.ndarray, *, every_hop: bool = False) -> list[
     ends = range(size + hop, len(padded) + 1, hop)  # one window per completed hop
     windows = np.stack([padded[e - size:e] for e in ends])
     cascade = None if every_hop else meta.get("cascade")
+    if cascade is not None and not os.path.isfile(
+            os.path.join(os.path.dirname(model_path), cascade["stage1_file"])):
+        print(f"note: {cascade['stage1_file']} is not beside {model_path}: the full model "
+              "runs on every window", file=sys.stderr)
+        cascade = None
     if cascade is None:  # the full model on every window; every window a candidate
         candidates = np.ones(len(windows), dtype=bool)
         values = run_batches(session, "values", windows)

@@ -199,7 +199,8 @@ class Service:
 
         version, adapted = self.model(profile)
         out = Path(tempfile.mkdtemp()) / f"{profile}-v{version}.onnx"
-        return export_onnx(adapted, out)
+        # one file to download: without the cascade's stage-1 graph (fusion base)
+        return export_onnx(adapted, out, cascade=False)
 
     def spotter(self, profile: str) -> Spotter:
         _, adapted = self.model(profile)
