@@ -15,6 +15,11 @@ class EpisodeBatch:
     ``query_y [T, N*Q]``. Labels are re-numbered ``0..N-1`` inside each task;
     ``classes[t][i]`` names task ``t``'s label ``i`` and ``speakers[t]`` the speakers the
     task drew (both only for reports; empty when unknown).
+
+    Open-set tasks (:class:`~metavox.data.episodes.OpenSetEpisodeSampler`) append to each
+    query clips that are none of the task's classes (words never in its support,
+    backgrounds), labelled ``-1``; ``unknown_words[t]`` names task ``t``'s unknown words
+    (empty for closed-set batches). Only algorithms that train rejection accept them.
     """
 
     support_x: torch.Tensor
@@ -23,6 +28,7 @@ class EpisodeBatch:
     query_y: torch.Tensor
     classes: list[list[str]] = field(default_factory=list)
     speakers: list[list[str]] = field(default_factory=list)
+    unknown_words: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         t = self.support_x.shape[0]
@@ -61,6 +67,7 @@ class EpisodeBatch:
             self.query_y.to(device),
             self.classes,
             self.speakers,
+            self.unknown_words,
         )
 
     def task(self, t: int) -> EpisodeBatch:
@@ -68,5 +75,10 @@ class EpisodeBatch:
         sl = slice(t, t + 1)
         return EpisodeBatch(
             self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl],
-            self.classes[sl], self.speakers[sl],
+            self.classes[sl], self.speakers[sl], self.unknown_words[sl],
         )
+
+    @property
+    def has_unknowns(self) -> bool:
+        """Whether any query is labelled ``-1`` (an open-set batch)."""
+        return not torch.is_floating_point(self.query_y) and bool((self.query_y < 0).any())

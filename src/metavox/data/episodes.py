@@ -405,3 +405,150 @@ class EpisodeDataset(Dataset):
             raise IndexError(f"batch {b} out of range for {self.length} batches")
         first = (self.start + b) * self.meta_batch + self.offset
         return self.sampler.sample_range(first, self.share)
+
+
+#: the query label of an unknown word or a background in an open-set task
+UNKNOWN = -1
+
+
+def centroid_neighbours(store: FeatureStore, labels: Sequence[str] | None = None
+                        ) -> dict[str, list[str]]:
+    """Each class's other classes, most similar first, by the cosine similarity of their
+    centroids in ``store``'s own (frozen) features: every clip flattened and L2-normalised,
+    averaged per class. Computed once, so "sounds like" is a reproducible table."""
+    by_label = store.by_label()
+    names = [x for x in (labels if labels is not None else by_label) if x in by_label]
+    cents = []
+    for name in names:
+        x = store.take(np.sort(by_label[name])).reshape(len(by_label[name]), -1)
+        x = x.astype(np.float64)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        c = x.mean(0)
+        cents.append(c / max(np.linalg.norm(c), 1e-12))
+    sim = np.stack(cents) @ np.stack(cents).T if cents else np.zeros((0, 0))
+    out = {}
+    for i, name in enumerate(names):
+        order = sorted((j for j in range(len(names)) if j != i), key=lambda j: (-sim[i, j], j))
+        out[name] = [names[j] for j in order]
+    return out
+
+
+class OpenSetEpisodeSampler(ClassEpisodeSampler):
+    """Class episodes whose query also holds *unknowns*: clips of words that are not in
+    the task's support (label :data:`UNKNOWN`), and backgrounds.
+
+    The support and the known queries are exactly :class:`ClassEpisodeSampler`'s
+    episode with the same seed (the unknowns are drawn after them from the same
+    generator). Each task adds ``unknown_words`` words, never enrolled in it, with
+    ``unknown_queries`` clips each, and ``background_queries`` rows of ``backgrounds``
+    (features of noises, silence, recorded rooms: ``[B, ...]`` as the store gives a clip).
+
+    Unknown words prefer hard negatives: each slot is, with probability
+    ``hard_negatives``, a word that sounds like an enrolled one, i.e. among the
+    ``hard_pool`` nearest classes of any enrolled word by :func:`centroid_neighbours`
+    (computed once from the store), or listed for it in ``confusable`` (word -> its
+    near-homophones, e.g. from the synthetic corpus; those present in the store are
+    preferred first); otherwise any other word.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        ways: int,
+        shots: int,
+        queries: int,
+        *,
+        unknown_words: int = 2,
+        unknown_queries: int = 5,
+        backgrounds: np.ndarray | torch.Tensor | None = None,
+        background_queries: int = 0,
+        hard_negatives: float = 0.5,
+        hard_pool: int = 3,
+        confusable: dict[str, Sequence[str]] | None = None,
+        neighbours: dict[str, Sequence[str]] | None = None,
+        **options,
+    ) -> None:
+        super().__init__(store, ways, shots, queries, **options)
+        for name, value in (("unknown_words", unknown_words),
+                            ("unknown_queries", unknown_queries),
+                            ("background_queries", background_queries),
+                            ("hard_pool", hard_pool)):
+            if int(value) != value or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not 0.0 <= hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be a probability in [0, 1], got "
+                             f"{hard_negatives!r}")
+        if unknown_words and unknown_queries < 1:
+            raise ValueError("unknown_queries must be >= 1 when unknown_words > 0")
+        if unknown_words + ways > len(self.classes):
+            raise EpisodeError(f"{ways} enrolled words and {unknown_words} unknown words per "
+                               f"task need {ways + unknown_words} classes; the store has "
+                               f"{len(self.classes)}: lower episodes.unknown_words")
+        if background_queries and (backgrounds is None or len(backgrounds) == 0):
+            raise EpisodeError("background_queries > 0 needs background clips")
+        self.unknown_words, self.unknown_queries = int(unknown_words), int(unknown_queries)
+        self.background_queries = int(background_queries)
+        self.hard_negatives, self.hard_pool = float(hard_negatives), int(hard_pool)
+        self.backgrounds = (None if backgrounds is None else
+                            torch.as_tensor(np.asarray(backgrounds, dtype=np.float32)))
+        if self.backgrounds is not None and tuple(self.backgrounds.shape[1:]) != \
+                tuple(store.shape[1:]):
+            raise ValueError(f"backgrounds have features {tuple(self.backgrounds.shape[1:])}, "
+                             f"the store {tuple(store.shape[1:])}")
+        index = {c: i for i, c in enumerate(self.classes)}
+        table = centroid_neighbours(store, self.classes) if neighbours is None else neighbours
+        self.hard: list[list[int]] = []
+        for c in self.classes:
+            near = [w for w in (confusable or {}).get(c, ()) if w in index and w != c]
+            near += [w for w in table.get(c, ())[:self.hard_pool] if w in index and w != c]
+            self.hard.append(list(dict.fromkeys(index[w] for w in near)))
+
+    def open_rows(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray,
+                                             list[str], np.ndarray]:
+        """Episode ``index``: support ``[N, K]`` and known query ``[N, Q]`` store rows and
+        the enrolled classes (as :meth:`episode_rows`), then the unknown words' store rows
+        ``[U * Qu]``, the unknown words, and the background rows ``[Qb]``."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        sup, qry, names = self._draw(rng)
+        enrolled = {self.classes.index(n) for n in names}
+        hard = [j for n in names for j in self.hard[self.classes.index(n)]]
+        unknown: list[int] = []
+        for _ in range(self.unknown_words):
+            taken = enrolled | set(unknown)
+            near = [j for j in dict.fromkeys(hard) if j not in taken]
+            rest = [j for j in range(len(self.classes)) if j not in taken]
+            pick_hard = near and rng.random() < self.hard_negatives
+            choices = near if pick_hard else rest
+            unknown.append(int(choices[int(rng.integers(len(choices)))]))
+        rows = [self._rows[j][rng.choice(len(self._rows[j]), self.unknown_queries,
+                                         replace=len(self._rows[j]) < self.unknown_queries)]
+                for j in unknown]
+        unk = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        bg = (rng.choice(len(self.backgrounds), self.background_queries,
+                         replace=len(self.backgrounds) < self.background_queries)
+              if self.background_queries else np.zeros(0, dtype=np.int64))
+        return sup, qry, names, unk.astype(np.int64), [self.classes[j] for j in unknown], bg
+
+    def sample_range(self, first: int, meta_batch: int) -> EpisodeBatch:
+        """As :class:`ClassEpisodeSampler`'s batch, with each task's unknown-word clips and
+        backgrounds appended to its query, labelled :data:`UNKNOWN`."""
+        known = super().sample_range(first, meta_batch)
+        extra, words = [], []
+        for t in range(meta_batch):
+            *_, unk, names, bg = self.open_rows(first + t)
+            x = torch.from_numpy(self.store.take(unk)) if len(unk) else \
+                torch.zeros(0, *self.store.shape[1:])
+            if len(bg):
+                x = torch.cat([x, self.backgrounds[torch.from_numpy(bg)]])
+            if self.augment is not None and len(x):
+                x = self.augment(x, np.random.default_rng([self.seed, first + t, 3]))
+            extra.append(x.to(known.query_x.dtype))
+            words.append(names)
+        extra_x = torch.stack(extra)
+        if self.channel_dim:
+            extra_x = extra_x.unsqueeze(2)
+        extra_y = torch.full(extra_x.shape[:2], UNKNOWN, dtype=known.query_y.dtype)
+        return EpisodeBatch(known.support_x, known.support_y,
+                            torch.cat([known.query_x, extra_x], 1),
+                            torch.cat([known.query_y, extra_y], 1), known.classes,
+                            known.speakers, unknown_words=words)

@@ -24,6 +24,7 @@ from metavox.meta.inner import adapt, inner_loop
 from metavox.meta.learner import LEARNER_KINDS, Learner, register_learner_kind
 from metavox.meta.maml import MAML, MAMLPlusPlus, MetaSGD, msl_weights
 from metavox.meta.protonet import ProtoNet
+from metavox.meta.reject import ProtoReject, RejectClassifier
 from metavox.meta.registry import (
     ALGORITHMS,
     AlgorithmSpec,
@@ -37,7 +38,7 @@ from metavox.meta.reptile import Reptile
 __all__ = [
     "ALGORITHMS", "ANIL", "LEARNER_KINDS", "MAML", "AlgorithmSpec", "FineTune",
     "InnerLoopAlgorithm", "Learner", "MAMLPlusPlus", "MetaAlgorithm", "MetaOutput", "MetaSGD",
-    "ProtoNet", "Reptile", "StepRecorder", "TaskBatchNorm", "TaskSettings", "adapt",
+    "ProtoNet", "ProtoReject", "RejectClassifier", "Reptile", "StepRecorder", "TaskBatchNorm", "TaskSettings", "adapt",
     "algorithm_spec", "create_algorithm", "forward", "functional_buffers", "inner_loop",
     "list_algorithms", "map_tasks", "meta_parameters", "msl_weights", "register_algorithm",
     "register_learner_kind", "resolve_strategy",

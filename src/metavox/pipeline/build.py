@@ -21,7 +21,12 @@ from metavox.data import (
     load_corpus,
     make_split,
 )
-from metavox.data.episodes import EpisodeSampler, MixtureSampler, TaskSource
+from metavox.data.episodes import (
+    EpisodeSampler,
+    MixtureSampler,
+    OpenSetEpisodeSampler,
+    TaskSource,
+)
 from metavox.engine.precision import resolve_device
 from metavox.meta import MetaAlgorithm, create_algorithm
 from metavox.models import create_model
@@ -163,9 +168,70 @@ def make_sampler(
                                augment=aug)
 
 
+def open_set_training(cfg: RunConfig) -> bool:
+    """Whether the config asks for open-set training episodes (unknown queries)."""
+    return bool(cfg.episodes.unknown_words or cfg.episodes.background_queries)
+
+
+def run_backgrounds_for(cfg: RunConfig, frontend: FrontendConfig):
+    """``[B, F, T]`` features of the backgrounds an open-set task draws from: generated
+    noises and silence and the corpus's background recordings, as enrollment calibrates
+    on (:func:`metavox.pipeline.enroll.run_backgrounds`)."""
+    from types import SimpleNamespace
+
+    from metavox.pipeline.enroll import run_backgrounds
+
+    return run_backgrounds(SimpleNamespace(config=cfg, frontend=frontend)).squeeze(1).numpy()
+
+
+def confusable_table(cfg: RunConfig) -> dict[str, list[str]] | None:
+    """``episodes.confusable_file`` read (JSON: word -> list of near-homophones)."""
+    import json
+
+    path = cfg.episodes.confusable_file
+    if not path:
+        return None
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"episodes.confusable_file {path}: {err}") from None
+    if not isinstance(table, dict) or not all(
+            isinstance(v, list) and all(isinstance(w, str) for w in v) for v in table.values()):
+        raise ConfigError(f"episodes.confusable_file {path}: need a JSON object mapping each "
+                          "word to a list of words")
+    return table
+
+
+def open_set_sampler(store: FeatureStore, cfg: RunConfig, *, seed: int, backgrounds,
+                     augment: AugmentConfig | None = None) -> OpenSetEpisodeSampler:
+    """Training episodes with unknown words and backgrounds among the queries (see
+    :class:`~metavox.data.episodes.OpenSetEpisodeSampler` and ``[episodes]``)."""
+    e = cfg.episodes
+    aug = spec_augmenter(augment) if augment is not None else None
+    return OpenSetEpisodeSampler(
+        store, e.ways, e.shots, e.queries, unknown_words=e.unknown_words,
+        unknown_queries=e.unknown_queries, backgrounds=backgrounds,
+        background_queries=e.background_queries, hard_negatives=e.hard_negatives,
+        hard_pool=e.hard_pool, confusable=confusable_table(cfg),
+        seed=seed + STREAM["train"], speaker_disjoint=e.speaker_disjoint, too_few="drop",
+        augment=aug)
+
+
 def training_sampler(cfg: RunConfig, data: RunData) -> TaskSource:
     """The meta-training episodes: the run's training part, mixed with the ``[[data.mix]]``
-    corpora by their weights when there are any."""
+    corpora by their weights when there are any; open-set episodes (every corpus's) when
+    ``[episodes]`` asks for unknowns."""
+    if open_set_training(cfg):
+        bg = run_backgrounds_for(cfg, data.frontend) if cfg.episodes.background_queries \
+            else None
+        samplers = [open_set_sampler(store, cfg, seed=cfg.seed + 7919 * i, backgrounds=bg,
+                                     augment=cfg.augment)
+                    for i, store in enumerate([data.parts["train"],
+                                               *(m for m, _ in data.mix)])]
+        if not data.mix:
+            return samplers[0]
+        return MixtureSampler(samplers, [cfg.data.weight, *(w for _, w in data.mix)],
+                              seed=cfg.seed + STREAM["train"])
     own = make_sampler(data.parts["train"], cfg.episodes, seed=cfg.seed, stream="train",
                        augment=cfg.augment)
     if not data.mix:

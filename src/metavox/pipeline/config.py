@@ -76,6 +76,20 @@ class EpisodeConfig:
     queries: int = 15
     meta_batch: int = 4
     speaker_disjoint: bool = False
+    #: open-set meta-training (class protocol, training episodes only): words per task that
+    #: appear only among its queries (never in its support), labelled unknown; 0: off.
+    #: Only algorithms that train rejection take them (protoreject)
+    unknown_words: int = 0
+    unknown_queries: int = 5  # clips per unknown word
+    #: backgrounds per task among the queries (generated noises and silence, and the
+    #: corpus's _background_noise_ / _silence_ recordings, as enrollment's negatives)
+    background_queries: int = 0
+    #: probability that an unknown word is a hard negative: one of the hard_pool words
+    #: nearest an enrolled word by the frozen features' centroids, or listed for it in
+    #: confusable_file (JSON: word -> list of near-homophones)
+    hard_negatives: float = 0.5
+    hard_pool: int = 3
+    confusable_file: str = ""
 
 
 @dataclass
@@ -119,6 +133,9 @@ class AlgorithmConfig:
     strategy: str = "auto"
     chunk_size: int = 0  # 0: the strategy's default
     options: dict[str, Any] = field(default_factory=dict)  # algorithm-specific extras
+    #: clips of the training words stored with an algorithm that takes a cohort
+    #: (protoreject: where each word's non-target scores lie); 0: none
+    cohort: int = 0
 
 
 @dataclass
@@ -152,6 +169,11 @@ class ValidationConfig:
     #: Empty: keep ``algorithm.inner_lr`` / ``algorithm.eval_steps``.
     select_inner_lr: list[float] = field(default_factory=list)
     select_eval_steps: list[int] = field(default_factory=list)
+    #: what the selection maximises: "accuracy" (closed set) or "open_set" (detection of
+    #: the right word at 1% false accepts per non-target clip on the validation words,
+    #: the other validation words and backgrounds as non-targets); with "open_set" the
+    #: best and the last checkpoints are both candidates
+    select_metric: str = "accuracy"
 
 
 @dataclass
@@ -320,6 +342,7 @@ def _check_values(cfg: RunConfig) -> None:
     for name in ("ways", "shots", "queries", "meta_batch"):
         if getattr(cfg.episodes, name) < 1:
             problems.append(f"episodes.{name} must be >= 1")
+    problems += _open_set_problems(cfg)
     e = cfg.evaluation
     if e.episodes < 1 or e.queries < 1 or not e.shots or min(e.shots) < 1:
         problems.append("evaluation.episodes, evaluation.queries and every evaluation.shots "
@@ -343,6 +366,41 @@ def _check_values(cfg: RunConfig) -> None:
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     cfg.frontend_config()
+
+
+def _open_set_problems(cfg: RunConfig) -> list[str]:
+    """What is wrong with the open-set training keys (episodes.unknown_words ...,
+    algorithm.cohort, validation.select_metric)."""
+    from metavox.meta import ALGORITHMS
+
+    ep, problems = cfg.episodes, []
+    for name in ("unknown_words", "unknown_queries", "background_queries", "hard_pool",
+                 "cohort"):
+        where = "algorithm" if name == "cohort" else "episodes"
+        value = getattr(cfg.algorithm if name == "cohort" else ep, name)
+        if value < 0:
+            problems.append(f"{where}.{name} must be >= 0, got {value}")
+    if ep.unknown_words and ep.unknown_queries < 1:
+        problems.append("episodes.unknown_queries must be >= 1 when episodes.unknown_words > 0")
+    if not 0.0 <= ep.hard_negatives <= 1.0:
+        problems.append(f"episodes.hard_negatives must be a probability in [0, 1], got "
+                        f"{ep.hard_negatives}")
+    if ep.confusable_file and not Path(ep.confusable_file).is_file():
+        problems.append(f"episodes.confusable_file {ep.confusable_file} is not a file")
+    spec = ALGORITHMS.get(cfg.algorithm.name)
+    rejects = spec is not None and getattr(spec.cls, "accepts_unknowns", False)
+    if (ep.unknown_words or ep.background_queries) and spec is not None and not rejects:
+        problems.append(f"episodes.unknown_words / background_queries: {cfg.algorithm.name} "
+                        "does not train rejection (unknown queries); use protoreject")
+    if (ep.unknown_words or ep.background_queries) and ep.protocol != "class":
+        problems.append("episodes.unknown_words / background_queries need episodes.protocol "
+                        "= 'class'")
+    if cfg.algorithm.cohort and spec is not None and not rejects:
+        problems.append(f"algorithm.cohort: {cfg.algorithm.name} takes no cohort")
+    if cfg.validation.select_metric not in ("accuracy", "open_set"):
+        problems.append(f"validation.select_metric must be 'accuracy' or 'open_set', got "
+                        f"{cfg.validation.select_metric!r}")
+    return problems
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

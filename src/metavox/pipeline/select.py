@@ -142,6 +142,9 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
                           f"(lr_mode={trained.lr_mode!r}); they come from the checkpoint")
     lrs = v.select_inner_lr or [trained.inner_lr]
     steps = v.select_eval_steps or [trained.eval_steps]
+    if v.select_metric == "open_set":
+        return select_open_set(cfg, out, val_store, input_shape, lrs, steps, device=device,
+                               dist=dist)
     sampler = make_sampler(val_store, cfg.episodes, seed=cfg.seed, stream="val")
     table, best = [], None
     for lr, s in itertools.product(lrs, steps):
@@ -173,6 +176,93 @@ def select_adaptation(cfg: RunConfig, out: Path, val_store, input_shape: tuple[i
             if c is not None:
                 save_checkpoint(path, Checkpoint(c.tensors, {**c.meta,
                                                              "adaptation": adaptation}))
+        atomic_write(out / "selection.json", json.dumps(chosen.to_dict(), indent=1) + "\n")
+    return chosen
+
+
+#: the false-accept rate per non-target clip at which open-set selection scores detection
+SELECT_FAR = 0.01
+
+
+def open_set_validation(cfg: RunConfig, val_store, *, shots: int):
+    """``(sampler, pool_x, pool_labels)`` of the open-set validation: episodes of
+    ``min(ways, validation words - 2)`` validation words (so at least two are left as
+    non-target words; as many queries as the smallest word allows, up to
+    ``evaluation.queries``), scored on a pool of every validation clip, up to 1000 clips of the
+    training words and the backgrounds enrollment calibrates on."""
+    import numpy as np
+    import torch
+
+    from metavox.data.episodes import ClassEpisodeSampler
+    from metavox.pipeline.build import build_run_data, run_backgrounds_for
+
+    words = sorted(set(val_store.labels))
+    ways = min(cfg.episodes.ways, len(words) - 2)
+    if ways < 2:
+        raise ConfigError("[validation] select_metric = 'open_set' needs at least 4 "
+                          f"validation words (2 enrolled, 2 left as non-targets); the split "
+                          f"has {len(words)}")
+    fewest = min(len(r) for r in val_store.by_label().values())
+    queries = min(cfg.evaluation.queries, fewest - shots)
+    if queries < 1:
+        raise ConfigError(f"[validation] select_metric = 'open_set': {shots}-shot episodes "
+                          f"need more than {shots} clips per validation word; one has "
+                          f"{fewest}")
+    sampler = ClassEpisodeSampler(val_store, ways, shots, queries,
+                                  seed=cfg.seed + 1_000_003)
+    data = build_run_data(cfg)
+    train = data.parts["train"]
+    rows = np.sort(np.random.default_rng([cfg.seed, 31]).permutation(len(train))[:1000])
+    xs = [torch.from_numpy(val_store.take(np.arange(len(val_store)))),
+          torch.from_numpy(train.take(rows)),
+          torch.from_numpy(run_backgrounds_for(cfg, data.frontend))]
+    labels = [*val_store.labels, *(train.labels[i] for i in rows),
+              *["(background)"] * len(xs[2])]
+    return sampler, torch.cat(xs).unsqueeze(1), labels
+
+
+def select_open_set(cfg: RunConfig, out: Path, val_store, input_shape: tuple[int, int],
+                    lrs, steps, *, device="cpu", dist: Dist = SINGLE) -> Selection:
+    """The open-set selection (``validation.select_metric = "open_set"``): every
+    checkpoint (best by validation accuracy, and the last) x inner step size x inner steps
+    is scored by detection of the right word at :data:`SELECT_FAR` false accepts per
+    non-target clip on :func:`open_set_validation`, averaged over ``evaluation.shots``;
+    the winner's weights and settings become ``best.safetensors``."""
+    from metavox.engine.openset_eval import score_pool, summarize
+
+    pools = {k: open_set_validation(cfg, val_store, shots=k) for k in cfg.evaluation.shots}
+    names = [n for n in ("best", "latest") if (out / f"{n}.safetensors").is_file()]
+    ckpts = {n: load_checkpoint(out / f"{n}.safetensors") for n in names}
+    table, best = [], None
+    for name, lr, s in itertools.product(names, lrs, steps):
+        candidate = adaptation_config(cfg, {"inner_lr": float(lr), "eval_steps": int(s)})
+        algo = build_algorithm(candidate, build_model(cfg, input_shape, cfg.episodes.ways))
+        algo.load_state_dict(ckpts[name].section("algo"))
+        det = []
+        for sampler, pool_x, labels in pools.values():
+            got = score_pool(algo, sampler, pool_x, labels, cfg.validation.episodes,
+                             device=device)
+            det.append(summarize(got, (SELECT_FAR,), boot=0).detection[
+                f"{100 * SELECT_FAR:g}%"][0])
+        mean = float(sum(det) / len(det))
+        table.append({"checkpoint": name, "inner_lr": float(lr), "eval_steps": int(s),
+                      "accuracy": mean, "ci95": float("nan"),
+                      "metric": f"open-set detection at {100 * SELECT_FAR:g}% false accepts"})
+        if best is None or mean > best["accuracy"]:
+            best = table[-1]
+    chosen = Selection(best["inner_lr"], best["eval_steps"], table)
+    if dist.main:
+        a = cfg.algorithm
+        adaptation = {"inner_lr": chosen.inner_lr, "eval_steps": chosen.eval_steps,
+                      "trained_inner_lr": a.inner_lr, "trained_eval_steps": a.eval_steps,
+                      "checkpoint": best["checkpoint"], "metric": "open_set"}
+        c = ckpts[best["checkpoint"]]
+        save_checkpoint(out / "best.safetensors", Checkpoint(c.tensors,
+                                                             {**c.meta, "adaptation": adaptation}))
+        if "latest" in ckpts:
+            c = ckpts["latest"]
+            save_checkpoint(out / "latest.safetensors",
+                            Checkpoint(c.tensors, {**c.meta, "adaptation": adaptation}))
         atomic_write(out / "selection.json", json.dumps(chosen.to_dict(), indent=1) + "\n")
     return chosen
 

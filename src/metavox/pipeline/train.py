@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +107,8 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         if cfg.optim.pretrain_iterations and not resume:
             pretrain_body(cfg, model, data, progress=progress and d.main)
         algo = build_algorithm(cfg, model)
+        if cfg.algorithm.cohort and not resume:
+            set_training_cohort(cfg, algo, data)
         train_s = training_sampler(cfg, data)
         val_s = None
         if "val" in data.parts and len(data.parts["val"]) and cfg.validation.episodes > 0:
@@ -135,6 +138,15 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         if d.enabled and not joined:
             shutdown()
     return TrainResult(state, out, data, trainer.algo, selection)
+
+
+def set_training_cohort(cfg: RunConfig, algo: MetaAlgorithm, data: RunData) -> None:
+    """Give an algorithm that takes a cohort (protoreject) ``algorithm.cohort`` clips of
+    the training words, drawn by the run's seed (they are saved with its parameters)."""
+    store = data.parts["train"]
+    rows = np.sort(np.random.default_rng([cfg.seed, 29]).permutation(len(store))
+                   [:cfg.algorithm.cohort])
+    algo.set_cohort(torch.from_numpy(store.take(rows)).unsqueeze(1))
 
 
 def remove_stale_checkpoint_temps(out: Path) -> list[Path]:
