@@ -30,7 +30,7 @@ from metavox.data.synth.bank import (
 )
 from metavox.data.synth.engine import engine_available
 from metavox.data.synth.phonemes import (
-    BigramModel,
+    PhonemeModel,
     edit_distance,
     greedy_parse,
     neighbours,
@@ -102,11 +102,11 @@ def test_neighbours_are_similar_phonemes() -> None:
     assert neighbours("51", ["35", "214", "a"], tonal=True) == ["214", "35"]
 
 
-def test_bigram_model_is_deterministic_and_phonotactic() -> None:
+def test_phoneme_model_is_deterministic_and_phonotactic() -> None:
     words = [[("k", 0), ("a", 2), ("l", 0), ("b", 0), ("o", 0)],
              [("b", 0), ("a", 2), ("k", 0), ("o", 0)],
              [("l", 0), ("o", 2), ("b", 0), ("a", 0)]]
-    model = BigramModel.fit(words)
+    model = PhonemeModel.fit(words)
     draws = [model.sample(np.random.default_rng(s)) for s in range(40)]
     again = [model.sample(np.random.default_rng(s)) for s in range(40)]
     assert draws == again

@@ -13,8 +13,9 @@ folder has the default corpus's layout plus two files::
 
 Words. For each language, eSpeak NG transcribes the seed words (:mod:`.seeds`, a few dozen
 everyday words) and the numbers 0-100 into phoneme mnemonics. The seed words enter the bank
-as its real words; a phoneme bigram model fitted to all the transcriptions
-(:class:`~.phonemes.BigramModel`) generates pseudo-words until the language has its share.
+as its real words; a phoneme model fitted to all the transcriptions (next-phoneme counts
+after one and after two phonemes, :class:`~.phonemes.PhonemeModel`) generates pseudo-words
+until the language has its share.
 A seeded draw picks about two words in five as the bases of near-homophone families: one or
 two more words, each the base with one phoneme replaced by a similar one of the language
 (:func:`~.phonemes.neighbours`). Every word is spoken from its phonemes (``[[...]]``), and
@@ -55,8 +56,8 @@ import numpy as np
 
 from metavox.data.synth import generate as gen
 from metavox.data.synth.phonemes import (
-    BigramModel,
     Phoneme,
+    PhonemeModel,
     neighbours,
     parse_transcription,
     read_phoneme_tables,
@@ -192,7 +193,7 @@ def _language_words(lang: str, quota: int, transcribe: Callable[[str, str], str]
     if not corpus:
         raise gen.SynthError(f"eSpeak NG transcribed none of the {lang} seed words")
     inventory = sorted({p for w in corpus for p, _ in w})
-    model = BigramModel.fit(corpus, tonal=tonal)
+    model = PhonemeModel.fit(corpus, tonal=tonal)
     rng = _rng(seed, "words", lang)
     words: list[dict[str, Any]] = []
 

@@ -8,7 +8,7 @@ only when that greedy reading of its concatenation gives the list back
 (:func:`speakable`).
 
 The multilingual word bank uses these functions to learn each language's phonotactics
-from eSpeak's transcriptions of real words (:class:`BigramModel`), to generate
+from eSpeak's transcriptions of real words (:class:`PhonemeModel`), to generate
 pseudo-words from it, and to make near-homophones: the same phonemes with one phoneme
 replaced by a similar one of the same language (:func:`neighbours`: a consonant that
 differs in exactly one of place, manner or voicing -- *three* /Tri:/ -> *tree* /tri:/,
@@ -36,7 +36,7 @@ __all__ = [
     "kind",
     "neighbours",
     "romanise",
-    "BigramModel",
+    "PhonemeModel",
     "edit_distance",
 ]
 
@@ -256,26 +256,37 @@ _START, _END = "<s>", "</s>"
 
 
 @dataclass
-class BigramModel:
-    """Phonotactics of one language: which phoneme follows which (word boundaries
-    included) and where the primary stress falls, counted over transcribed real words.
+class PhonemeModel:
+    """Phonotactics of one language, counted over transcribed real words: which phoneme
+    follows which (word boundaries included), after one phoneme and after two, and where
+    the primary stress falls.
 
-    Every adjacent pair of a sampled word, and its first and last phoneme, occur in some
-    training word; its stress falls on a vowel counted from the end as in a training word
+    A sampled word draws each next phoneme from the counts after the two phonemes before it
+    with probability ``trigram_weight`` and after the one before it otherwise (trigrams
+    alone would mostly give back the training words, bigrams alone allow odd clusters). So
+    every adjacent pair of a sampled word, and its first and last phoneme, occur in some
+    training word. Its stress falls on a vowel counted from the end as in a training word
     with as many vowels (or the nearest such)."""
 
     tonal: bool = False
+    trigram_weight: float = 0.6
     next_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    next2_counts: dict[tuple[str, str], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter))
     stress_from_end: dict[int, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
 
     @classmethod
-    def fit(cls, words: Iterable[Sequence[Phoneme]], tonal: bool = False) -> BigramModel:
-        """Count the phoneme pairs and stress positions of ``words``."""
-        model = cls(tonal=tonal)
+    def fit(cls, words: Iterable[Sequence[Phoneme]], tonal: bool = False,
+            trigram_weight: float = 0.6) -> PhonemeModel:
+        """Count the phoneme pairs, triples and stress positions of ``words``."""
+        model = cls(tonal=tonal, trigram_weight=trigram_weight)
         for word in words:
             names = [_START, *(p for p, _ in word), _END]
             for a, b in zip(names, names[1:], strict=False):
                 model.next_counts[a][b] += 1
+            names = [_START, *names]
+            for a, b, c in zip(names, names[1:], names[2:], strict=False):
+                model.next2_counts[(a, b)][c] += 1
             vowels = [i for i, (p, _) in enumerate(word) if kind(p, tonal) == "vowel"]
             stressed = [k for k, i in enumerate(vowels) if word[i][1] == 2]
             if vowels and stressed:
@@ -286,14 +297,16 @@ class BigramModel:
                max_len: int = 8, max_vowels: int = 3) -> list[Phoneme] | None:
         """One pseudo-word, or ``None`` when the draw broke a length limit."""
         names: list[str] = []
-        cur = _START
+        prev, cur = _START, _START
         while True:
-            options = self.next_counts.get(cur)
+            use_tri = float(rng.uniform()) < self.trigram_weight
+            options = self.next2_counts.get((prev, cur)) if use_tri else None
+            options = options or self.next_counts.get(cur)
             if not options:
                 return None
             keys = sorted(options)
             p = np.array([options[k] for k in keys], dtype=np.float64)
-            cur = keys[int(rng.choice(len(keys), p=p / p.sum()))]
+            prev, cur = cur, keys[int(rng.choice(len(keys), p=p / p.sum()))]
             if cur == _END:
                 break
             names.append(cur)
