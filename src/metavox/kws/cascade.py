@@ -278,7 +278,7 @@ class CascadeScorer:
         self.speech = EmbeddingFeatureStream(speech_config(adapted.frontend), hop)
         self.resnet = shared_frontend(adapted.frontend).resnet
         self.directions = word_directions(adapted) if stage1 is not None else None
-        self.body, _ = _module_parts(adapted)
+        self.pool = getattr(_module_parts(adapted)[0], "pool", "mean")
         self.size = adapted.frontend.num_samples
         self.window = np.zeros(self.size, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
@@ -312,9 +312,8 @@ class CascadeScorer:
         if self.stage1 is None:
             s1 = math.inf
         else:
-            with torch.no_grad():
-                s1 = float((pooled_speech(self.adapted, speech[None]) @ self.directions.t()
-                            ).max())
+            pooled = speech.amax(-1) if self.pool == "max" else speech.mean(-1)
+            s1 = float((F.normalize(pooled.float(), dim=-1) @ self.directions.t()).max())
             if s1 < self.stage1.threshold:
                 return t, s1, None
         todo = [h for h in self.recent if h.values is None]
