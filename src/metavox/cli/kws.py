@@ -19,7 +19,8 @@ def listen_command(
     pcm: str = typer.Option("int16", "--pcm", help="Standard input's sample format: int16 "
                             "or float32, mono, little-endian, at the model's sample rate."),
     hop: float | None = typer.Option(None, "--hop", help="Seconds between scores (default: "
-                                     "80 ms for the speech embedding, 100 ms otherwise)."),
+                                     "80 ms for the speech embedding and the fusion, 100 "
+                                     "ms otherwise)."),
     smooth: int = typer.Option(3, "--smooth", help="Average the scores over this many hops."),
     refractory: float | None = typer.Option(
         None, "--refractory", help="Seconds after a word's detection in which that word is "
