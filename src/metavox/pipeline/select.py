@@ -238,15 +238,17 @@ def select_open_set(cfg: RunConfig, out: Path, val_store, input_shape: tuple[int
         candidate = adaptation_config(cfg, {"inner_lr": float(lr), "eval_steps": int(s)})
         algo = build_algorithm(candidate, build_model(cfg, input_shape, cfg.episodes.ways))
         algo.load_state_dict(ckpts[name].section("algo"))
-        det = []
+        det, ci = [], []
         for sampler, pool_x, labels in pools.values():
             got = score_pool(algo, sampler, pool_x, labels, cfg.validation.episodes,
                              device=device)
-            det.append(summarize(got, (SELECT_FAR,), boot=0).detection[
-                f"{100 * SELECT_FAR:g}%"][0])
+            d = summarize(got, (SELECT_FAR,), boot=50, seed=cfg.seed).detection[
+                f"{100 * SELECT_FAR:g}%"]
+            det.append(d[0])
+            ci.append(d[1])
         mean = float(sum(det) / len(det))
         table.append({"checkpoint": name, "inner_lr": float(lr), "eval_steps": int(s),
-                      "accuracy": mean, "ci95": float("nan"),
+                      "accuracy": mean, "ci95": float(max(ci)),
                       "metric": f"open-set detection at {100 * SELECT_FAR:g}% false accepts"})
         if best is None or mean > best["accuracy"]:
             best = table[-1]
