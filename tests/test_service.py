@@ -18,6 +18,7 @@ pytest.importorskip("httpx", reason="needs httpx (FastAPI's TestClient)")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from metavox.service.app import Limits, Service, create_app  # noqa: E402
+from metavox.storage import load_checkpoint  # noqa: E402
 
 RATE = 16000
 FREQS = {"low": 1900.0, "mid": 2500.0, "high": 3200.0}
@@ -119,6 +120,8 @@ def test_a_calibrated_model_says_what_to_expect_and_how_sure_it_is(run, tmp_path
     assert ("outlier", ["high"], 4) in [(w["kind"], w["words"], w["clip"])
                                          for w in expected["warnings"]], expected
     assert all(w["negatives"] == o["negatives"] for w in expected["words"])
+    saved, = (tmp_path / "data" / "models").glob("*.safetensors")
+    assert load_checkpoint(saved).meta["expectations"] == expected  # with the model's JSON
     r = c.post("/profiles/sue/classify", files={"file": ("q.wav", wav(1900.0, seed=9), "x")})
     got = r.json()
     want = 1 / (1 + 9 ** (-(got["score"] - o["threshold"]) / o["spread"]))

@@ -18,8 +18,10 @@ scored by the open-set rule the model answers with:
   siblings' scores. It "sounds different from the others"; when most of a word's clips
   are taken for another word, that is a confusable pair, not an outlier.
 - **Confusable pair**: words ``a`` and ``b`` when a held-out clip of one (not an outlier)
-  scores higher for the other than for its own word, or at or above the detection
-  threshold for the other (the other word's detector would accept it).
+  scores higher for the other than for its own word, or less than
+  :data:`CONFUSION_SPREADS` spread below it: a margin that the variation between
+  utterances can close. (Passing the other word's threshold alone is no sign: a word
+  fires only as the best word, and any speech scores well above noise for every word.)
 - **Expected detection** of a word: the fraction of its held-out clips the model
   recognises as the word (its best word, at or above the threshold), with a 95% Wilson
   interval: from 3 clips it is a coarse estimate (3 of 3 is consistent with a true rate
@@ -55,6 +57,9 @@ if TYPE_CHECKING:
 
 #: a clip whose held-out score is this many spreads below its siblings' median is flagged
 OUTLIER_SPREADS = 3.0
+#: a held-out clip whose own word leads another by less than this many spreads is evidence
+#: that the two words may be confused
+CONFUSION_SPREADS = 1.0
 #: the odds of :func:`confidence` multiply by this per spread above the threshold
 ODDS_PER_SPREAD = 9.0
 #: z of the 95% Wilson interval of expected detection
@@ -218,6 +223,7 @@ def expectations(evidence: Evidence, words: list[str], open_set: OpenSet) -> Exp
                 warns.append(EnrollWarning("outlier", [word], (
                     f"clip {clip} of '{word}' sounds different from the others (held out, "
                     f"it {why}): re-record it?"), clip))
+    close = CONFUSION_SPREADS * open_set.spread if open_set.spread else 0.0
     # an outlier clip is evidence against itself, not against its word
     usable = scored.clone()
     usable[list(odd)] = False
@@ -227,16 +233,14 @@ def expectations(evidence: Evidence, words: list[str], open_set: OpenSet) -> Exp
             for src, dst in ((a, b), (b, a)):
                 rows = values[(labels == src) & usable]
                 if len(rows):
-                    over = rows[:, dst] > rows[:, src]
-                    if has_threshold:
-                        over |= rows[:, dst] >= t
-                    taken += int(over.sum())
+                    taken += int((rows[:, src] - rows[:, dst] < close).sum())
             if taken:
                 n_ab = int(((labels == a) | (labels == b))[usable].sum())
                 warns.append(EnrollWarning("confusable", [words[a], words[b]], (
                     f"'{words[a]}' and '{words[b]}' may be confused: {taken} of their {n_ab} "
-                    "clips, held out, score higher for the other word"
-                    + (" or pass its detection threshold" if has_threshold else ""))))
+                    "clips, held out, score "
+                    + ("nearly as high (or higher) " if close else "higher ")
+                    + "for the other word")))
     fewest = min((w.held_out for w in out if w.held_out), default=0)
     note = ("Expected detection is measured on each word's own clips, each scored by a "
             "model enrolled without it")
