@@ -230,6 +230,46 @@ def test_bank_languages_words_and_clips(banks: tuple[Path, Path, Path]) -> None:
     assert info["config"]["backgrounds"]["folder"] == str(bg.resolve())
 
 
+def test_generated_clips_hold_their_background_at_their_snr(
+        banks: tuple[Path, Path, Path]) -> None:
+    """Rebuild each clip's background segment from the manifest, fit its level outside the
+    spoken part, and measure the speech-to-background ratio inside it."""
+    from metavox.data.synth.bank import _load_background
+
+    a, _, bg = banks
+    n = 16000
+    for r in _rows(a):
+        clip = sf.read(a / r["path"], dtype="float64")[0]
+        rec = _load_background(str(bg / r["background"]))
+        b0 = round(float(r["background_offset"]) * n)
+        seg = background_segment(rec, n, _FixedStart(b0))[0]
+        s_len = round(float(r["speech_s"]) * n)
+        best = None
+        for start in range(round(float(r["offset"]) * n) - 1, round(float(r["offset"]) * n) + 2):
+            outside = np.ones(n, dtype=bool)
+            outside[max(start, 0): start + s_len] = False
+            c = float(clip[outside] @ seg[outside] / (seg[outside] @ seg[outside]))
+            resid = float(np.sum((clip[outside] - c * seg[outside]) ** 2))
+            if best is None or resid < best[0]:
+                best = (resid, start, c)
+        _, start, c = best
+        inside = slice(start, start + s_len)
+        speech = clip[inside] - c * seg[inside]
+        snr = 10 * math.log10(float(np.mean(speech**2)) / c**2)
+        assert abs(snr - float(r["snr_db"])) < 0.5, (r["path"], snr, r["snr_db"])
+
+
+class _FixedStart:
+    """Stands in for the generator's random draw of a segment start."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def integers(self, low: int, high: int) -> int:
+        assert low <= self.start < high
+        return self.start
+
+
 def test_near_homophones_differ_by_one_phoneme(banks: tuple[Path, Path, Path]) -> None:
     a, _, _ = banks
     lexicon = json.loads((a / "lexicon.json").read_text(encoding="utf-8"))["words"]
@@ -314,3 +354,31 @@ def test_cli_bank_options(tmp_path: Path) -> None:
     res = runner.invoke(app, ["data", "synth", "--bank", "--out", str(tmp_path / "e"),
                               "--languages", "de,xx", "--words", "4"])
     assert res.exit_code != 0 and "unknown languages" in res.output
+
+
+@needs_engine
+def test_engine_reads_phoneme_mnemonics() -> None:
+    """With ``phoneme_input`` eSpeak NG speaks ``[[Tr'i:]]`` as "three" (about as long);
+    without it, it reads the brackets and letters as text (much longer). Run in a
+    subprocess that loads engine.py alone, so that the engine stays out of this process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('engine', {gen.__file__!r}"
+        ".replace('generate.py', 'engine.py'))\n"
+        "engine = importlib.util.module_from_spec(spec); spec.loader.exec_module(engine)\n"
+        "e = engine.get_engine(); e.set_voice('en')\n"
+        "kw = dict(rate=175, pitch=50, pitch_range=50, seed=1, volume=25)\n"
+        "word = len(e.synthesize('three', **kw))\n"
+        "ph = len(e.synthesize(\"[[Tr'i:]]\", phoneme_input=True, **kw))\n"
+        "text = len(e.synthesize(\"[[Tr'i:]]\", **kw))\n"
+        "print(word, ph, text)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    word, ph, text = map(int, res.stdout.split())
+    assert abs(ph - word) < 0.1 * word
+    assert text > 1.5 * word

@@ -87,7 +87,7 @@ __all__ = [
 
 BANK_NAME = "synth-bank-v1"
 #: Bump when the word or clip recipe changes: a bank made by another version is not resumed.
-BANK_VERSION = 1
+BANK_VERSION = 2  # 2: phoneme input switched on (1 read the mnemonics as text)
 
 #: language code -> (eSpeak NG voice, phoneme table, tonal). All ship with espeakng-loader.
 LANGUAGES: dict[str, tuple[str, str, bool]] = {
@@ -330,7 +330,7 @@ def _row(plan: gen.ClipPlan, got: dict[str, Any], word: dict[str, Any], voice: s
         "noise_beta": f"{plan.noise_beta:.3f}" if not background else "",
         "seed": str(plan.seed), "language": word["language"], "kind": word["kind"],
         "group": word["group"], "phonemes": word["phonemes"], "background": background,
-        "background_offset": "" if bg_offset is None else f"{bg_offset:.4f}",
+        "background_offset": "" if bg_offset is None else f"{bg_offset:.7f}",  # exact
     }
 
 
@@ -373,7 +373,7 @@ def _speaker_job(out: Path, speaker: Speaker, lexicon: Sequence[dict[str, Any]],
                 if seg is not None:
                     noise, bg_name, bg_off = seg[0], name, seg[1] / gen.SAMPLE_RATE
             audio, got = gen.render_clip(engine, plan, text=f"[[{word['phonemes']}]]",
-                                         noise=noise)
+                                         phonemes=True, noise=noise)
             path = out / plan.relpath
             if not path.exists():
                 gen._write_wav(path, audio)
@@ -419,7 +419,7 @@ def _lexicon_main(conn: Any, out: str, languages: list[str], n_words: int, seed:
         def audible(voice: str, phonemes: str) -> bool:
             engine.set_voice(voice)
             raw = engine.synthesize(f"[[{phonemes}]]", rate=175, pitch=50, pitch_range=50,
-                                    seed=0, volume=gen.ENGINE_VOLUME)
+                                    seed=0, volume=gen.ENGINE_VOLUME, phoneme_input=True)
             speech = gen._trim(raw.astype(np.float64), engine.sample_rate)
             return len(speech) >= MIN_SPEECH_S * engine.sample_rate
 

@@ -29,6 +29,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
+_PHONEMES = 0x100  # espeakPHONEMES: read [[...]] as phoneme mnemonics
 _PARAM_RATE = 1
 _PARAM_VOLUME = 2
 _PARAM_PITCH = 3
@@ -133,12 +134,15 @@ class EspeakEngine:
         pitch_range: int,
         seed: int,
         volume: int = 100,
+        phoneme_input: bool = False,
     ) -> np.ndarray:
         """Speak ``text`` with the current voice; returns int16 samples at ``sample_rate``.
 
         ``rate`` is in words per minute, ``pitch`` and ``pitch_range`` on eSpeak's 0-100
         scale, ``volume`` 0-200 (100 = normal; lower leaves headroom so that loud voices do
-        not hit the engine's limiter); ``seed`` seeds the engine's random parts.
+        not hit the engine's limiter); ``seed`` seeds the engine's random parts;
+        ``phoneme_input``: text inside ``[[ ]]`` is read as eSpeak phoneme mnemonics
+        (otherwise it is read as text, brackets and all).
         """
         if self._voice is None:
             raise EngineError("set_voice() must be called before synthesize()")
@@ -156,7 +160,8 @@ class EspeakEngine:
             self._libc_srand(int(seed) & 0xFFFFFFFF)
         data = text.encode("utf-8")
         self._chunks = []
-        err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8,
+        flags = _CHARS_UTF8 | (_PHONEMES if phoneme_input else 0)
+        err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, flags,
                                      None, None)
         if err != 0:
             raise EngineError(f"espeak_Synth failed ({err}) for {text!r}")

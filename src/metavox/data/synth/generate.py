@@ -228,10 +228,12 @@ def mix_at_snr(clean: np.ndarray, speech_power: float, noise: np.ndarray,
 
 
 def render_clip(engine: Any, plan: ClipPlan, *, text: str | None = None,
+                phonemes: bool = False,
                 noise: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float | int]]:
     """Synthesise and finish one clip with ``engine`` (voice already set to the speaker's).
 
-    ``text``: what to speak (default ``plan.word``; ``[[...]]`` for phoneme mnemonics);
+    ``text``: what to speak (default ``plan.word``); ``phonemes``: ``text`` is eSpeak
+    phoneme mnemonics inside ``[[ ]]``;
     ``noise``: unit-RMS noise of the clip's length to mix under the speech (default:
     coloured noise drawn from the plan).
     Returns int16 samples (``SAMPLE_RATE``, ``CLIP_SECONDS``) and the values decided while
@@ -243,10 +245,11 @@ def render_clip(engine: Any, plan: ClipPlan, *, text: str | None = None,
     up, down, taps = _resampler(engine.sample_rate)
     rate = plan.rate
     speech = np.zeros(0)
+    extra = {"phoneme_input": True} if phonemes else {}
     for _ in range(4):
         raw = engine.synthesize(plan.word if text is None else text, rate=rate, pitch=plan.pitch,
                                 pitch_range=plan.pitch_range, seed=plan.seed,
-                                volume=ENGINE_VOLUME)
+                                volume=ENGINE_VOLUME, **extra)
         x = resample_poly(raw.astype(np.float64) / 32768.0, up, down, window=taps)
         speech = _trim(x, SAMPLE_RATE)
         if len(speech) <= max_len or rate >= 450:
