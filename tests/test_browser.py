@@ -217,6 +217,9 @@ def test_enroll_three_words_in_the_page_then_spot_them_live(server):
         wait_for(driver, status_says("Enrolled 3 words from 9 clips"), seconds=60,
                  what="the enrollment")
         assert "Model version 1" in driver.find_element(By.ID, "model").text
+        # what to expect: a row per word (its expected detection and false accepts)
+        expected = [r.find_element(By.TAG_NAME, "td").text
+                    for r in driver.find_elements(By.CSS_SELECTOR, "#expectations tbody tr")]
         driver.find_element(By.ID, "download").click()
         wait_for(driver, status_says("Downloaded me.onnx"), seconds=60, what="the ONNX model")
         driver.find_element(By.ID, "listen").click()
@@ -228,6 +231,7 @@ def test_enroll_three_words_in_the_page_then_spot_them_live(server):
         driver.save_screenshot(str(ARTIFACTS / "3-live.png"))
         time.sleep(max(0.0, seconds + 1.0 - (time.monotonic() - t0)))
         seen = driver.execute_script("return window.metavox")
+        listed = driver.find_element(By.ID, "detections").text
         driver.find_element(By.ID, "listen").click()
         labels = driver.find_elements(By.CSS_SELECTOR, "#bars [role=meter]")
     finally:
@@ -236,6 +240,10 @@ def test_enroll_three_words_in_the_page_then_spot_them_live(server):
     assert not seen["errors"], seen["errors"]
     assert overflow <= 0, f"the page is {overflow} px wider than a 390 px screen"
     assert len(labels) == 3 and seen["hops"] >= 10 * (seconds - 1)
+    assert expected == sorted(WORDS), expected
+    # detections read as a confidence: over the threshold's 50%, shown as "N% sure"
+    assert all(0.5 <= d["confidence"] <= 1 for d in seen["detections"]), seen["detections"]
+    assert listed.count("% sure") == len(seen["detections"]), listed
     found = [(d["word"], d["time"], d["received"]) for d in seen["detections"]]
     assert [w for w, _, _ in found] == list(WORDS), (found, times)
     latencies = []

@@ -181,75 +181,91 @@ def expectations(evidence: Evidence, words: list[str], open_set: OpenSet) -> Exp
     """Warnings and per-word expectations of an enrollment (see the module's rules) at
     ``open_set``'s threshold."""
     t = open_set.threshold
-    has_threshold = not math.isinf(t)
     values, labels = evidence.held_out, evidence.labels
     scored = ~values.isnan().any(-1)
-    decided, _ = open_set.decide(values.nan_to_num(-math.inf))
-    best = values.nan_to_num(-math.inf).argmax(-1)
-    own = values.gather(1, labels.unsqueeze(1)).squeeze(1)
+    decided = open_set.decide(values.nan_to_num(-math.inf))[0]
     neg_decided = None if evidence.negatives is None else open_set.decide(evidence.negatives)[0]
-
-    out, warns, odd = [], [], set()
-    for k, word in enumerate(words):
-        mine = (labels == k).nonzero().flatten()
-        ev = mine[scored[mine]]
-        hit = decided[ev] == k
-        n, got = len(ev), int(hit.sum())
-        low, high = wilson(got, n) if n else (None, None)
-        fa = None if neg_decided is None else int((neg_decided == k).sum())
-        m = 0 if neg_decided is None else len(neg_decided)
-        out.append(WordExpectation(
-            word, len(mine), n, got, got / n if n else None, low, high, fa, m,
-            None if fa is None or not m else 100.0 * fa / m))
-        if len(mine) == 1:
-            warns.append(EnrollWarning("few_clips", [word], (
-                f"'{word}' has only one clip: its detection cannot be estimated; record it "
-                "3 or more times")))
-        for i in ev.tolist():
-            siblings = [j for j in ev.tolist() if j != i]
-            if not siblings or 2 * int((decided[siblings] == k).sum()) <= len(siblings):
-                continue
-            why = None
-            if best[i] != k:
-                why = f"sounds more like '{words[int(best[i])]}'"
-            elif has_threshold and own[i] < t:
-                why = "would not be detected while the others would"
-            elif open_set.spread and (own[siblings].median() - own[i]
-                                      > OUTLIER_SPREADS * open_set.spread):
-                why = "scores far below the others"
-            if why:
-                odd.add(i)
-                clip = mine.tolist().index(i) + 1
-                warns.append(EnrollWarning("outlier", [word], (
-                    f"clip {clip} of '{word}' sounds different from the others (held out, "
-                    f"it {why}): re-record it?"), clip))
-    close = CONFUSION_SPREADS * open_set.spread if open_set.spread else 0.0
+    out = [word_expectation(word, (labels == k) & scored, int((labels == k).sum()),
+                            decided == k, None if neg_decided is None else neg_decided == k)
+           for k, word in enumerate(words)]
+    warns = [EnrollWarning("few_clips", [w.word], (
+        f"'{w.word}' has only one clip: its detection cannot be estimated; record it 3 or "
+        "more times")) for w in out if w.clips == 1]
+    odd = outliers(values, labels, decided, open_set)
+    for i, why in odd.items():
+        k = int(labels[i])
+        clip = (labels[:i] == k).sum().item() + 1
+        warns.append(EnrollWarning("outlier", [words[k]], (
+            f"clip {clip} of '{words[k]}' sounds different from the others (held out, it "
+            f"{why.format(other=words[int(values[i].argmax())])}): re-record it?"), clip))
     # an outlier clip is evidence against itself, not against its word
     usable = scored.clone()
     usable[list(odd)] = False
-    for a in range(len(words)):
-        for b in range(a + 1, len(words)):
-            taken = 0
-            for src, dst in ((a, b), (b, a)):
-                rows = values[(labels == src) & usable]
-                if len(rows):
-                    taken += int((rows[:, src] - rows[:, dst] < close).sum())
-            if taken:
-                n_ab = int(((labels == a) | (labels == b))[usable].sum())
-                warns.append(EnrollWarning("confusable", [words[a], words[b]], (
-                    f"'{words[a]}' and '{words[b]}' may be confused: {taken} of their {n_ab} "
-                    "clips, held out, score "
-                    + ("nearly as high (or higher) " if close else "higher ")
-                    + "for the other word")))
+    close = CONFUSION_SPREADS * open_set.spread if open_set.spread else 0.0
+    for (a, b), (taken, n) in confusions(values, labels, usable, close).items():
+        warns.append(EnrollWarning("confusable", [words[a], words[b]], (
+            f"'{words[a]}' and '{words[b]}' may be confused: {taken} of their {n} clips, "
+            "held out, score " + ("nearly as high (or higher) " if close else "higher ")
+            + "for the other word")))
     fewest = min((w.held_out for w in out if w.held_out), default=0)
     note = ("Expected detection is measured on each word's own clips, each scored by a "
             "model enrolled without it")
     note += (f"; from {fewest} clips it is a coarse estimate (the 95% interval says how "
-             "coarse): more clips make it firmer." if fewest and fewest < 10 else ".")
+             "coarse): more clips make it firmer." if 0 < fewest < 10 else ".")
     if neg_decided is not None:
         note += (f" False accepts: of {len(neg_decided)} negative clips (backgrounds and "
                  "other words).")
-    return Expectations(out, warns, open_set.rule, t if has_threshold else None, note)
+    return Expectations(out, warns, open_set.rule, None if math.isinf(t) else t, note)
+
+
+def word_expectation(word: str, held: Tensor, clips: int, hits: Tensor,
+                     false_accepts: Tensor | None) -> WordExpectation:
+    """One word's :class:`WordExpectation`: ``held`` marks its held-out clips, ``hits``
+    the clips decided as the word, ``false_accepts`` the negatives decided as it."""
+    n, got = int(held.sum()), int((hits & held).sum())
+    low, high = wilson(got, n) if n else (None, None)
+    fa = None if false_accepts is None else int(false_accepts.sum())
+    m = 0 if false_accepts is None else len(false_accepts)
+    return WordExpectation(word, clips, n, got, got / n if n else None, low, high, fa, m,
+                           100.0 * fa / m if fa is not None and m else None)
+
+
+def outliers(values: Tensor, labels: Tensor, decided: Tensor, open_set: OpenSet
+             ) -> dict[int, str]:
+    """Clip index -> why it is an outlier (``{other}`` stands for its best word), by the
+    module's rule, among held-out ``values`` with their ``decided`` words."""
+    t, found = open_set.threshold, {}
+    own = values.gather(1, labels.unsqueeze(1)).squeeze(1)
+    for k in labels.unique().tolist():
+        ev = ((labels == k) & ~values.isnan().any(-1)).nonzero().flatten().tolist()
+        for i in ev:
+            siblings = [j for j in ev if j != i]
+            if not siblings or 2 * int((decided[siblings] == k).sum()) <= len(siblings):
+                continue
+            if int(values[i].argmax()) != k:
+                found[i] = "sounds more like '{other}'"
+            elif own[i] < t:
+                found[i] = "would not be detected while the others would"
+            elif open_set.spread and (own[siblings].median() - own[i]
+                                      > OUTLIER_SPREADS * open_set.spread):
+                found[i] = "scores far below the others"
+    return found
+
+
+def confusions(values: Tensor, labels: Tensor, usable: Tensor, close: float
+               ) -> dict[tuple[int, int], tuple[int, int]]:
+    """Word pairs ``(a, b)``, ``a < b`` -> (how many of their ``usable`` held-out clips
+    score less than ``close`` lower, or higher, for the other word; how many clips they
+    have): the pairs with at least one such clip."""
+    words, found = values.shape[1], {}
+    for a in range(words):
+        for b in range(a + 1, words):
+            taken = sum(int((rows[:, src] - rows[:, dst] < close).sum())
+                        for src, dst in ((a, b), (b, a))
+                        for rows in [values[(labels == src) & usable]])
+            if taken:
+                found[(a, b)] = (taken, int((((labels == a) | (labels == b)) & usable).sum()))
+    return found
 
 
 def confidences(values: Tensor, open_set: OpenSet) -> Tensor | None:
