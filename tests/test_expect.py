@@ -137,6 +137,11 @@ def test_expectations_match_a_case_with_a_known_answer():
     # without an open set every negative is some word's false accept
     free = expectations(Evidence(held, labels, neg), ["a", "b", "c"], OpenSet("logit"))
     assert sum(w.false_accepts_per_100 for w in free.words) == 100.0 and free.threshold is None
+    # no open set and no negatives (metavox adapt --no-open-set): detection is accuracy
+    bare = expectations(Evidence(held, labels), ["a", "b", "c"], OpenSet("logit"))
+    assert [(w.detected, w.false_accepts_per_100) for w in bare.words] == [
+        (4, None), (2, None), (0, None)]
+    assert "n/a" in bare.table() and "False accepts" not in bare.note
 
 
 def test_confidence_is_one_half_at_the_threshold_and_nine_to_one_a_spread_above():
