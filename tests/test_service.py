@@ -384,3 +384,28 @@ def test_concurrent_clients_and_live_streams_lose_nothing(run, tmp_path):
         proc.wait()
     assert len(codes) == 200 and set(codes) == {200}, sorted(set(codes))
     assert all(got == want for got, want in streams), streams
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_models(tmp_path):
+    """A database from before expectations were stored (schema 1) opens: its model rows
+    read with no expectations, and new rows keep theirs."""
+    import sqlite3
+
+    from metavox.service.store import MIGRATIONS, SCHEMA_VERSION, Store
+
+    db = sqlite3.connect(tmp_path / "metavox.sqlite3")
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO profiles (name, created) VALUES ('old', 0)")
+    db.execute("INSERT INTO models (profile_id, version, file, words, open_set, seconds, "
+               "created) VALUES (1, 1, 'm.safetensors', 'a\nb', '{}', 1.0, 0)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.model_info("old") == {"version": 1, "words": ["a", "b"], "open_set": {},
+                                       "seconds": 1.0, "expectations": None}
+    store.add_model("old", 2, tmp_path / "m2.safetensors", ["a", "b"], "{}", 2.0,
+                    '{"words": []}')
+    assert store.model_info("old")["expectations"] == {"words": []}
