@@ -121,9 +121,23 @@ def test_bad_settings_are_clear_errors(tmp_path) -> None:
     assert config_from_dict(base).episodes.unknown_words == 2
     with pytest.raises(ConfigError, match="episodes.hard_negatives"):
         config_from_dict({**base, "episodes": {"unknown_words": 2, "hard_negatives": 2.0}})
-    with pytest.raises(ConfigError, match="does not train rejection"):
-        config_from_dict({"algorithm": {"name": "maml"}, "episodes": {"unknown_words": 2}})
+    with pytest.raises(ConfigError, match="algorithm.cohort"):
+        config_from_dict({"algorithm": {"name": "maml", "cohort": 5}})
     with pytest.raises(ConfigError, match="select_metric"):
         config_from_dict({"validation": {"select_metric": "auc"}})
     with pytest.raises(ConfigError, match="unknown_wordz"):
         config_from_dict({"episodes": {"unknown_wordz": 2}})
+
+
+def test_only_rejecting_algorithms_train_on_unknowns() -> None:
+    """A rejecting run's config gives protoreject open-set episodes; the ProtoNet baseline
+    an evaluation trains from the same config gets the closed-set tasks."""
+    from metavox.pipeline.build import open_set_training
+
+    cfg = config_from_dict({"algorithm": {"name": "protoreject"},
+                            "episodes": {"unknown_words": 2}})
+    assert open_set_training(cfg)
+    cfg = config_from_dict({"algorithm": {"name": "protonet"},
+                            "episodes": {"unknown_words": 2}})
+    assert not open_set_training(cfg)
+    assert not open_set_training(config_from_dict({"algorithm": {"name": "protoreject"}}))

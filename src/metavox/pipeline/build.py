@@ -169,8 +169,14 @@ def make_sampler(
 
 
 def open_set_training(cfg: RunConfig) -> bool:
-    """Whether the config asks for open-set training episodes (unknown queries)."""
-    return bool(cfg.episodes.unknown_words or cfg.episodes.background_queries)
+    """Whether the config asks for open-set training episodes (unknown queries) for an
+    algorithm that trains rejection. Others (the ProtoNet baseline an evaluation trains
+    from a rejecting run's config) get the closed-set episodes of the same words."""
+    from metavox.meta import ALGORITHMS
+
+    spec = ALGORITHMS.get(cfg.algorithm.name)
+    rejects = spec is not None and getattr(spec.cls, "accepts_unknowns", False)
+    return rejects and bool(cfg.episodes.unknown_words or cfg.episodes.background_queries)
 
 
 def run_backgrounds_for(cfg: RunConfig, frontend: FrontendConfig):

@@ -78,7 +78,9 @@ class EpisodeConfig:
     speaker_disjoint: bool = False
     #: open-set meta-training (class protocol, training episodes only): words per task that
     #: appear only among its queries (never in its support), labelled unknown; 0: off.
-    #: Only algorithms that train rejection take them (protoreject)
+    #: Only algorithms that train rejection (protoreject) get them; any other (the ProtoNet
+    #: baseline an evaluation trains from such a run's config) trains on the same tasks
+    #: without the unknowns
     unknown_words: int = 0
     unknown_queries: int = 5  # clips per unknown word
     #: backgrounds per task among the queries (generated noises and silence, and the
@@ -389,9 +391,6 @@ def _open_set_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"episodes.confusable_file {ep.confusable_file} is not a file")
     spec = ALGORITHMS.get(cfg.algorithm.name)
     rejects = spec is not None and getattr(spec.cls, "accepts_unknowns", False)
-    if (ep.unknown_words or ep.background_queries) and spec is not None and not rejects:
-        problems.append(f"episodes.unknown_words / background_queries: {cfg.algorithm.name} "
-                        "does not train rejection (unknown queries); use protoreject")
     if (ep.unknown_words or ep.background_queries) and ep.protocol != "class":
         problems.append("episodes.unknown_words / background_queries need episodes.protocol "
                         "= 'class'")
