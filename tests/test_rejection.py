@@ -125,3 +125,23 @@ def test_learned_rule_survives_save_load_and_onnx(tmp_path) -> None:
     np.testing.assert_allclose(values, before.numpy(), rtol=1e-4, atol=1e-4)
     word = got[names.index("word")] if "word" in names else got[-1]
     np.testing.assert_array_equal(word, decide[0].numpy())
+
+
+def test_accuracy_by_step_is_what_the_adapted_model_answers() -> None:
+    """The recorded curve's step ``s`` is the closed-set accuracy of the learner adapted
+    with ``s`` steps (its scores, offsets included), on the known queries only."""
+    torch.manual_seed(4)
+    algo = ProtoReject(TinyNet(batch_norm=False).double(), inner_lr=0.5, steps=3,
+                       strategy="loop", head_init="prototypes").double()
+    with torch.no_grad():
+        algo.reject_coef.copy_(torch.tensor([0.3, 0.8, 0.0, 0.1]))
+    sx, sy, qx, qy = open_episode(seed=2)
+    algo.eval()
+    out = algo((sx, sy, qx, qy), steps=3, record_steps=True)
+    curve = out.accuracy_by_step[0]
+    assert curve.shape == (4,) and float(curve[-1]) == out.metrics["accuracy"]
+    known = qy[0] >= 0
+    for s in range(4):
+        learner = algo.adapt(sx[0], sy[0], steps=s)
+        right = (learner(qx[0][known]).argmax(-1) == qy[0][known]).double().mean()
+        assert float(curve[s]) == pytest.approx(float(right))

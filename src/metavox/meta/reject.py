@@ -190,20 +190,35 @@ class ProtoReject(MAML):
                                 first_order=first_order, loss_fn=self.loss_fn,
                                 adapt_names=self._adapt_names(), buffers=buffers,
                                 checkpoint=self.inner_checkpoint)
+        known = (query_y >= 0).to(support_x.dtype)
+        safe_y = query_y.clamp_min(0)
+
+        def scored(p) -> tuple[Tensor, Tensor]:
+            """The query's raw logits and its scores (logits minus the unknown offsets)
+            under parameters ``p``."""
+            s_logits = forward(self.model, p, support_x, buffers)
+            q_logits = forward(self.model, p, query_x, buffers)
+            c_logits = self._cohort_logits(p, buffers, q_logits.dtype)
+            u = unknown_offsets(self.reject_coef, s_logits, support_y, ways, c_logits,
+                                self.cohort_top)
+            return q_logits, q_logits - u
+
+        def known_accuracy(p) -> Tensor:  # what the adapted module answers, known queries
+            with torch.no_grad():
+                right = scored(p)[1].argmax(-1) == safe_y
+                return (right.to(known.dtype) * known).sum() / known.sum().clamp_min(1)
+
+        curve = [known_accuracy(params)] if settings.record_steps else []
         fast = params
         for step in trajectory:
+            if settings.record_steps and len(curve) < settings.steps:
+                curve.append(known_accuracy(step))
             fast = step
-        s_logits = forward(self.model, fast, support_x, buffers)
-        q_logits = forward(self.model, fast, query_x, buffers)
-        c_logits = self._cohort_logits(fast, buffers, q_logits.dtype)
-        u = unknown_offsets(self.reject_coef, s_logits, support_y, ways, c_logits,
-                            self.cohort_top)
-        scores = q_logits - u
+        q_logits, scores = scored(fast)
         tau = self.log_tau.exp()
         loss = rejection_loss(scores, query_y, objective=self.objective, tau=tau,
                               margin=self.margin, logits=q_logits)
-        known = (query_y >= 0).to(scores.dtype)
-        safe_y = query_y.clamp_min(0)
+        known = known.to(scores.dtype)
         right = (scores.argmax(-1) == safe_y).to(scores.dtype)
         accepted = (scores.max(-1).values >= 0).to(scores.dtype)
         n_known, n_unknown = known.sum().clamp_min(1), (1 - known).sum().clamp_min(1)
@@ -213,12 +228,9 @@ class ProtoReject(MAML):
                "detection": ((right * accepted * known).sum() / n_known).detach(),
                "false_accept": ((accepted * (1 - known)).sum() / n_unknown).detach()}
         if self.track_before:
-            with torch.no_grad():
-                out["accuracy_before"] = (
-                    ((forward(self.model, params, query_x, buffers).argmax(-1) == safe_y)
-                     .to(scores.dtype) * known).sum() / n_known)
-        if settings.record_steps:  # no per-step curve: the last accuracy for every step
-            out[BY_STEP] = out["accuracy"].expand(settings.steps + 1)
+            out["accuracy_before"] = curve[0] if curve else known_accuracy(params)
+        if settings.record_steps:  # closed-set accuracy after each inner step 0..steps
+            out[BY_STEP] = torch.stack([*curve, out["accuracy"]])
         return out
 
     def adapted_module(self, support_x: Tensor, support_y: Tensor,
