@@ -142,11 +142,16 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
 
 def set_training_cohort(cfg: RunConfig, algo: MetaAlgorithm, data: RunData) -> None:
     """Give an algorithm that takes a cohort (protoreject) ``algorithm.cohort`` clips of
-    the training words, drawn by the run's seed (they are saved with its parameters)."""
-    store = data.parts["train"]
-    rows = np.sort(np.random.default_rng([cfg.seed, 29]).permutation(len(store))
-                   [:cfg.algorithm.cohort])
-    algo.set_cohort(torch.from_numpy(store.take(rows)).unsqueeze(1))
+    the training words (the run's training part and the ``[[data.mix]]`` corpora's),
+    drawn by the run's seed (they are saved with its parameters)."""
+    stores = [data.parts["train"], *(m for m, _ in data.mix)]
+    which = np.concatenate([np.full(len(st), i) for i, st in enumerate(stores)])
+    index = np.concatenate([np.arange(len(st)) for st in stores])
+    picked = np.sort(np.random.default_rng([cfg.seed, 29]).permutation(len(which))
+                     [:cfg.algorithm.cohort])
+    x = [stores[i].take(np.sort(index[picked[which[picked] == i]]))
+         for i in range(len(stores)) if (which[picked] == i).any()]
+    algo.set_cohort(torch.from_numpy(np.concatenate(x)).unsqueeze(1))
 
 
 def remove_stale_checkpoint_temps(out: Path) -> list[Path]:
