@@ -141,3 +141,34 @@ def test_only_rejecting_algorithms_train_on_unknowns() -> None:
                             "episodes": {"unknown_words": 2}})
     assert not open_set_training(cfg)
     assert not open_set_training(config_from_dict({"algorithm": {"name": "protoreject"}}))
+
+
+def test_open_set_training_and_selection_end_to_end(tmp_path) -> None:
+    """A tiny protoreject run on open-set episodes (unknown words, backgrounds, a cohort)
+    whose adaptation settings and checkpoint are chosen on open-set validation."""
+    import json
+
+    from train_helpers import tiny_config, tone_manifest
+
+    from metavox.pipeline.train import load_trained, train
+
+    manifest = tone_manifest(tmp_path / "tones", labels=range(10))
+    cfg = tiny_config(manifest, tmp_path / "run", tmp_path / "cache",
+                      data__test_labels=["8", "9"], data__val_labels=["4", "5", "6", "7"],
+                      episodes__unknown_words=1, episodes__unknown_queries=2,
+                      episodes__background_queries=2,
+                      algorithm={"name": "protoreject", "steps": 1, "inner_lr": 0.3,
+                                 "cohort": 4},
+                      validation__select_metric="open_set",
+                      validation__select_eval_steps=[0, 1])
+    result = train(cfg, progress=False)
+    table = json.loads((tmp_path / "run" / "selection.json").read_text())["table"]
+    assert sorted((r["checkpoint"], r["eval_steps"]) for r in table) == \
+        [("best", 0), ("best", 1), ("latest", 0), ("latest", 1)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in table)
+    best = max(table, key=lambda r: r["accuracy"])
+    assert result.selection.eval_steps == best["eval_steps"]
+    loaded = load_trained(tmp_path / "run")
+    assert loaded.meta["adaptation"]["metric"] == "open_set"
+    assert loaded.algo.eval_steps == best["eval_steps"]
+    assert loaded.algo.cohort_x.shape[0] == 4  # the cohort travels in the checkpoint

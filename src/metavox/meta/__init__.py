@@ -24,7 +24,6 @@ from metavox.meta.inner import adapt, inner_loop
 from metavox.meta.learner import LEARNER_KINDS, Learner, register_learner_kind
 from metavox.meta.maml import MAML, MAMLPlusPlus, MetaSGD, msl_weights
 from metavox.meta.protonet import ProtoNet
-from metavox.meta.reject import ProtoReject, RejectClassifier
 from metavox.meta.registry import (
     ALGORITHMS,
     AlgorithmSpec,
@@ -33,12 +32,14 @@ from metavox.meta.registry import (
     list_algorithms,
     register_algorithm,
 )
+from metavox.meta.reject import ProtoReject, RejectClassifier
 from metavox.meta.reptile import Reptile
 
 __all__ = [
     "ALGORITHMS", "ANIL", "LEARNER_KINDS", "MAML", "AlgorithmSpec", "FineTune",
     "InnerLoopAlgorithm", "Learner", "MAMLPlusPlus", "MetaAlgorithm", "MetaOutput", "MetaSGD",
-    "ProtoNet", "ProtoReject", "RejectClassifier", "Reptile", "StepRecorder", "TaskBatchNorm", "TaskSettings", "adapt",
+    "ProtoNet", "ProtoReject", "RejectClassifier", "Reptile", "StepRecorder", "TaskBatchNorm",
+    "TaskSettings", "adapt",
     "algorithm_spec", "create_algorithm", "forward", "functional_buffers", "inner_loop",
     "list_algorithms", "map_tasks", "meta_parameters", "msl_weights", "register_algorithm",
     "register_learner_kind", "resolve_strategy",
