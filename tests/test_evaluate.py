@@ -210,3 +210,29 @@ def test_open_set_on_the_same_episodes(run_dir, tmp_path):
                                    "", "--open-set", "--quiet", "-r", str(tmp_path / "r2")])
     assert res.exit_code == 0, res.output
     assert "open set (clip level)" in res.stdout and "| maml | 1 |" in res.stdout
+
+
+def test_protonet_baseline_on_a_frozen_body_is_the_frozen_nearest_class_mean(tmp_path):
+    """A body with no trainable weight (a pretrained base without an adapter) leaves
+    ProtoNet nothing to meta-train: the baseline is the frozen features' nearest class
+    mean as they come, and nothing is trained or written (the optimizer would refuse an
+    empty parameter list)."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from metavox.pipeline.baselines import _baseline_protonet
+
+    model = nn.Module()
+    model.body = nn.Linear(4, 3)
+    model.head = nn.Linear(3, 2)
+    model.body.requires_grad_(False)
+    algo = _baseline_protonet(SimpleNamespace(algo=SimpleNamespace(model=model)), tmp_path,
+                              False)
+    assert not list(tmp_path.iterdir())
+    x = torch.randn(6, 4)
+    learner = algo.adapt(x[:4], torch.tensor([0, 0, 1, 1]))
+    f = model.body(x[4:])
+    protos = torch.stack([model.body(x[:2]).mean(0), model.body(x[2:4]).mean(0)])
+    assert torch.equal(learner.predict(x[4:]), torch.cdist(f, protos).argmin(-1))

@@ -28,6 +28,7 @@ from torch import nn
 from metavox.engine import EpisodeResults, autocast, pretrain_classifier
 from metavox.engine.distributed import SINGLE, Dist, main_first
 from metavox.meta import FineTune, MetaAlgorithm, ProtoNet
+from metavox.meta.protonet import embedding_network
 from metavox.pipeline.build import build_model, build_run_data
 from metavox.pipeline.config import BASELINES, AlgorithmConfig
 from metavox.pipeline.train import LoadedModel, load_trained, train
@@ -49,7 +50,13 @@ def load_pretrained(path: str | Path, model: nn.Module) -> nn.Module:
 
 
 def _baseline_protonet(loaded: LoadedModel, run_dir: Path, progress: bool) -> MetaAlgorithm:
-    """A ProtoNet trained episodically on the run's meta-training split (cached)."""
+    """A ProtoNet trained episodically on the run's meta-training split (cached); on a
+    frozen body (every weight of its embedding network fixed, e.g. a pretrained base with
+    no adapter) there is nothing to meta-train, and it is the nearest class mean in the
+    frozen features by squared Euclidean distance, as it comes."""
+    body = embedding_network(loaded.algo.model)
+    if not any(p.requires_grad for p in body.parameters()):
+        return ProtoNet(copy.deepcopy(loaded.algo.model)).eval()
     out = run_dir / "baselines" / "protonet"
     if not (out / "best.safetensors").is_file():
         cfg = copy.deepcopy(loaded.config)
