@@ -236,3 +236,21 @@ def test_protonet_baseline_on_a_frozen_body_is_the_frozen_nearest_class_mean(tmp
     f = model.body(x[4:])
     protos = torch.stack([model.body(x[:2]).mean(0), model.body(x[2:4]).mean(0)])
     assert torch.equal(learner.predict(x[4:]), torch.cdist(f, protos).argmin(-1))
+
+
+def test_fine_tuning_everything_on_a_frozen_body_equals_fine_tuning_the_head():
+    """With no trainable weight in the body, fine-tuning 'all' is fine-tuning the head
+    (it used to fail looking for a body weight to take its dtype from)."""
+    import torch
+    from torch import nn
+
+    from metavox.meta import FineTune
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.body, model.head = nn.Linear(4, 3), nn.Linear(3, 2)
+    model.body.requires_grad_(False)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    batch = (x[None, :4], y[None, :4], x[None, 4:], y[None, 4:])
+    got = {m: FineTune(model, mode=m, steps=5).eval()(batch).metrics for m in ("head", "all")}
+    assert got["all"]["query_loss"] == pytest.approx(got["head"]["query_loss"])

@@ -119,11 +119,10 @@ class FineTune(MetaAlgorithm):
                                     lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn)
             run = lambda p: forward(head, p, fq, {})  # noqa: E731
         else:
-            ref = next(iter(body_params.values()))
-            with torch.no_grad():
-                dim = self._features(body_params, buffers, support_x).shape[1]
-            net = _Net(self.model, _Head(dim, ways), self.scale)
-            net.head.to(device=ref.device, dtype=ref.dtype)
+            with torch.no_grad():  # the head in the body's precision (float32 at least)
+                f0 = self._features(body_params, buffers, support_x)
+            net = _Net(self.model, _Head(f0.shape[1], ways), self.scale)
+            net.head.to(device=f0.device, dtype=torch.promote_types(f0.dtype, torch.float32))
             head0 = {f"head.{k}": torch.zeros_like(v) for k, v in net.head.named_parameters()}
             start = {**{f"body.{k}": v for k, v in body_params.items()}, **head0}
             trajectory = inner_loop(net, start, support_x, support_y, steps=settings.steps,
