@@ -252,5 +252,8 @@ def test_fine_tuning_everything_on_a_frozen_body_equals_fine_tuning_the_head():
     model.body.requires_grad_(False)
     x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
     batch = (x[None, :4], y[None, :4], x[None, 4:], y[None, 4:])
-    got = {m: FineTune(model, mode=m, steps=5).eval()(batch).metrics for m in ("head", "all")}
+    algos = {m: FineTune(model, mode=m, steps=5).eval() for m in ("head", "all")}
+    got = {m: a(batch).metrics for m, a in algos.items()}
     assert got["all"]["query_loss"] == pytest.approx(got["head"]["query_loss"])
+    learners = {m: a.adapt(x[:4], y[:4]) for m, a in algos.items()}
+    assert torch.allclose(learners["all"](x[4:]), learners["head"](x[4:]))

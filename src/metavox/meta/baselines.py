@@ -140,11 +140,11 @@ class FineTune(MetaAlgorithm):
         ``mode="all"``, its body)."""
         ways = int(support_y.max().item()) + 1
         params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
-        with torch.no_grad():
-            dim = self._features(params, functional_buffers(self.model), support_x).shape[1]
-        ref = next(iter(params.values()))
+        with torch.no_grad():  # the head in the body's precision (float32 at least)
+            f0 = self._features(params, functional_buffers(self.model), support_x)
+        dim = f0.shape[1]
         net = _Net(self.model, _Head(dim, ways), self.scale)  # the new head starts at zero
-        net.head.to(device=ref.device, dtype=ref.dtype)
+        net.head.to(device=f0.device, dtype=torch.promote_types(f0.dtype, torch.float32))
         names = [k for k, _ in net.named_parameters() if k.startswith("head.")]
         module = self.fine_tuned(net, support_x, support_y, steps, lr=self._lr,
                                  adapt_names=names if self.mode == "head" else None)
