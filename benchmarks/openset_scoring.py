@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metavox.engine.openset_eval import OpenSetScores, summarize
+from metavox.engine.openset_eval import OpenSetScores, add_episode, summarize
 from metavox.pipeline.build import build_run_data, make_sampler
 from metavox.pipeline.evaluate import open_set_pool
 from metavox.pipeline.train import load_trained
@@ -180,15 +180,7 @@ def score_episodes(scorer: Scorer, sampler, labels: np.ndarray, episodes: int
         keep = np.ones(len(labels), dtype=bool)
         keep[support.reshape(-1)] = False
         rows = np.flatnonzero(keep)
-        score, best = scorer(support, rows).max(-1)
-        word = {c: i for i, c in enumerate(classes)}
-        truth = np.array([word.get(x, -1) for x in labels[rows]])
-        t = truth >= 0
-        out.target_score.append(score.numpy()[t])
-        out.target_correct.append(best.numpy()[t] == truth[t])
-        out.target_clip.append(rows[t])
-        out.nontarget_score.append(score.numpy()[~t])
-        out.nontarget_clip.append(rows[~t])
+        add_episode(out, scorer(support, rows), rows, labels, classes)
     return out
 
 

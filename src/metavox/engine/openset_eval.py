@@ -99,20 +99,29 @@ def score_pool(algo: MetaAlgorithm, sampler: EpisodeSampler, pool_x: Tensor,
                                     for i in range(0, len(rows), batch)]).float().cpu()
             if rule == "probability":
                 values = values.softmax(-1)
-            score, best = values[:, :n].max(-1)
-            word = {c: i for i, c in enumerate(classes)}
-            truth = np.array([word.get(x, -1) for x in labels[rows]])
-            target = truth >= 0
-            out.target_score.append(score.numpy()[target])
-            out.target_correct.append(best.numpy()[target] == truth[target])
-            out.target_clip.append(rows[target])
-            out.nontarget_score.append(score.numpy()[~target])
-            out.nontarget_clip.append(rows[~target])
+            add_episode(out, values[:, :n], rows, labels, classes)
             if progress is not None:
                 progress(e + 1, episodes)
     finally:
         algo.train(was_training)
     return out
+
+
+def add_episode(out: OpenSetScores, values: Tensor, rows: np.ndarray, labels: np.ndarray,
+                classes: Sequence[str]) -> None:
+    """Append one episode to ``out``: ``values [len(rows), len(classes)]`` scores the pool
+    clips ``rows`` (labelled ``labels[rows]``) for the episode's enrolled ``classes``; a
+    clip of an enrolled word is a target (right when its best class is its word), any
+    other a non-target, each scored by its best class's value."""
+    score, best = values.max(-1)
+    word = {c: i for i, c in enumerate(classes)}
+    truth = np.array([word.get(x, -1) for x in labels[rows]])
+    target = truth >= 0
+    out.target_score.append(score.numpy()[target])
+    out.target_correct.append(best.numpy()[target] == truth[target])
+    out.target_clip.append(rows[target])
+    out.nontarget_score.append(score.numpy()[~target])
+    out.nontarget_clip.append(rows[~target])
 
 
 @dataclass

@@ -335,13 +335,7 @@ def _row(plan: gen.ClipPlan, got: dict[str, Any], word: dict[str, Any], voice: s
 
 
 def _csv(rows: Sequence[dict[str, str]]) -> str:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=BANK_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return gen._csv_text(rows, BANK_COLUMNS)
 
 
 def _speaker_job(out: Path, speaker: Speaker, lexicon: Sequence[dict[str, Any]], reps: int,

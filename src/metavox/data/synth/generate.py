@@ -302,9 +302,11 @@ def _row(plan: ClipPlan, got: dict[str, float | int]) -> dict[str, str]:
     }
 
 
-def _csv_text(rows: Sequence[dict[str, str]]) -> str:
+def _csv_text(rows: Sequence[dict[str, str]], columns: Sequence[str] = MANIFEST_COLUMNS
+              ) -> str:
+    """The manifest's CSV text (``columns``: the word bank's manifest has more)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
