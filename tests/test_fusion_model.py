@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +42,9 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """Two real Speech Commands clips of each of three words, in a corpus of their own."""
-    root = tmp_path_factory.mktemp("words")
-    for word in WORDS:
-        (root / word).mkdir()
-        for f in sorted((shared_data / "speech_commands_v2_test" / word).glob("*.flac"))[:2]:
-            shutil.copy(f, root / word / f.name)
-    return Corpus.from_preset("speech-commands", root)
+    from train_helpers import speech_commands_words
+
+    return speech_commands_words(shared_data, tmp_path_factory.mktemp("words"), WORDS)
 
 
 def test_the_model_declares_its_front_end():

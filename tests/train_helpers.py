@@ -4,12 +4,25 @@ or over generated tones (no data folder needed)."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from metavox.pipeline.config import config_from_dict
+
+
+def speech_commands_words(shared_data: Path, root: Path, words, per: int = 2):
+    """A Speech Commands corpus of its own under ``root``: the first ``per`` real clips of
+    each of ``words``."""
+    from metavox.data import Corpus
+
+    for word in words:
+        (root / word).mkdir()
+        for f in sorted((shared_data / "speech_commands_v2_test" / word).glob("*.flac"))[:per]:
+            shutil.copy(f, root / word / f.name)
+    return Corpus.from_preset("speech-commands", root)
 
 
 def tone(n: int, rate: int, freq: float = 440.0) -> np.ndarray:
