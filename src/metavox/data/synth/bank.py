@@ -42,8 +42,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -459,47 +457,6 @@ def _lexicon_ok(out: Path, config: dict[str, Any]) -> list[dict[str, Any]] | Non
     return data["words"]
 
 
-def _speaker_done(out: Path, speaker: Speaker, labels: Sequence[str], reps: int) -> bool:
-    part = out / gen._PARTS / f"{speaker.id}.csv"
-    if not part.is_file():
-        return False
-    expected = [gen.clip_relpath(w, speaker.id, r) for w in labels for r in range(reps)]
-    try:
-        with open(part, newline="", encoding="utf-8") as fh:
-            paths = [row["path"] for row in csv.DictReader(fh)]
-    except (OSError, KeyError, csv.Error):
-        return False
-    return paths == expected and all((out / p).is_file() for p in expected)
-
-
-def _prepare(out: Path, config: dict[str, Any], overwrite: bool) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise gen.SynthError(f"cannot write the word bank to {out}: {err}") from None
-    info = gen._read_json(out / gen.INFO)
-    if info is None:
-        if any(not p.name.startswith(".") for p in out.iterdir()):
-            raise gen.SynthError(f"{out} is not empty and holds no synthetic corpus "
-                                 "(no synth.json): choose a new or empty folder")
-        return
-    if info.get("config") == config:
-        return
-    if not overwrite:
-        old = info.get("config", {})
-        diff = sorted(k for k in set(config) | set(old) if config.get(k) != old.get(k))
-        raise gen.SynthError(f"{out} holds a synthetic corpus made with other settings "
-                             f"(different {', '.join(diff)}): choose another folder or "
-                             "overwrite it (--overwrite)")
-    for name in (gen._CLIPS, gen._PARTS):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (gen.MANIFEST, gen.SPLITS, gen.INFO, LEXICON, HOMOPHONES):
-        (out / name).unlink(missing_ok=True)
-
-
 def synthesize_bank(
     out: str | os.PathLike[str] | None = None,
     *,
@@ -563,10 +520,11 @@ def synthesize_bank(
                   "words": words, "languages": list(langs)}
     config = {**lex_config, "reps": reps, "backgrounds": bg_config,
               "sample_rate": gen.SAMPLE_RATE, "clip_seconds": gen.CLIP_SECONDS}
-    _prepare(out_p, config, overwrite)
+    gen._prepare_folder(out_p, config, overwrite, what="the word bank",
+                        files=(LEXICON, HOMOPHONES))
     lexicon = _lexicon_ok(out_p, lex_config)
     if not engine_available() and (lexicon is None or not all(
-            _speaker_done(out_p, s, [w["label"] for w in lexicon], reps) for s in spk)):
+            gen._speaker_done(out_p, s, [w["label"] for w in lexicon], reps) for s in spk)):
         raise gen.SynthError("generating the word bank needs eSpeak NG, an optional extra: "
                              "pip install 'metavox[synth]'")
     old = gen._read_json(out_p / gen.INFO) or {}
@@ -579,7 +537,7 @@ def synthesize_bank(
         lexicon = _lexicon_ok(out_p, lex_config)
         assert lexicon is not None
     labels = [w["label"] for w in lexicon]
-    todo = [s for s in spk if not _speaker_done(out_p, s, labels, reps)]
+    todo = [s for s in spk if not gen._speaker_done(out_p, s, labels, reps)]
     if workers is None:
         try:
             workers = len(os.sched_getaffinity(0))
@@ -599,7 +557,7 @@ def synthesize_bank(
     by_id = {s.id: s for s in todo}
     try:
         stats = (gen.run_jobs(jobs, workers, tick,
-                              lambda sid: _speaker_done(out_p, by_id[sid], labels, reps))
+                              lambda sid: gen._speaker_done(out_p, by_id[sid], labels, reps))
                  if todo else {"written": 0, "engine": "", "worker_cpu_s": 0.0})
     finally:
         if bar is not None:

@@ -429,15 +429,18 @@ def _resolve(speakers: int | Sequence[str] | None,
     return spk, wl
 
 
-def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Create ``out`` (or check it holds a corpus made with the same settings)."""
+def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool, *,
+                    what: str = "the synthetic corpus", files: Sequence[str] = ()) -> None:
+    """Create ``out`` (or check it holds a corpus made with the same settings; with
+    ``overwrite``, clear one made with others, and its extra ``files`` too). ``what``
+    names the corpus in the errors (the word bank shares this folder logic)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise SynthError(f"cannot write the synthetic corpus to {out}: {err}") from None
+        raise SynthError(f"cannot write {what} to {out}: {err}") from None
     info = _read_json(out / INFO)
     if info is None:
         if any(not p.name.startswith(".") for p in out.iterdir()):
@@ -454,7 +457,7 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
                          "it (overwrite=True, --overwrite)")
     for name in (_CLIPS, _PARTS):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in (MANIFEST, SPLITS, INFO):
+    for name in (MANIFEST, SPLITS, INFO, *files):
         (out / name).unlink(missing_ok=True)
 
 
