@@ -98,6 +98,16 @@ class FineTune(MetaAlgorithm):
         f = forward(self.model, params, x, buffers).flatten(1)
         return self.scale * F.normalize(f, dim=1)
 
+    def _with_new_head(self, params, buffers, support_x: Tensor, ways: int) -> _Net:
+        """The body with a new head for ``ways`` classes (starting at zero), sized by the
+        support's features and in their precision, float32 at least (a frozen body has
+        no weight to take it from)."""
+        with torch.no_grad():
+            f0 = self._features(params, buffers, support_x)
+        net = _Net(self.model, _Head(f0.shape[1], ways), self.scale)
+        net.head.to(device=f0.device, dtype=torch.promote_types(f0.dtype, torch.float32))
+        return net
+
     def _lr(self, name: str, step: int) -> float:
         return self.inner_lr if name.startswith("head.") else self.body_lr
 
@@ -119,10 +129,7 @@ class FineTune(MetaAlgorithm):
                                     lr=self.inner_lr, first_order=True, loss_fn=self.loss_fn)
             run = lambda p: forward(head, p, fq, {})  # noqa: E731
         else:
-            with torch.no_grad():  # the head in the body's precision (float32 at least)
-                f0 = self._features(body_params, buffers, support_x)
-            net = _Net(self.model, _Head(f0.shape[1], ways), self.scale)
-            net.head.to(device=f0.device, dtype=torch.promote_types(f0.dtype, torch.float32))
+            net = self._with_new_head(body_params, buffers, support_x, ways)
             head0 = {f"head.{k}": torch.zeros_like(v) for k, v in net.head.named_parameters()}
             start = {**{f"body.{k}": v for k, v in body_params.items()}, **head0}
             trajectory = inner_loop(net, start, support_x, support_y, steps=settings.steps,
@@ -140,11 +147,8 @@ class FineTune(MetaAlgorithm):
         ``mode="all"``, its body)."""
         ways = int(support_y.max().item()) + 1
         params = {k: v.detach() for k, v in meta_parameters(self.model).items()}
-        with torch.no_grad():  # the head in the body's precision (float32 at least)
-            f0 = self._features(params, functional_buffers(self.model), support_x)
-        dim = f0.shape[1]
-        net = _Net(self.model, _Head(dim, ways), self.scale)  # the new head starts at zero
-        net.head.to(device=f0.device, dtype=torch.promote_types(f0.dtype, torch.float32))
+        net = self._with_new_head(params, functional_buffers(self.model), support_x, ways)
+        dim = net.head.linear.weight.shape[1]
         names = [k for k, _ in net.named_parameters() if k.startswith("head.")]
         module = self.fine_tuned(net, support_x, support_y, steps, lr=self._lr,
                                  adapt_names=names if self.mode == "head" else None)
