@@ -5,7 +5,9 @@
 - ``fusion, every hop``: a spotter on the fusion (both bases) running the full model on
   every 80 ms hop (``Spotter(cascade=False)``; the speech embedding still incremental);
 - ``fusion, cascade``: the same model with the cascade (:mod:`metavox.kws.cascade`): the
-  speech embedding's stage 1 every hop, the full model on candidate windows only;
+  speech embedding's stage 1 every hop, the full model on candidate windows only, one
+  every ``stride`` hops within a run of them (the default stride);
+- ``cascade, stride 1``: the same, verifying every candidate;
 
 with the fraction of hops verified and the detections each makes. The words are enrolled
 (5 words, 5 clips each) and the stream built as the stream protocol does, from Speech
@@ -106,6 +108,8 @@ def main() -> None:
         "fusion, every hop": lambda: Spotter(fusion, settings=settings, cascade=False),
         "fusion, cascade": lambda: Spotter(fusion, settings=settings, cascade=True,
                                            cascade_far=args.cascade_far),
+        "cascade, stride 1": lambda: Spotter(fusion, settings=settings, cascade=True,
+                                             cascade_far=args.cascade_far, cascade_stride=1),
     }
     timings: dict[str, list[float]] = {k: [] for k in makers}
     found, verified = {}, {}
@@ -119,14 +123,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), {len(wave) / 16000:.0f} s of "
           f"a protocol stream (words {', '.join(stream.words)}), hop 80 ms, "
           f"{args.repeats} repeats; fusion model: {args.run or 'nearest centroid'}; "
-          f"cascade stage 1 passes {spotter.scorer.stage1.far:g} of the negatives")
+          f"cascade stage 1 passes {spotter.scorer.stage1.far:g} of the negatives, "
+          f"stride {spotter.scorer.stride} hops")
     print(f"{'what runs':<20}{'real-time factor':>18}{'hops verified':>16}{'detections':>12}")
     for name in makers:
         print(f"{name:<20}{statistics.median(timings[name]):>18.4f}"
               f"{100 * verified[name]:>15.1f}%{len(found[name]):>12}")
-    every, cascade = set(found["fusion, every hop"]), set(found["fusion, cascade"])
-    print(f"cascade: {len(cascade & every)} of the every-hop detections at the same hop, "
-          f"{len(every - cascade)} missed or moved, {len(cascade - every)} at other hops")
+    every = set(found["fusion, every hop"])
+    for name in ("fusion, cascade", "cascade, stride 1"):
+        got = set(found[name])
+        print(f"{name}: {len(got & every)} of the every-hop detections at the same hop, "
+              f"{len(every - got)} missed or moved, {len(got - every)} at other hops")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ seconds: the decisions `metavox listen` makes (all settings are read from the fi
 
 A model on the heavy fusion base comes with a cascade (`my_words.stage1.onnx` beside it,
 named in the metadata): the small stage-1 graph scores every window, and the full model
-only the candidate windows (stage-1 score at or above its threshold) and the `smooth - 1`
-windows before each, whose scores the average needs; a window that is no candidate
-reports nothing. `--every-hop` runs the full model on every window instead.
+only candidate windows (stage-1 score at or above its threshold), and of a run of them only
+one every `stride` hops; the score averaged is then that of the verified windows among the
+last `smooth` hops, and a window that is not verified reports nothing. `--every-hop` runs
+the full model on every window instead.
 """
 
 from __future__ import annotations
@@ -69,30 +70,36 @@ def spot(model_path: str, wave: np.ndarray, *, every_hop: bool = False) -> list[
         print(f"note: {cascade['stage1_file']} is not beside {model_path}: the full model "
               "runs on every window", file=sys.stderr)
         cascade = None
-    if cascade is None:  # the full model on every window; every window a candidate
-        candidates = np.ones(len(windows), dtype=bool)
+    if cascade is None:  # the full model on every window
+        verified = np.ones(len(windows), dtype=bool)
         values = run_batches(session, "values", windows)
-    else:  # stage 1 on every window, the full model on the candidates and the hops before
+    else:  # stage 1 on every window; the full model on a candidate `stride` hops after
+        # the last one it verified
         first = ort.InferenceSession(os.path.join(os.path.dirname(model_path),
                                                   cascade["stage1_file"]),
                                      providers=["CPUExecutionProvider"])
         t1 = -np.inf if cascade["threshold"] is None else cascade["threshold"]
         candidates = run_batches(first, cascade["output"], windows).max(axis=1) >= t1
-        verified = candidates.copy()
-        for k in range(1, smooth):
-            verified[:-k] |= candidates[k:]
+        stride = cascade.get("stride", 4)
+        verified = np.zeros(len(windows), dtype=bool)
+        last = -stride
+        for k in np.flatnonzero(candidates):
+            if k - last >= stride:
+                verified[k], last = True, k
         values = np.zeros((len(windows), len(words)), dtype=np.float32)
         if verified.any():
             values[verified] = run_batches(session, "values", windows[verified])
-    out, last = [], {}  # each word's last detection
-    for k in np.flatnonzero(candidates):  # each word's score averaged over `smooth` hops
-        mean = values[max(0, k - smooth + 1): k + 1].mean(axis=0)
+    out, last_seen = [], {}  # each word's last detection
+    done = np.flatnonzero(verified)
+    for n, k in enumerate(done):  # the verified windows of the last `smooth` hops, averaged
+        recent = done[: n + 1][done[: n + 1] > k - smooth]
+        mean = values[recent].mean(axis=0)
         best = int(np.argmax(mean))
         score = float(mean[best])
         t = (k + 1) * hop / rate
-        if score >= threshold and t - last.get(best, -np.inf) >= refractory:
+        if score >= threshold and t - last_seen.get(best, -np.inf) >= refractory:
             out.append({"word": words[best], "time": round(t, 3), "score": round(score, 4)})
-            last[best] = t
+            last_seen[best] = t
     return out
 
 

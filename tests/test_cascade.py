@@ -18,17 +18,48 @@ import numpy as np
 import pytest
 import torch
 
-from metavox.kws.cascade import CascadeError, Stage1, cascade_triggered, verified_hops
+from metavox.kws.cascade import (
+    CascadeError,
+    Stage1,
+    cascade_scores,
+    cascade_triggered,
+    verified_hops,
+)
 from metavox.kws.spotter import triggered
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spot_onnx.py"
 
 
-def test_verified_hops_are_the_candidates_and_the_hops_their_average_needs():
-    c = np.array([0, 0, 1, 0, 0, 0, 1, 1, 0, 0], dtype=bool)
+def test_verified_hops_are_candidates_a_stride_apart():
+    """Stride 1 verifies every candidate; a longer stride a candidate only that many hops
+    after the last one verified (a run of 7 candidates at stride 3: its 1st, 4th, 7th;
+    the next run's first candidate when far enough, else its next one that is)."""
+    c = np.array([0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1], dtype=bool)
     assert verified_hops(c, 1).tolist() == c.tolist()
-    assert np.flatnonzero(verified_hops(c, 3)).tolist() == [0, 1, 2, 4, 5, 6, 7]
-    assert np.flatnonzero(verified_hops(c[:3], 5)).tolist() == [0, 1, 2]
+    assert np.flatnonzero(verified_hops(c, 3)).tolist() == [1, 4, 7, 10, 13]
+    assert np.flatnonzero(verified_hops(c, 4)).tolist() == [1, 5, 9, 13]
+    assert not verified_hops(np.zeros(5, dtype=bool), 2).any()
+
+
+def test_cascade_scores_average_the_verified_windows_of_the_last_smooth_hops():
+    """At a verified hop: the mean of the verified rows among the last ``smooth`` hops
+    (at stride >= smooth, the hop's own row); elsewhere no score; with every hop
+    verified it is the moving average of verifying every hop."""
+    from metavox.kws.spotter import smoothed_scores
+
+    values = torch.tensor([[0.0, 1.0], [2.0, 0.0], [4.0, 0.0], [0.0, 9.0], [1.0, 0.0]])
+    ver = np.array([1, 0, 1, 1, 0], dtype=bool)
+    best, scores = cascade_scores(values, ver, 3)
+    assert best.tolist()[:4] == [1, 0, 0, 1]
+    assert scores[0] == 1.0 and scores[2] == 2.0 and scores[3] == 4.5
+    assert math.isinf(scores[1]) and math.isinf(scores[4])
+    b1, s1 = cascade_scores(values, ver, 1)
+    assert s1[2] == 4.0 and s1[3] == 9.0
+    every = np.ones(5, dtype=bool)
+    b_all, s_all = cascade_scores(values, every, 3)
+    b_ref, s_ref = smoothed_scores(values, 3)
+    assert b_all.tolist() == b_ref.tolist()
+    np.testing.assert_allclose(s_all, s_ref)
 
 
 def test_the_cascade_fires_as_every_hop_does_but_only_at_candidate_hops():
@@ -49,11 +80,18 @@ def test_the_cascade_fires_as_every_hop_does_but_only_at_candidate_hops():
 
 
 def test_the_stage1_rule_round_trips_and_rejects_nonsense():
-    rule = Stage1(0.42, 0.05, 300)
+    from metavox.kws.cascade import DEFAULT_STRIDE
+
+    rule = Stage1(0.42, 0.05, 300, stride=2)
     assert Stage1.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
     assert Stage1.from_dict(Stage1(-math.inf, 1.0, 3).to_dict()).threshold == -math.inf
+    assert Stage1.from_dict({"threshold": 0.1, "far": 0.05}).stride == DEFAULT_STRIDE
     with pytest.raises(CascadeError, match="far"):
         Stage1(0.1, 1.5, 3)
+    with pytest.raises(CascadeError, match="stride"):
+        Stage1(0.1, 0.5, 3, stride=0)
+    with pytest.raises(CascadeError, match="stride"):
+        Stage1.from_dict({"threshold": 0.1, "far": 0.05, "stride": "x"})
     with pytest.raises(CascadeError, match="stage-1"):
         Stage1.from_dict({"threshold": 0.1})
 
@@ -111,9 +149,9 @@ def listen(spotter, wave: np.ndarray) -> list[tuple[str, float]]:
 @needs_bases
 def test_live_cascade_makes_the_recorded_decisions_and_verifies_fewer_hops(fused, tmp_path):
     """The spotter's cascade on a stream makes the detections that the stream protocol's
-    cascade computes from recorded scores (a subset of verifying every hop's), verifying
-    only the hops it says; verifying every hop live gives the recorded scores; the
-    stage-1 rule saved with the model comes back on load."""
+    cascade computes from recorded scores, verifying only the hops it says (fewer than
+    the candidates); verifying every hop live gives the recorded scores; the stage-1
+    rule saved with the model comes back on load."""
     from metavox.kws.cascade import (
         calibrate_stage1,
         stage1_rule,
@@ -129,22 +167,26 @@ def test_live_cascade_makes_the_recorded_decisions_and_verifies_fewer_hops(fused
     rule = calibrate_stage1(adapted, 0.3)
     assert rule.negatives == len(adapted.open_set.background)
     times, feats = stream_features(stream, adapted.frontend)
-    best, scores = smoothed_scores(score(adapted, feats, adapted.open_set), settings.smooth)
+    values = score(adapted, feats, adapted.open_set)
+    best, scores = smoothed_scores(values, settings.smooth)
     cand = stage1_scores(adapted, feats) >= rule.threshold
     assert 0 < cand.sum() < len(cand)
+    ver = verified_hops(cand, rule.stride)
+    assert rule.stride > 1 and ver.sum() < cand.sum()
+    c_best, c_scores = cascade_scores(values, ver, settings.smooth)
     t = adapted.open_set.threshold
     r = settings.refractory_seconds
-    want = [(stream.words[best[i]], round(float(times[i]), 3))
-            for i in cascade_triggered(times, best, scores, cand, t, r)]
+    want = [(stream.words[c_best[i]], round(float(times[i]), 3))
+            for i in cascade_triggered(times, c_best, c_scores, ver, t, r)]
     every = [(stream.words[best[i]], round(float(times[i]), 3))
              for i in triggered(times, best, scores, t, r)]
-    assert want and set(want) <= set(every)
+    assert want and every
 
     live = Spotter(adapted, settings=settings, cascade_far=0.3)
     assert live.cascading and live.hop_seconds == pytest.approx(0.08)
     assert listen(live, stream.wave) == want
     assert live.scorer.hops == len(times)
-    assert live.scorer.verified == verified_hops(cand, settings.smooth).sum() < len(times)
+    assert live.scorer.verified == ver.sum()
     full = Spotter(adapted, settings=settings, cascade=False)
     rows = full.scores(stream.wave[:24000])  # the first 18 hops
     assert not full.cascading and full.verified_fraction == 1.0 and len(rows) == 18

@@ -1,8 +1,8 @@
 """A two-stage cascade for spotting words in a stream with a model on the heavy base (the
 ``fusion`` of the speech embedding and EfficientWord-Net's ResNet-50).
 
-Running the fused model on every 80 ms hop costs a ResNet-50 pass per hop (about 21 ms of
-one core: a real-time factor near 0.26). Most hops hold background or other words, and
+Running the fused model on every 80 ms hop costs a ResNet-50 pass per hop (about 36 ms of
+one core here in PyTorch, one window at a time: a real-time factor near 0.45). Most hops hold background or other words, and
 the speech embedding, which a stream computes incrementally anyway, already tells most of
 them apart. So:
 
@@ -15,16 +15,20 @@ them apart. So:
   model's background bank, whose embeddings hold each negative's speech-embedding part:
   :func:`calibrate_stage1`), looser than the open set's rate (default
   :data:`DEFAULT_FAR`).
-- **stage 2**, only on candidates: the full adapted model (both bases) on the window,
-  with its own open-set rule. The decision at a candidate hop is exactly the one
-  verifying every hop makes there: the moving average over the last ``smooth`` hops of
-  the full model's scores, the hops before it verified too when stage 1 had passed them
-  over; a hop that is no candidate makes no detection.
+- **stage 2**, only on candidates, and within a run of consecutive candidates only every
+  ``stride`` hops (:attr:`Stage1.stride`, default :data:`DEFAULT_STRIDE`: 320 ms; the
+  1.5 s window the ResNet sees still looks at each word several times): the full adapted
+  model (both bases) on the window, with its own open-set rule. The decision at a
+  verified hop is the rule verifying every hop applies, over what was verified: the mean
+  of the full model's scores of the verified windows among the last ``smooth`` hops (one
+  window at the default stride); a hop that is not verified makes no detection.
 
-So the cascade's detections are those of verifying every hop, restricted to candidate
-hops (the refractory period counts from the cascade's own detections): it can only miss
-words stage 1 passes over, or fire later within a word. :func:`cascade_triggered` makes
-these decisions over recorded scores (the stream protocol), :class:`CascadeScorer` live
+So the cascade can only miss words stage 1 passes over, or decide on fewer windows than
+verifying every hop. Against the first cascade (every candidate verified, with the
+``smooth - 1`` hops before it) the stride cuts the windows verified about threefold
+(measured in docs/kws.md#cascade, with ``benchmarks/cascade_rules.py``).
+:func:`cascade_scores` and :func:`cascade_triggered` make these decisions over recorded
+scores (the stream protocol), :class:`CascadeScorer` live
 (:class:`metavox.kws.spotter.Spotter`); both give the same detections.
 
 The stage-1 rule (:class:`Stage1`) is saved with the adapted model
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,7 +58,9 @@ from metavox.pipeline.enroll import Adapted
 
 #: the fraction of negatives stage 1 passes by default (the open set's is ~1%): see the
 #: trade-off measured in docs/kws.md#cascade
-DEFAULT_FAR = 0.05
+DEFAULT_FAR = 0.1
+#: hops between the full model's verifications within a run of candidates by default
+DEFAULT_STRIDE = 4
 #: samples between hops of a cascade: the speech embedding's 80 ms step
 HOP = EmbeddingFeatureStream.STEP
 _SPEECH_DIM = ENCODERS["speech-embedding"].dim
@@ -69,27 +75,35 @@ class CascadeError(ValueError):
 class Stage1:
     """The stage-1 rule: a hop is a candidate when its best cosine between the window's
     pooled speech embedding and a word's speech direction is ``>= threshold``; ``far``:
-    the fraction of the ``negatives`` it was calibrated on that pass."""
+    the fraction of the ``negatives`` it was calibrated on that pass; ``stride``: the
+    full model verifies a candidate hop when at least this many hops have passed since
+    the last one it verified (1: every candidate). A rule saved without a stride (before
+    there was one) gets the default."""
 
     threshold: float
     far: float
     negatives: int
+    stride: int = DEFAULT_STRIDE
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.far <= 1.0:
             raise CascadeError(f"the stage-1 rate far must be in [0, 1], got {self.far}")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int) \
+                or self.stride < 1:
+            raise CascadeError(f"the cascade's stride must be a whole number of hops >= 1, "
+                               f"got {self.stride!r}")
 
     def to_dict(self) -> dict[str, Any]:
         t = self.threshold
         return {"threshold": None if math.isinf(t) else float(t), "far": self.far,
-                "negatives": self.negatives}
+                "negatives": self.negatives, "stride": self.stride}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Stage1:
         try:
             t = d.get("threshold")
             return cls(-math.inf if t is None else float(t), float(d["far"]),
-                       int(d.get("negatives", 0)))
+                       int(d.get("negatives", 0)), int(d.get("stride", DEFAULT_STRIDE)))
         except (KeyError, TypeError, ValueError) as err:
             raise CascadeError(f"unusable stage-1 settings {d!r} ({err})") from None
 
@@ -169,7 +183,8 @@ def stage1_scores(adapted: Adapted, features: Tensor, *, batch: int = 1024) -> n
 
 
 def calibrate_stage1(adapted: Adapted, far: float = DEFAULT_FAR,
-                     open_set: OpenSet | None = None) -> Stage1:
+                     open_set: OpenSet | None = None, stride: int = DEFAULT_STRIDE
+                     ) -> Stage1:
     """The stage-1 rule passing a fraction ``far`` of the negatives in ``open_set``'s
     background bank (default: the model's): the fusion body's embeddings of the negatives
     the open set was calibrated on, whose first 96 values are each negative's pooled speech
@@ -182,18 +197,20 @@ def calibrate_stage1(adapted: Adapted, far: float = DEFAULT_FAR,
                            "saved stage-1 rule")
     speech = F.normalize(rule.background[:, :_SPEECH_DIM].float(), dim=-1)
     scores = (speech @ word_directions(adapted).t()).max(-1).values
-    return Stage1(threshold_for(scores, far), float(far), len(scores))
+    return Stage1(threshold_for(scores, far), float(far), len(scores), stride)
 
 
 def stage1_rule(adapted: Adapted, far: float | None = None,
-                open_set: OpenSet | None = None) -> Stage1:
+                open_set: OpenSet | None = None, stride: int | None = None) -> Stage1:
     """The stage-1 rule for ``adapted``: the saved one (``adapted.cascade``) unless ``far``
-    asks for another rate, else calibrated on its bank (:func:`calibrate_stage1`)."""
+    asks for another rate, else calibrated on its bank (:func:`calibrate_stage1`);
+    ``stride``, when given, replaces the rule's."""
     if adapted.cascade is not None:
         saved = Stage1.from_dict(adapted.cascade)
         if far is None or far == saved.far:
-            return saved
-    return calibrate_stage1(adapted, DEFAULT_FAR if far is None else far, open_set)
+            return saved if stride is None else replace(saved, stride=stride)
+    return calibrate_stage1(adapted, DEFAULT_FAR if far is None else far, open_set,
+                            DEFAULT_STRIDE if stride is None else stride)
 
 
 def with_stage1(adapted: Adapted, stage1: Stage1) -> Adapted:
@@ -202,25 +219,45 @@ def with_stage1(adapted: Adapted, stage1: Stage1) -> Adapted:
     return adapted
 
 
-def verified_hops(candidates: np.ndarray, smooth: int) -> np.ndarray:
-    """``[hops]`` bool: the hops whose window the full model scores: every candidate and
-    the ``smooth - 1`` hops before it (the moving average at a candidate needs them)."""
+def verified_hops(candidates: np.ndarray, stride: int) -> np.ndarray:
+    """``[hops]`` bool: the candidate hops whose window the full model scores: a candidate
+    at least ``stride`` hops after the last one verified (every candidate at 1)."""
     c = np.asarray(candidates, dtype=bool)
-    out = c.copy()
-    for k in range(1, smooth):
-        out[:-k] |= c[k:]
+    out = np.zeros_like(c)
+    last = -stride
+    for i in np.flatnonzero(c).tolist():
+        if i - last >= stride:
+            out[i], last = True, i
     return out
 
 
+def cascade_scores(values: Tensor, verified: np.ndarray, smooth: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(best word [hops], score [hops])`` of the cascade over recorded per-hop open-set
+    scores ``values [hops, words]``: at a verified hop, the mean of the verified rows
+    among the last ``smooth`` hops (what :class:`CascadeScorer` averages live); at other
+    hops word 0 and ``-inf`` (no decision)."""
+    hops = len(values)
+    best = np.zeros(hops, dtype=np.int64)
+    scores = np.full(hops, -math.inf)
+    idx = np.flatnonzero(np.asarray(verified, dtype=bool))
+    for n, i in enumerate(idx.tolist()):
+        first = n
+        while first > 0 and idx[first - 1] > i - smooth:
+            first -= 1
+        score, word = values[idx[first:n + 1]].float().mean(0).max(-1)
+        best[i], scores[i] = int(word), float(score)
+    return best, scores
+
+
 def cascade_triggered(times: np.ndarray, best: np.ndarray, scores: np.ndarray,
-                      candidates: np.ndarray, threshold: float, refractory: float
+                      verified: np.ndarray, threshold: float, refractory: float
                       ) -> np.ndarray:
-    """Indices of the hops at which the cascade detects, over recorded smoothed scores of
-    the full model (``best``, ``scores``: :func:`metavox.kws.spotter.smoothed_scores`)
-    and candidate hops: the trigger steps at candidate hops only."""
+    """Indices of the hops at which the cascade detects, over its recorded scores
+    (:func:`cascade_scores`) and verified hops: the trigger steps at verified hops only."""
     from metavox.kws.spotter import triggered
 
-    idx = np.flatnonzero(np.asarray(candidates, dtype=bool))
+    idx = np.flatnonzero(np.asarray(verified, dtype=bool))
     fired = triggered(times[idx], best[idx], scores[idx], threshold, refractory)
     return idx[fired]
 
@@ -249,21 +286,13 @@ def fusion_stream_features(wave: np.ndarray, frontend: FrontendConfig, *, hop: i
     return times, (torch.cat(out) if out else torch.zeros(0, 1, frontend.num_features, 1))
 
 
-@dataclass
-class _Hop:
-    time: float
-    speech: Tensor  # [96, W]
-    window: np.ndarray  # the window's samples
-    values: Tensor | None = None  # the full model's open-set scores, once verified
-
-
 class CascadeScorer:
     """The cascade live: push samples, get per hop ``(time, stage-1 score, rows)`` where
-    ``rows`` is ``None`` for a hop stage 1 passes over, else the full model's open-set
-    scores ``[words]`` of the last ``smooth`` hops (this one last; fewer at the stream's
-    start), whose mean is the decision's score. ``stage1=None`` verifies every hop (the
-    comparison). The speech embedding runs incrementally (each 775 ms window once), the
-    ResNet on each verified window's centred 1.5 s."""
+    ``rows`` is ``None`` for a hop the full model does not verify, else the full model's
+    open-set scores ``[words]`` of the verified windows among the last ``smooth`` hops
+    (this one last), whose mean is the decision's score. ``stage1=None`` verifies every
+    hop (the comparison). The speech embedding runs incrementally (each 775 ms window
+    once), the ResNet on each verified window's centred 1.5 s."""
 
     def __init__(self, adapted: Adapted, open_set: OpenSet, stage1: Stage1 | None,
                  smooth: int, hop: int | None = None) -> None:
@@ -275,6 +304,8 @@ class CascadeScorer:
             raise CascadeError(f"a cascade's hop must be a multiple of {HOP} samples (80 ms, "
                                f"the speech embedding's step), got {hop}")
         self.adapted, self.open_set, self.stage1 = adapted, open_set, stage1
+        self.smooth = smooth
+        self.stride = 1 if stage1 is None else stage1.stride
         self.speech = EmbeddingFeatureStream(speech_config(adapted.frontend), hop)
         self.resnet = shared_frontend(adapted.frontend).resnet
         self.directions = word_directions(adapted) if stage1 is not None else None
@@ -282,7 +313,8 @@ class CascadeScorer:
         self.size = adapted.frontend.num_samples
         self.window = np.zeros(self.size, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
-        self.recent: deque[_Hop] = deque(maxlen=smooth)
+        self.recent: deque[tuple[int, Tensor]] = deque(maxlen=smooth)  # (hop, scores)
+        self._last = -self.stride  # the last hop verified
         self.hops = 0  # hops seen
         self.verified = 0  # windows the full model scored
 
@@ -307,24 +339,20 @@ class CascadeScorer:
 
     def _hop(self, t: float, speech: Tensor, window: np.ndarray
              ) -> tuple[float, float, list[Tensor] | None]:
+        i = self.hops
         self.hops += 1
-        self.recent.append(_Hop(t, speech, window))
         if self.stage1 is None:
             s1 = math.inf
         else:
             pooled = speech.amax(-1) if self.pool == "max" else speech.mean(-1)
             s1 = float((F.normalize(pooled.float(), dim=-1) @ self.directions.t()).max())
-            if s1 < self.stage1.threshold:
+            if s1 < self.stage1.threshold or i - self._last < self.stride:
                 return t, s1, None
-        todo = [h for h in self.recent if h.values is None]
+        mid = (self.size - _RESNET_WINDOW) // 2
         with torch.no_grad():
-            mid = (self.size - _RESNET_WINDOW) // 2
-            waves = torch.from_numpy(np.stack([h.window[mid:mid + _RESNET_WINDOW]
-                                               for h in todo]))
-            resnet = self.resnet(waves)[:, 0]
-            values = self.adapted.values(fuse(torch.stack([h.speech for h in todo]), resnet),
-                                         self.open_set)
-        for h, v in zip(todo, values, strict=True):
-            h.values = v
-        self.verified += len(todo)
-        return t, s1, [h.values for h in self.recent]
+            resnet = self.resnet(torch.from_numpy(window[mid:mid + _RESNET_WINDOW])[None])
+            (values,) = self.adapted.values(fuse(speech[None], resnet[:, 0]), self.open_set)
+        self._last = i
+        self.verified += 1
+        self.recent.append((i, values))
+        return t, s1, [v for j, v in self.recent if j > i - self.smooth]

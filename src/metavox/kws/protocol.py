@@ -480,6 +480,7 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
     from metavox.kws.calibrate import calibrate_on_streams
     from metavox.kws.cascade import (
         calibrate_stage1,
+        cascade_scores,
         is_heavy,
         stage1_scores,
         verified_hops,
@@ -526,21 +527,22 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                     best = np.zeros(0, np.int64) if top is None else top.indices.numpy()
                     scores = np.zeros(0) if top is None else top.values.double().numpy()
                 else:
-                    best, scores = smoothed_scores(score(adapted, feats, probe),
-                                                   settings.smooth)
-                # each variant: verify every hop (None), or a cascade's candidate hops
-                candidates = {None: None}
+                    values = score(adapted, feats, probe)
+                    best, scores = smoothed_scores(values, settings.smooth)
+                # each variant: verify every hop (None), or a cascade's verified hops
+                variants_k = {None: (None, best, scores)}
                 if cfg.cascade:
                     first = stage1_scores(adapted, feats)
-                    candidates |= {f: first >= calibrate_stage1(adapted, f, probe).threshold
-                                   for f in cfg.cascade}
-                for f, cand in candidates.items():
+                    for f in cfg.cascade:
+                        rule = calibrate_stage1(adapted, f, probe)
+                        ver = verified_hops(first >= rule.threshold, rule.stride)
+                        variants_k[f] = (ver, *cascade_scores(values, ver, settings.smooth))
+                for f, (ver, b, s) in variants_k.items():
                     r = results[(name, f, k)]
                     r.hops += len(times)
-                    r.verified_hops += (len(times) if cand is None else
-                                        int(verified_hops(cand, settings.smooth).sum()))
-                    count(r, stream, hours, grid, thresholds, past, cfg, times, best, scores,
-                          cand, settings)
+                    r.verified_hops += len(times) if ver is None else int(ver.sum())
+                    count(r, stream, hours, grid, thresholds, past, cfg, times, b, s,
+                          ver, settings)
         bar.update(1)
     bar.close()
     return list(results.values())
@@ -554,8 +556,9 @@ def cascade_name(method: str, far: float | None) -> str:
 def count(r: StreamResult, stream: TestStream, hours: float, grid, thresholds: list[float],
           past: list[float], cfg: StreamConfig, times: np.ndarray, best: np.ndarray,
           scores: np.ndarray, candidates: np.ndarray | None, settings: SpotSettings) -> None:
-    """Add one stream's outcomes at every threshold to ``r`` (``candidates``: a cascade's
-    candidate hops, or ``None`` for every hop)."""
+    """Add one stream's outcomes at every threshold to ``r`` (``candidates``: the hops a
+    cascade verified, with ``best``, ``scores`` its own (:func:`cascade_scores`), or
+    ``None`` for every hop)."""
     from metavox.kws.cascade import cascade_triggered
 
     r.speakers = sorted(set(r.speakers) | set(stream.speakers))

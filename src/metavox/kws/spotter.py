@@ -204,12 +204,14 @@ class Spotter:
     :mod:`metavox.kws.cascade` when the model has a stage-1 rule or the background bank
     to calibrate one, ``True`` requires it, ``False`` verifies every hop (the comparison);
     ``cascade_far``: stage 1's rate of negatives passed (default: the saved rule's, else
-    :data:`metavox.kws.cascade.DEFAULT_FAR`).
+    :data:`metavox.kws.cascade.DEFAULT_FAR`); ``cascade_stride``: hops between the full
+    model's verifications within a run of candidates (default: the rule's).
     """
 
     def __init__(self, adapted: Adapted, *, settings: SpotSettings | None = None,
                  hop: int | None = None, open_set: OpenSet | None = None,
-                 cascade: bool | None = None, cascade_far: float | None = None) -> None:
+                 cascade: bool | None = None, cascade_far: float | None = None,
+                 cascade_stride: int | None = None) -> None:
         self.adapted = adapted
         self.settings = (settings or SpotSettings()).resolve(adapted.frontend)
         self.open_set = open_set or adapted.open_set
@@ -220,7 +222,8 @@ class Spotter:
             stage1 = None
             if cascade is not False:
                 try:
-                    stage1 = stage1_rule(adapted, cascade_far, self.open_set)
+                    stage1 = stage1_rule(adapted, cascade_far, self.open_set,
+                                         cascade_stride)
                 except CascadeError:
                     if cascade:
                         raise
