@@ -39,7 +39,7 @@ def listen_command(
                                    "windows)."),
     cascade_far: float | None = typer.Option(
         None, "--cascade-far", help="On the fusion base: the fraction of negatives the "
-        "cascade's first stage passes (default: the model's saved rule, else 0.05)."),
+        "cascade's first stage passes (default: the model's saved rule, else 0.1)."),
 ) -> None:
     """Spot the enrolled words in recordings or a live stream: timestamped detections.
 
@@ -108,7 +108,7 @@ def export_command(
                                  "named in the metadata)."),
     cascade_far: float | None = typer.Option(
         None, "--cascade-far", help="On the fusion base: the fraction of negatives the "
-        "cascade's first stage passes (default: the model's saved rule, else 0.05)."),
+        "cascade's first stage passes (default: the model's saved rule, else 0.1)."),
 ) -> None:
     """Export an adapted model to ONNX: waveform in, word probabilities, score and
     unknown out (runs with onnxruntime alone; see examples/spot_onnx.py). On the fusion

@@ -2,9 +2,9 @@
 ``fusion`` of the speech embedding and EfficientWord-Net's ResNet-50).
 
 Running the fused model on every 80 ms hop costs a ResNet-50 pass per hop (about 36 ms of
-one core here in PyTorch, one window at a time: a real-time factor near 0.45). Most hops hold background or other words, and
-the speech embedding, which a stream computes incrementally anyway, already tells most of
-them apart. So:
+one core here in PyTorch, one window at a time: a real-time factor near 0.45). Most hops
+hold background or other words, and the speech embedding, which a stream computes
+incrementally anyway, already tells most of them apart. So:
 
 - **stage 1**, every hop: the window's speech-embedding windows, pooled and normalised
   as the fusion model pools them, against each word's *speech direction*: the speech
