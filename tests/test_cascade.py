@@ -96,6 +96,32 @@ def test_the_stage1_rule_round_trips_and_rejects_nonsense():
         Stage1.from_dict({"threshold": 0.1})
 
 
+def test_every_learner_on_the_fusion_body_gives_its_words_speech_directions():
+    """Stage 1 reads each word's speech direction from the adapted model's class vectors:
+    ProtoNet's prototypes, and the head of a model trained to reject (protoreject's
+    learner wraps the model with its offsets); the first 96 values, normalised. Runs on
+    stand-in fusion features (no bases needed)."""
+    from metavox.audio.features import FrontendConfig, fusion_layout
+    from metavox.kws.cascade import word_directions
+    from metavox.meta.registry import create_algorithm
+    from metavox.models import create_model, model_frontend
+    from metavox.pipeline.enroll import Adapted
+
+    fe = FrontendConfig(**model_frontend("fusion"))
+    size = fusion_layout(fe.num_samples)[2]
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, size, 1)
+    y = torch.arange(2).repeat_interleave(3)
+    for name, options in (("protonet", {}), ("protoreject", {"steps": 1})):
+        model = create_model("fusion", num_classes=2, input_shape=(size, 1), pool="max")
+        algo = create_algorithm(name, model, **options)
+        adapted = Adapted(algo.adapt(x, y, classes=["a", "b"]), fe)
+        d = word_directions(adapted)
+        assert d.shape == (2, 96)
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(2))
+        assert not torch.allclose(d[0], d[1])
+
+
 # ---------------------------------------------------------------------------------------
 # on real speech, through both pretrained bases
 

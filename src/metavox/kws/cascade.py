@@ -129,6 +129,9 @@ def _module_parts(adapted: Adapted) -> tuple[nn.Module, Tensor]:
         vectors = module[1].weight
     elif learner.kind == "prototypes":
         vectors = module.prototypes
+    elif learner.kind == "reject" and isinstance(getattr(module.inner, "head", None),
+                                                 nn.Linear):
+        vectors = module.inner.head.weight  # trained to reject: its model's head
     else:
         raise CascadeError(f"a cascade needs a linear head or prototypes on the fusion body; "
                            f"this model's learner is {learner.kind!r}")
