@@ -220,7 +220,8 @@ def breakdown_lines(results: list[StreamResult], cfg: StreamConfig, *, top: int 
 
 def plot_det(results: list[StreamResult], path: Path) -> None:
     """Detection rate against false accepts, one curve per method and shots, in two
-    panels: per hour of non-target audio, and per 100 non-target words."""
+    panels: per hour of non-target audio, and per 100 non-target words. A method keeps
+    one colour, the number of shots its marker (so a dozen curves stay apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,15 +232,21 @@ def plot_det(results: list[StreamResult], path: Path) -> None:
                "false accepts per hour of non-target audio (0 drawn at 0.05)"),
               ("fa_per_100_words", "margin_fa_per_100_words", 0.01,
                "false accepts per 100 non-target words (0 drawn at 0.01)"))
+    methods = list(dict.fromkeys(r.method for r in results))
+    shots = sorted({r.shots for r in results})
+    colours = plt.get_cmap("tab10").colors
+    markers = "os^Dv<>p*h"
     for ax, (rates, margin_rates, floor, label) in zip(axes, panels, strict=True):
         for r in results:
+            colour = colours[methods.index(r.method) % len(colours)]
             fa = np.maximum(np.asarray(getattr(r, rates)), floor)  # 0 on a log axis
-            (line,) = ax.plot(fa, 100 * np.asarray(r.detection_rate), marker="o", ms=3,
-                              label=f"{r.method}, {r.shots}-shot")
+            ax.plot(fa, 100 * np.asarray(r.detection_rate), color=colour, ms=3.5,
+                    marker=markers[shots.index(r.shots) % len(markers)],
+                    label=f"{r.method}, {r.shots}-shot")
             j = list(r.far).index(0.0)  # the strictest calibrated point, then past it
             ax.plot(np.maximum([getattr(r, rates)[j], *getattr(r, margin_rates)], floor),
                     100 * np.asarray([r.detection_rate[j], *r.margin_detection_rate]),
-                    ls="--", marker=".", ms=3, lw=0.9, color=line.get_color())
+                    ls="--", marker=".", ms=3, lw=0.9, color=colour)
         ax.set_xscale("log")
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel(label, fontsize=8)
