@@ -20,9 +20,12 @@ spelling does. For each test word this study:
    pronunciations of the word itself, to the embedding) are left out.
 
 Same episodes, pool and summary as ``benchmarks/openset_scoring.py``; ``lam = 0`` is the
-frozen centroid. Needs the frozen fusion run of docs/results.md and the synth extra::
+frozen centroid. ``--part val`` enrolls the validation words instead (the test words are
+then among the non-targets), to choose ``lam`` and ``cut`` away from the test words.
+Needs the frozen fusion run of docs/results.md and the synth extra::
 
     python benchmarks/openset_neighbours.py runs/frozen-fusion [--episodes 300] [--cut 1.0,0.9]
+        [--part val]
 """
 
 from __future__ import annotations
@@ -100,6 +103,10 @@ def main() -> None:
     ap.add_argument("--lam", default="0,0.5,1")
     ap.add_argument("--cut", default="1.0,0.9")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples (intervals)")
+    ap.add_argument("--part", default="test", choices=("test", "val"),
+                    help="whose words are enrolled: the test words, or the validation words "
+                    "(to choose lam and cut away from the test words; the other part's "
+                    "words are then the non-targets)")
     args = ap.parse_args()
     from metavox.pipeline.enroll import featurize_waves
 
@@ -111,6 +118,10 @@ def main() -> None:
                          "fusion front-end (both bases)")
     data = build_run_data(cfg)
     test, val = data.parts["test"], data.parts.get("val")
+    if args.part == "val":
+        if val is None:
+            raise SystemExit(f"{args.run} has no validation words")
+        test, val = val, test
     pool = open_set_pool(loaded, test, val)
     labels = np.asarray(pool.labels)
 
@@ -150,7 +161,9 @@ def main() -> None:
 
     print("\n| shots | lam | cut | det at 1% | det at 0.1% | EER |\n|---|---|---|---|---|---|")
     for k in (1, 5):
-        sampler = make_sampler(test, replace(cfg.episodes, queries=15), seed=cfg.seed,
+        fewest = min(np.unique(np.asarray(test.labels), return_counts=True)[1])
+        queries = min(15, int(fewest) - k)  # the validation words have fewer clips
+        sampler = make_sampler(test, replace(cfg.episodes, queries=queries), seed=cfg.seed,
                                stream="test", shots=k)
         for lam in (float(x) for x in args.lam.split(",")):
             for cut in ((1.0,) if lam == 0 else (float(x) for x in args.cut.split(","))):
