@@ -37,13 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from openset_scoring import centroids, fused, score_episodes, split_fusion
+from openset_scoring import centroids, fused, load_fusion_run, score_episodes, split_fusion
 from torch import Tensor
 
 from metavox.engine.openset_eval import summarize
-from metavox.pipeline.build import build_run_data, make_sampler
+from metavox.pipeline.build import make_sampler
 from metavox.pipeline.evaluate import open_set_pool
-from metavox.pipeline.train import load_trained
 
 SPEAKERS = 8
 
@@ -111,12 +110,8 @@ def main() -> None:
     from metavox.pipeline.enroll import featurize_waves
 
     torch.set_grad_enabled(False)
-    loaded = load_trained(args.run)
+    loaded, data = load_fusion_run(args.run)
     cfg = loaded.config
-    if cfg.model.name != "fusion":
-        raise SystemExit(f"{args.run} is a {cfg.model.name!r} run; this study reads the "
-                         "fusion front-end (both bases)")
-    data = build_run_data(cfg)
     test, val = data.parts["test"], data.parts.get("val")
     if args.part == "val":
         if val is None:

@@ -211,6 +211,16 @@ def choose_pool(cfg, store, episodes: int) -> None:
                   f"{100 * r.eer[0]:.1f} |")
 
 
+def load_fusion_run(run: str):
+    """``(loaded run, its data)`` of a run on the ``fusion`` model (these studies read the
+    fusion front-end: both bases); exits with a message for any other run."""
+    loaded = load_trained(run)
+    if loaded.config.model.name != "fusion":
+        raise SystemExit(f"{run} is a {loaded.config.model.name!r} run; this study reads the "
+                         "fusion front-end (both bases)")
+    return loaded, build_run_data(loaded.config)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a run on the fusion model (e.g. runs/frozen-fusion)")
@@ -225,12 +235,8 @@ def main() -> None:
                     help="compare mean and max pooling on this split (train, val) instead")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    loaded = load_trained(args.run)
+    loaded, data = load_fusion_run(args.run)
     cfg = loaded.config
-    if cfg.model.name != "fusion":
-        raise SystemExit(f"{args.run} is a {cfg.model.name!r} run; this study reads the "
-                         "fusion front-end (both bases)")
-    data = build_run_data(cfg)
     if args.choose_pool:
         choose_pool(cfg, data.parts[args.choose_pool], min(args.episodes, 300))
         return
