@@ -37,6 +37,12 @@ class AlgorithmSpec:
     #: False for evaluation-only baselines (fine-tuning), which have no meta-gradient
     meta_trained: bool = True
 
+    @property
+    def trains_rejection(self) -> bool:
+        """Whether the class trains rejection: its tasks' queries may hold unknowns
+        (``accepts_unknowns``), and it takes a cohort of training clips."""
+        return bool(getattr(self.cls, "accepts_unknowns", False))
+
     def options(self) -> list[str]:
         """Keyword options the class takes: its constructor's keyword-only parameters and,
         where it forwards ``**common`` to its base class, the base's, up the chain."""

@@ -175,8 +175,8 @@ def open_set_training(cfg: RunConfig) -> bool:
     from metavox.meta import ALGORITHMS
 
     spec = ALGORITHMS.get(cfg.algorithm.name)
-    rejects = spec is not None and getattr(spec.cls, "accepts_unknowns", False)
-    return rejects and bool(cfg.episodes.unknown_words or cfg.episodes.background_queries)
+    return (spec is not None and spec.trains_rejection
+            and bool(cfg.episodes.unknown_words or cfg.episodes.background_queries))
 
 
 def run_backgrounds_for(cfg: RunConfig, frontend: FrontendConfig):

@@ -390,11 +390,10 @@ def _open_set_problems(cfg: RunConfig) -> list[str]:
     if ep.confusable_file and not Path(ep.confusable_file).is_file():
         problems.append(f"episodes.confusable_file {ep.confusable_file} is not a file")
     spec = ALGORITHMS.get(cfg.algorithm.name)
-    rejects = spec is not None and getattr(spec.cls, "accepts_unknowns", False)
     if (ep.unknown_words or ep.background_queries) and ep.protocol != "class":
         problems.append("episodes.unknown_words / background_queries need episodes.protocol "
                         "= 'class'")
-    if cfg.algorithm.cohort and spec is not None and not rejects:
+    if cfg.algorithm.cohort and spec is not None and not spec.trains_rejection:
         problems.append(f"algorithm.cohort: {cfg.algorithm.name} takes no cohort")
     if cfg.validation.select_metric not in ("accuracy", "open_set"):
         problems.append(f"validation.select_metric must be 'accuracy' or 'open_set', got "
