@@ -244,10 +244,8 @@ def cascade_scores(values: Tensor, verified: np.ndarray, smooth: int
     best = np.zeros(hops, dtype=np.int64)
     scores = np.full(hops, -math.inf)
     idx = np.flatnonzero(np.asarray(verified, dtype=bool))
-    for n, i in enumerate(idx.tolist()):
-        first = n
-        while first > 0 and idx[first - 1] > i - smooth:
-            first -= 1
+    firsts = np.searchsorted(idx, idx - smooth + 1)  # the first verified hop in each span
+    for n, (i, first) in enumerate(zip(idx.tolist(), firsts.tolist(), strict=True)):
         score, word = values[idx[first:n + 1]].float().mean(0).max(-1)
         best[i], scores[i] = int(word), float(score)
     return best, scores

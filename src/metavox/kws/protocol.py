@@ -555,8 +555,8 @@ def cascade_name(method: str, far: float | None) -> str:
 
 def count(r: StreamResult, stream: TestStream, hours: float, grid, thresholds: list[float],
           past: list[float], cfg: StreamConfig, times: np.ndarray, best: np.ndarray,
-          scores: np.ndarray, candidates: np.ndarray | None, settings: SpotSettings) -> None:
-    """Add one stream's outcomes at every threshold to ``r`` (``candidates``: the hops a
+          scores: np.ndarray, verified: np.ndarray | None, settings: SpotSettings) -> None:
+    """Add one stream's outcomes at every threshold to ``r`` (``verified``: the hops a
     cascade verified, with ``best``, ``scores`` its own (:func:`cascade_scores`), or
     ``None`` for every hop)."""
     from metavox.kws.cascade import cascade_triggered
@@ -575,11 +575,11 @@ def count(r: StreamResult, stream: TestStream, hours: float, grid, thresholds: l
     for target, threshold, hit_counts, false_counts, j in points:
         if cfg.decision == "segments":
             fired = np.flatnonzero(scores >= threshold)
-        elif candidates is None:
+        elif verified is None:
             fired = triggered(times, best, scores, threshold,
                               settings.refractory_seconds)
         else:
-            fired = cascade_triggered(times, best, scores, candidates, threshold,
+            fired = cascade_triggered(times, best, scores, verified, threshold,
                                       settings.refractory_seconds)
         got = match(stream, stream.words, times, best, fired, cfg.tolerance)
         hit_counts[j] += sum(o.hit for o in got)
