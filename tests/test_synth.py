@@ -11,7 +11,6 @@ import filecmp
 import json
 import os
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -353,18 +352,9 @@ def test_no_homophones_in_the_vocabulary() -> None:
     """Labels must be acoustically distinct: no two words share a transcription in any of
     the accents (checked in a subprocess, which loads the three standalone modules without
     the rest of metavox: the engine stays out of this process)."""
-    import subprocess
+    from synth_helpers import run_isolated
 
-    folder = Path(gen.__file__).parent
-    code = (
-        "import importlib.util, sys\n"
-        "def load(name):\n"
-        f"    spec = importlib.util.spec_from_file_location(name, {str(folder)!r} + '/' + name"
-        " + '.py')\n"
-        "    mod = importlib.util.module_from_spec(spec)\n"
-        "    sys.modules[name] = mod\n"
-        "    spec.loader.exec_module(mod)\n"
-        "    return mod\n"
+    out = run_isolated(
         "e = load('engine').get_engine()\n"
         "words = load('vocabulary').WORDS\n"
         "for a in load('speakers').ACCENTS:\n"
@@ -376,7 +366,4 @@ def test_no_homophones_in_the_vocabulary() -> None:
         "        seen[p] = w\n"
         "print(len(words))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == str(len(WORDS))
+    assert out.strip() == str(len(WORDS))

@@ -361,24 +361,16 @@ def test_engine_reads_phoneme_mnemonics() -> None:
     """With ``phoneme_input`` eSpeak NG speaks ``[[Tr'i:]]`` as "three" (about as long);
     without it, it reads the brackets and letters as text (much longer). Run in a
     subprocess that loads engine.py alone, so that the engine stays out of this process."""
-    import subprocess
-    import sys
+    from synth_helpers import run_isolated
 
-    code = (
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('engine', {gen.__file__!r}"
-        ".replace('generate.py', 'engine.py'))\n"
-        "engine = importlib.util.module_from_spec(spec); spec.loader.exec_module(engine)\n"
-        "e = engine.get_engine(); e.set_voice('en')\n"
+    out = run_isolated(
+        "e = load('engine').get_engine(); e.set_voice('en')\n"
         "kw = dict(rate=175, pitch=50, pitch_range=50, seed=1, volume=25)\n"
         "word = len(e.synthesize('three', **kw))\n"
         "ph = len(e.synthesize(\"[[Tr'i:]]\", phoneme_input=True, **kw))\n"
         "text = len(e.synthesize(\"[[Tr'i:]]\", **kw))\n"
         "print(word, ph, text)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    word, ph, text = map(int, res.stdout.split())
+    word, ph, text = map(int, out.split())
     assert abs(ph - word) < 0.1 * word
     assert text > 1.5 * word
