@@ -104,6 +104,39 @@ def test_open_set_calibration_accepts_at_most_the_rate():
         calibrate(negatives, 1.5)
 
 
+def test_negatives_keep_a_bank_for_every_rule_and_score_every_clip_but_its_own_half():
+    """The bank of negatives' embeddings travels with every rule (the cascade's stage 1
+    is calibrated on it); only the background rule, which scores against it, spends half
+    of the negatives on it."""
+    from metavox.pipeline.enroll import negative_values
+
+    adapted = make_adapted()
+    negatives = [builtin_negatives(adapted.frontend)]
+    n = len(negatives[0])
+    values, bank = negative_values(adapted, negatives, rule="logit")
+    assert len(values) == n and len(bank) == n
+    assert torch.allclose(values, adapted.logits(negatives[0]))
+    values, bank = negative_values(adapted, negatives, rule="background")
+    assert len(values) + len(bank) == n and abs(len(values) - len(bank)) <= 1
+    learned = calibrate_open_set(adapted, negatives, far=0.1, rule="learned")
+    assert learned.background is not None and learned.rule == "learned"
+
+
+def test_the_default_rule_is_the_models_own_score():
+    """Enrollment defaults to the learned rule for an algorithm trained to reject and to
+    the distance to the prototype for the others (measured better than the background
+    rule at telling enrolled words from other words: docs/kws.md)."""
+    from types import SimpleNamespace
+
+    from metavox.pipeline.enroll import default_rule
+
+    def run(name):
+        return SimpleNamespace(config=SimpleNamespace(algorithm=SimpleNamespace(name=name)))
+
+    assert default_rule(run("protoreject")) == "learned"
+    assert {default_rule(run(n)) for n in ("maml", "protonet", "anil", "reptile")} == {"logit"}
+
+
 def test_recorded_backgrounds_beside_the_corpus_join_the_negatives(tmp_path):
     """Speech Commands' ``_silence_`` and ``_background_noise_`` recordings become negatives
     (made clips as words' recordings are, through the feature cache, seeded); unreadable
@@ -302,7 +335,11 @@ def test_stream_protocol_builds_reproducible_streams_and_scores_them(tmp_path, a
     for target in (0.0, 50.0, 500.0):
         assert cal.false_accepts_per_hour(cal.threshold(target)) <= target
     assert cal.threshold(0.0) >= cal.threshold(50.0) >= cal.threshold(500.0)
-    assert cal.open_set(50.0).fa_per_hour == 50.0 and cal.open_set(50.0).rule == "background"
+    assert cal.open_set(50.0).fa_per_hour == 50.0 and cal.open_set(50.0).rule == "logit"
+    # any rule is calibrated on streams; the bank holds the negative stream's windows
+    bg = calibrate_on_streams(adapted_tones, streams, None, SpotSettings(), rule="background")
+    assert bg.open_set(50.0).rule == "background" and len(bg.bank) == len(cal.bank)
+    assert bg.false_accepts_per_hour(bg.threshold(50.0)) <= 50.0
 
 
 def test_false_accepts_per_100_nontarget_words_are_the_hand_count(tmp_path):
@@ -653,6 +690,9 @@ def test_onnx_export_of_the_background_rule_matches_pytorch(tmp_path, adapted):
     again = load_adapted(saved)
     assert again.open_set == bg.open_set
     assert torch.equal(again.open_set.background, bg.open_set.background)
+    # another rule keeps its bank in the file (for a cascade) but not in the graph
+    assert adapted.open_set.rule == "logit" and adapted.open_set.background is not None
+    assert ClipSpotter(adapted).bank.shape == (1, 1)
 
 
 def test_streams_command_writes_a_report_and_takes_extra_negatives(tmp_path):

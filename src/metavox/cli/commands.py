@@ -185,15 +185,16 @@ def adapt_command(
         "--negatives) is taken for a word; --no-open-set turns it off."),
     open_set: bool = typer.Option(True, "--open-set/--no-open-set",
                                   help="Answer 'unknown' for clips that are none of the words."),
-    rule: str = typer.Option("background", "--rule", help="Open-set score: background (the "
-                             "word's logit minus the nearest negative's), logit (distance to "
-                             "the word's prototype) or probability."),
+    rule: str | None = typer.Option(
+        None, "--rule", help="Open-set score: logit (the distance to the word's prototype; "
+        "the default), learned (the output of a model trained to reject; its default), "
+        "background (the word's logit minus the nearest negative clip's) or probability."),
     negatives: Path | None = typer.Option(None, "--negatives", help="A folder of your own "
                                           "clips that are none of the words (any depth)."),
     fa_per_hour: float | None = typer.Option(
         1.0, "--fa-per-hour", help="Then, when the run's corpus is at hand, set the "
         "threshold on streams of its other words instead: at most this many false accepts "
-        "per hour (background rule)."),
+        "per hour."),
 ) -> None:
     """Teach a meta-trained model your own words from a few recordings.
 
@@ -212,7 +213,7 @@ def adapt_command(
         loaded = load_trained(checkpoint)
         adapted = enroll(loaded, examples, steps=steps, far=far if open_set else None,
                          rule=rule, negatives=negatives, expect=True)
-        if open_set and fa_per_hour is not None and rule == "background":
+        if open_set and fa_per_hour is not None:
             from metavox.kws.calibrate import calibrate_enrolled
 
             on_streams = calibrate_enrolled(adapted, loaded, adapted.classes, fa_per_hour)

@@ -155,6 +155,10 @@ def streams_command(
                                     "isolated negative clips, set on --far."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: "
                                     "RUN/report/streams)."),
+    rule: str = typer.Option("logit", "--rule", help="The open-set score of every method: "
+                             "logit (the distance to the word's prototype; for a model "
+                             "trained to reject, its learned output), background or "
+                             "probability."),
     decision: str = typer.Option("windows", "--decision", help="windows: the sliding window "
                                  "every hop (as listen); segments: one window per speech "
                                  "segment cut by energy (needs --calibration clips)."),
@@ -199,7 +203,7 @@ def streams_command(
         shot_list = [int(s) for s in shots.split(",") if s.strip()]
         report = run_streams(checkpoint, episodes=episodes, shots=shot_list, ways=ways,
                              far=far, calibration=calibration, out=out, progress=not quiet,
-                             extra_negatives=negatives, decision=decision,
+                             extra_negatives=negatives, decision=decision, rule=rule,
                              inner_lr=inner_lr, steps=steps, kind=kind,
                              cascade=tuple(float(f) for f in cascade.split(",") if f.strip()))
     rows = [[r["method"], str(r["shots"]), f"{100 * r['rate_at_1']:.1f}",

@@ -1,11 +1,13 @@
-"""Open-set calibration on *streams*: the background bank and the threshold from negative
+"""Open-set calibration on *streams*: the threshold (and the background bank) from negative
 streams laid out like a test stream, with the threshold set on false accepts per hour.
 
 Calibrating on isolated clips (one word padded with silence, as at enrollment) misses what
 a stream's windows hold: parts of words, two neighbouring words, noise. Here two negative
 streams are built from clips of words that are none of the enrolled ones (the run's own
 meta-training words): the first one's windows, embedded by the adapted model, join the
-background bank; on the second one the spotter runs with that bank, and the threshold is
+bank of negatives' embeddings (which the ``background`` rule scores against and the
+cascade's stage 1 is calibrated on); on the second one the spotter runs with the model's
+open-set rule, and the threshold is
 the smallest at which its detections (with the smoothing and refractory period of
 ``settings``) stay at or below the target number of false accepts per hour.
 """
@@ -52,8 +54,10 @@ def negative_streams(paths: list[str], frontend, *, seed: int = 0, clips: int = 
 @dataclass
 class StreamCalibration:
     """An adapted model's bank (clip negatives plus negative-stream windows) and its
-    smoothed scores on the calibration stream, from which thresholds are read."""
+    smoothed scores under ``rule`` on the calibration stream, from which thresholds are
+    read."""
 
+    rule: str
     bank: Tensor
     times: np.ndarray
     best: np.ndarray
@@ -82,21 +86,23 @@ class StreamCalibration:
         return float(candidates[lo])
 
     def open_set(self, fa_per_hour: float) -> OpenSet:
-        return OpenSet("background", self.threshold(fa_per_hour), None,
+        return OpenSet(self.rule, self.threshold(fa_per_hour), None,
                        len(self.scores), background=self.bank, fa_per_hour=fa_per_hour,
                        spread=spread_of(torch.from_numpy(self.scores)))
 
 
 def calibrate_on_streams(adapted: Adapted, streams: NegativeStreams, clip_bank: Tensor | None,
-                         settings: SpotSettings | None = None) -> StreamCalibration:
-    """See the module doc; ``clip_bank``: the bank from clip negatives, kept in the bank."""
+                         settings: SpotSettings | None = None, *, rule: str = "logit"
+                         ) -> StreamCalibration:
+    """See the module doc; ``clip_bank``: the bank from clip negatives, kept in the bank;
+    ``rule``: the open-set rule whose threshold is set."""
     settings = (settings or SpotSettings()).resolve(adapted.frontend)
     windows = torch.cat([adapted.learner.features(streams.bank_features[i:i + 512])
                          for i in range(0, len(streams.bank_features), 512)])
     bank = windows if clip_bank is None else torch.cat([clip_bank, windows])
-    probe = OpenSet("background", background=bank)
+    probe = OpenSet(rule, background=bank)
     best, scores = smoothed_scores(score(adapted, streams.features, probe), settings.smooth)
-    return StreamCalibration(bank, streams.times, best, scores, streams.hours, settings)
+    return StreamCalibration(rule, bank, streams.times, best, scores, streams.hours, settings)
 
 
 
@@ -114,7 +120,8 @@ def calibrate_enrolled(adapted: Adapted, loaded, words: list[str], fa_per_hour: 
     if len(paths) < 20:
         return None
     streams = negative_streams(paths, adapted.frontend, seed=loaded.config.seed)
-    cal = calibrate_on_streams(adapted, streams, adapted.open_set.background, settings)
+    cal = calibrate_on_streams(adapted, streams, adapted.open_set.background, settings,
+                               rule=adapted.open_set.rule)
     return cal.open_set(fa_per_hour)
 
 

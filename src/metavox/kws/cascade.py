@@ -12,8 +12,8 @@ incrementally anyway, already tells most of them apart. So:
   prototypes; :func:`word_directions`). The best cosine is the hop's stage-1 score.
   A hop is a *candidate* when it is at or above the stage-1 threshold, calibrated to pass
   a fraction ``far`` of the same negatives the open set was calibrated on (the adapted
-  model's background bank, whose embeddings hold each negative's speech-embedding part:
-  :func:`calibrate_stage1`), looser than the open set's rate (default
+  model's bank of negatives, kept for every rule, whose embeddings hold each negative's
+  speech-embedding part: :func:`calibrate_stage1`), looser than the open set's rate (default
   :data:`DEFAULT_FAR`).
 - **stage 2**, only on candidates, and within a run of consecutive candidates only every
   ``stride`` hops (:attr:`Stage1.stride`, default :data:`DEFAULT_STRIDE`: 320 ms; the
@@ -195,9 +195,8 @@ def calibrate_stage1(adapted: Adapted, far: float = DEFAULT_FAR,
     vectors)."""
     rule = open_set or adapted.open_set
     if rule.background is None:
-        raise CascadeError("calibrating a cascade needs the negatives of the background "
-                           "open-set rule (enroll with --far and the background rule), or a "
-                           "saved stage-1 rule")
+        raise CascadeError("calibrating a cascade needs the bank of negatives the open set "
+                           "was calibrated on (enroll with --far), or a saved stage-1 rule")
     speech = F.normalize(rule.background[:, :_SPEECH_DIM].float(), dim=-1)
     scores = (speech @ word_directions(adapted).t()).max(-1).values
     return Stage1(threshold_for(scores, far), float(far), len(scores), stride)

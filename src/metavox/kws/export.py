@@ -65,7 +65,7 @@ class ClipSpotter(nn.Module):
         self.features = LEARNER_FEATURES[adapted.learner.kind](self.model)
         t = adapted.open_set.threshold
         self.register_buffer("threshold", torch.tensor(max(t, -3.0e38), dtype=torch.float32))
-        bank = adapted.open_set.background
+        bank = adapted.open_set.background if self.rule == "background" else None
         self.register_buffer("bank", torch.zeros(1, 1) if bank is None else bank.float())
 
     def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -24,7 +24,8 @@ seconds after its end (each placement is hit at most once); any other detection 
 outside the target words' spans and per 100 non-target words spoken in it (a clip is one
 word, a sentence of the ``sentences`` kind counts its words).
 
-The operating point is the one a user sets: the open-set rule (``background`` by default)
+The operating point is the one a user sets: the open-set rule (``logit`` by default: for a
+model trained to reject that is its learned output; ``rule`` picks another)
 is calibrated at enrollment to accept a fraction ``far`` of negative clips (generated and
 recorded backgrounds and the run's own meta-training words, never the test stream:
 :func:`~metavox.pipeline.enroll.negative_pool`), and sweeping ``far``
@@ -49,7 +50,7 @@ from metavox.data import Corpus
 from metavox.kws.segments import segment_features
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta import MetaAlgorithm
-from metavox.meta.openset import OpenSet, spread_of, threshold_for
+from metavox.meta.openset import RULES, OpenSet, spread_of, threshold_for
 from metavox.pipeline.enroll import Adapted, featurize, negative_scores
 from metavox.progress import Progress
 
@@ -79,7 +80,7 @@ class StreamConfig:
     far: float = 0.01  # the operating point reported (clip calibration)
     fa_per_hour: float = 1.0  # the operating point reported (stream calibration)
     calibration: str = "streams"  # "streams" (negative streams, FA/h) or "clips" (far)
-    rule: str = "background"
+    rule: str = "logit"
     seed: int = 0
     settings: SpotSettings = field(default_factory=SpotSettings)
     #: "windows": the sliding window every hop (what `metavox listen` does); "segments":
@@ -103,8 +104,8 @@ class StreamConfig:
         if self.calibration not in ("streams", "clips"):
             raise ValueError(f"calibration must be 'streams' or 'clips', got "
                              f"{self.calibration!r}")
-        if self.calibration == "streams" and self.rule != "background":
-            raise ValueError("calibration on streams uses the background rule")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.decision not in ("windows", "segments"):
             raise ValueError(f"decision must be 'windows' or 'segments', got "
                              f"{self.decision!r}")
@@ -514,7 +515,8 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
                 adapted = Adapted(algo.adapt(x, y, classes=stream.words), frontend)
                 neg, bank = negative_scores(adapted, negatives, rule=cfg.rule, seed=cfg.seed)
                 if cfg.calibration == "streams":
-                    cal = calibrate_on_streams(adapted, streams, bank, settings)
+                    cal = calibrate_on_streams(adapted, streams, bank, settings,
+                                               rule=cfg.rule)
                     bank = cal.bank
                     thresholds = [cal.threshold(f) for f in grid]
                 else:

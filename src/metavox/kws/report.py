@@ -24,6 +24,7 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
                 out: str | Path | None = None, progress: bool = False,
                 config: StreamConfig | None = None,
                 extra_negatives: str | Path | None = None, decision: str = "windows",
+                rule: str = "logit",
                 inner_lr: float | None = None, steps: int | None = None,
                 kind: str = "words", cascade: tuple[float, ...] = ()) -> dict:
     """Run the stream protocol on the run's test words for its meta-learner and the
@@ -35,7 +36,8 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     folder of extra negative recordings for the open-set calibration and bank (as
     ``metavox adapt --negatives``); ``inner_lr`` / ``steps``: the meta-learner's test-time
     adaptation (default: the settings chosen on validation, else the training config's);
-    ``kind``: the non-target speech, ``"words"`` (the corpus's other words) or
+    ``rule``: the open-set rule of every method (see :class:`StreamConfig`); ``kind``: the
+    non-target speech, ``"words"`` (the corpus's other words) or
     ``"sentences"`` (sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`);
     ``cascade``: on the fusion base, stage-1 rates of the cascade scored beside verifying
     every hop (:mod:`metavox.kws.cascade`)."""
@@ -44,6 +46,7 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
                                  ways=ways, far=far, calibration=calibration,
                                  seed=loaded.config.seed, decision=decision, kind=kind,
+                                 rule=rule,
                                  cascade=tuple(cascade))
     data = build_run_data(loaded.config, progress=progress)
     if "test" not in data.parts:

@@ -244,28 +244,43 @@ def run_backgrounds(loaded: LoadedModel) -> Tensor:
     return torch.cat([m for m in made if m is not None])
 
 
+def default_rule(loaded: LoadedModel) -> str:
+    """The open-set rule an enrollment uses unless told otherwise: ``"learned"`` for an
+    algorithm trained to reject (its output already is the word's score against the
+    task's unknown), else ``"logit"`` (the distance to the word's prototype). Measured on
+    protocol streams, both tell enrolled words from other words far better than the
+    ``"background"`` rule, which also scores a word against the nearest negative clip
+    (docs/kws.md, "None of these")."""
+    from metavox.meta import ALGORITHMS
+
+    spec = ALGORITHMS.get(loaded.config.algorithm.name)
+    return "learned" if spec is not None and spec.trains_rejection else "logit"
+
+
 def negative_scores(adapted: Adapted, negatives: list[Tensor | None], *,
-                    rule: str = "background", seed: int = 0) -> tuple[Tensor, Tensor | None]:
+                    rule: str = "logit", seed: int = 0) -> tuple[Tensor, Tensor]:
     """The negatives' best open-set scores under ``rule`` for ``adapted``, and the
-    background bank (see :func:`negative_values`)."""
+    bank of their embeddings (see :func:`negative_values`)."""
     values, bank = negative_values(adapted, negatives, rule=rule, seed=seed)
     return values.max(-1).values, bank
 
 
 def negative_values(adapted: Adapted, negatives: list[Tensor | None], *,
-                    rule: str = "background", seed: int = 0) -> tuple[Tensor, Tensor | None]:
+                    rule: str = "logit", seed: int = 0) -> tuple[Tensor, Tensor]:
     """The negatives' open-set scores ``[n, words]`` under ``rule`` for ``adapted``, and
-    the background bank (``None`` unless ``rule == "background"``). For the background
-    rule the negatives (feature batches ``[n, 1, features, frames]``) are shuffled and
-    split in two: one half's embeddings (by the adapted model) are the bank, the other
-    half is scored."""
+    a bank of negatives' embeddings by the adapted model, kept with the open set for
+    every rule (the cascade's stage 1 is calibrated on it,
+    :func:`metavox.kws.cascade.calibrate_stage1`). For the background rule, whose scores
+    use the bank, the negatives (feature batches ``[n, 1, features, frames]``) are
+    shuffled and split in two: one half's embeddings are the bank, the other half is
+    scored; for the other rules every negative is both."""
     x = torch.cat([n for n in negatives if n is not None and len(n)])
-    bank = None
+    bank_x = x
     if rule == "background":
         order = torch.from_numpy(np.random.default_rng([seed, 13]).permutation(len(x)))
         bank_x, x = x[order[::2]], x[order[1::2]]
-        bank = torch.cat([adapted.learner.features(bank_x[i:i + 256])
-                          for i in range(0, len(bank_x), 256)])
+    bank = torch.cat([adapted.learner.features(bank_x[i:i + 256])
+                      for i in range(0, len(bank_x), 256)])
     probe = OpenSet(rule, background=bank)
     values = torch.cat([adapted.values(x[i:i + 256], probe)
                         for i in range(0, len(x), 256)])
@@ -273,7 +288,7 @@ def negative_values(adapted: Adapted, negatives: list[Tensor | None], *,
 
 
 def calibrate_open_set(adapted: Adapted, negatives: list[Tensor | None], *, far: float,
-                       rule: str = "background", seed: int = 0) -> OpenSet:
+                       rule: str = "logit", seed: int = 0) -> OpenSet:
     """The open-set rule for ``adapted`` accepting at most ``far`` of the ``negatives``
     (see :func:`negative_scores`)."""
     values, bank = negative_values(adapted, negatives, rule=rule, seed=seed)
@@ -281,7 +296,7 @@ def calibrate_open_set(adapted: Adapted, negatives: list[Tensor | None], *, far:
 
 
 def open_set_from(values: Tensor, bank: Tensor | None, *, far: float,
-                  rule: str = "background") -> OpenSet:
+                  rule: str = "logit") -> OpenSet:
     """The open-set rule accepting at most ``far`` of negatives whose scores ``values``
     ``[n, words]`` and bank are :func:`negative_values`'s."""
     scores = values.max(-1).values
@@ -308,18 +323,20 @@ def check_word_count(loaded: LoadedModel, words: int) -> None:
 
 
 def enroll(loaded: LoadedModel, examples: str | Path, *, steps: int | None = None,
-           far: float | None = None, rule: str = "background",
+           far: float | None = None, rule: str | None = None,
            negatives: str | Path | None = None, expect: bool = False) -> Adapted:
     """Adapt ``loaded`` to the words in ``examples``; with ``far``, calibrate the
     open-set rule on negatives (:func:`negative_pool`: generated and recorded backgrounds,
     the run's own meta-training words other than these when its corpus is at hand, and
     the clips of ``negatives/`` if given) so that at most that fraction of them is
-    accepted as a word. With ``expect``, also gather the :class:`Evidence` of
-    :meth:`Adapted.expectations` (one more adaptation per clip of the word with most)."""
+    accepted as a word (``rule``: default :func:`default_rule`). With ``expect``, also
+    gather the :class:`Evidence` of :meth:`Adapted.expectations` (one more adaptation
+    per clip of the word with most)."""
     x, y, words = read_examples(examples, loaded.frontend)
     check_word_count(loaded, len(words))
     adapted = Adapted(loaded.algo.adapt(x, y, steps=steps, classes=words), loaded.frontend)
     neg_values = None
+    rule = rule or default_rule(loaded)
     if far is not None:
         pool = negative_pool(loaded, exclude=words)
         if negatives is not None:

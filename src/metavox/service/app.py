@@ -45,6 +45,7 @@ from metavox.pipeline.enroll import (
     EnrollError,
     check_word_count,
     corpus_negatives,
+    default_rule,
     featurize,
     featurize_waves,
     load_adapted,
@@ -153,8 +154,10 @@ class Service:
             negatives = negative_pool(self.loaded, exclude=words,
                                       backgrounds=self.backgrounds)
             adapted = Adapted(self.loaded.algo.adapt(x, y, classes=words), self.frontend)
-            values, bank = negative_values(adapted, negatives, seed=self.loaded.config.seed)
-            adapted.open_set = open_set_from(values, bank, far=self.limits.far)
+            rule = default_rule(self.loaded)
+            values, bank = negative_values(adapted, negatives, rule=rule,
+                                           seed=self.loaded.config.seed)
+            adapted.open_set = open_set_from(values, bank, far=self.limits.far, rule=rule)
             # what to expect: each clip held out, the negatives' false accepts per word
             adapted.evidence = support_evidence(self.loaded, adapted, x, y, values)
             expected = adapted.expectations().to_dict()
