@@ -71,7 +71,7 @@ def enrolled(kind: str, stream, negative_paths: list[str], run: str | None) -> A
                                      input_shape=(fe.num_features, fe.num_frames)))
     adapted = Adapted(algo.adapt(x, y, classes=stream.words), fe)
     negatives = [builtin_negatives(fe), featurize([Path(p) for p in negative_paths], fe)]
-    adapted.open_set = calibrate_open_set(adapted, negatives, far=0.01)
+    adapted.open_set = calibrate_open_set(adapted, negatives, far=0.01, rule="background")
     return adapted
 
 

@@ -73,7 +73,8 @@ def main() -> None:
             x = featurize(paths, loaded.frontend)
             y = torch.arange(len(stream.words)).repeat_interleave(args.shots)
             adapted = Adapted(loaded.algo.adapt(x, y, classes=stream.words), loaded.frontend)
-            adapted.open_set = calibrate_open_set(adapted, negatives, far=args.far)
+            adapted.open_set = calibrate_open_set(adapted, negatives, far=args.far,
+                                                  rule="background")
             f32 = export_onnx(adapted, Path(tmp) / f"e{e}.onnx")
             i8 = export_onnx(adapted, Path(tmp) / f"e{e}.int8.onnx", quantize=True)
             spotter = Spotter(adapted)

@@ -114,7 +114,7 @@ def latency(data: Path, seconds: float, model: str | None) -> list[float]:
         else:
             adapted = load_adapted(model)
         negatives = [builtin_negatives(adapted.frontend)]
-        scores_neg, bank = negative_scores(adapted, negatives)
+        scores_neg, bank = negative_scores(adapted, negatives, rule="background")
         adapted.open_set = OpenSet("background", threshold_for(scores_neg, 0.0), 0.0,
                                    len(scores_neg), background=bank)
         settings = SpotSettings().resolve(adapted.frontend)
