@@ -1,5 +1,6 @@
-"""Open-set calibration on *streams*: the threshold (and the background bank) from negative
-streams laid out like a test stream, with the threshold set on false accepts per hour.
+"""Open-set calibration on *streams*: the threshold, and the bank of negatives' embeddings,
+from negative streams laid out like a test stream, with the threshold set on false accepts
+per hour.
 
 Calibrating on isolated clips (one word padded with silence, as at enrollment) misses what
 a stream's windows hold: parts of words, two neighbouring words, noise. Here two negative
