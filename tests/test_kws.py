@@ -498,6 +498,22 @@ def test_listen_and_export_commands(tmp_path, adapted):
     bad = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "missing.wav")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "missing.wav" in bad.stderr and "Traceback" not in bad.stderr
+    # one decision per segment (the toy's centred words score below its strictest
+    # threshold: set one that accepts each of them, see the segment test)
+    from metavox.kws.protocol import segment_features
+    from metavox.kws.segments import SegmentSettings
+
+    _, feats = segment_features(wave, adapted.frontend, SegmentSettings())
+    threshold = float(adapted.values(feats).max(-1).values.min()) - 0.01
+    out = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "stream.wav"),
+                          "--json", "--decision", "segments", "--threshold", str(threshold)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [e["word"] for e in events] == [w for w, _, _ in placed]
+    bad = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "stream.wav"),
+                          "--decision", "hops"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "decision" in bad.stderr and "Traceback" not in bad.stderr
     if pytest.importorskip("onnxscript", reason="needs metavox[export]"):
         out = subprocess.run([*metavox, "export", str(model), "--onnx",
                               str(tmp_path / "w.onnx")], capture_output=True, text=True,
@@ -824,37 +840,88 @@ def test_sentence_streams_place_targets_among_spoken_sentences(tmp_path):
         StreamConfig(kind="paragraphs")
 
 
-def test_speech_segments_find_the_words_and_the_protocol_scores_them(tmp_path):
-    """The energy segmenter finds each word of a synthetic stream (start and end within
-    60 ms), each segment's window is centred on it, and the stream protocol's segment
-    decisions give rates in range."""
+def test_live_segmenter_finds_the_words_and_presents_them_as_clips():
+    """The live energy segmenter finds each word of a synthetic stream (start and end
+    within 60 ms), decides it once its context after the end has arrived, and gives the
+    word centred in its window with nothing beyond its context; chunks of any size give
+    the same segments as the whole stream at once."""
+    from metavox.kws.segments import Segmenter, SegmentSettings, segment_stream
+
+    wave, placed = synthetic_stream()
+    size, settings = RATE, SegmentSettings()
+    found = segment_stream(wave, RATE, size, settings)
+    assert len(found) == len(placed)
+    context = settings.context_ms / 1000
+    for g, (_, start, end) in zip(found, placed, strict=True):
+        assert abs(g.start - start) < 0.06 and abs(g.end - end) < 0.06
+        assert g.end + max(context, settings.bridge_ms / 1000) - 0.021 <= g.time
+        assert g.time <= g.end + context + 0.021 + settings.bridge_ms / 1000
+        energy = np.square(g.window).reshape(10, -1).sum(1)  # the word mid-window
+        assert energy[4:6].sum() > 0.5 * energy.sum()
+        held = np.flatnonzero(g.window) / RATE  # nothing beyond the context
+        mid = (g.start + g.end) / 2
+        assert held.min() >= 0.5 - (mid - g.start) - context - 1e-3
+        assert held.max() <= 0.5 + (g.end - mid) + context + 1e-3
+    for step in (1000, 3000, 16000):
+        live = Segmenter(RATE, size, settings)
+        got = [g for i in range(0, len(wave), step) for g in live.push(wave[i:i + step])]
+        got += live.flush()
+        assert [(g.start, g.end, g.time) for g in got] == [(g.start, g.end, g.time)
+                                                           for g in found]
+        assert all(np.array_equal(a.window, b.window) for a, b in zip(got, found,
+                                                                      strict=True))
+    assert segment_stream(np.zeros(RATE, np.float32), RATE, size) == []
+    with pytest.raises(ValueError, match="floor_percentile"):
+        SegmentSettings(floor_percentile=120)
+
+
+def test_spotter_segment_decisions_are_the_protocols(adapted, tmp_path):
+    """A Spotter deciding on segments detects each word once, right, within the context
+    after its end, and makes the same decisions as the stream protocol's segment scoring
+    over the recorded stream; the protocol's segment decisions give rates in range."""
+    from dataclasses import replace
+
     from train_helpers import tone_manifest
 
     from metavox.data import load_corpus
-    from metavox.kws.protocol import StreamConfig, evaluate_streams
-    from metavox.kws.segments import segment_windows, speech_segments
+    from metavox.kws.cascade import CascadeError
+    from metavox.kws.protocol import StreamConfig, evaluate_streams, segment_features
 
     wave, placed = synthetic_stream()
-    found = speech_segments(wave, RATE)
-    assert len(found) == len(placed)
-    for (s, e), (_, start, end) in zip(found, placed, strict=True):
-        assert abs(s - start) < 0.06 and abs(e - end) < 0.06
+    settings = SpotSettings(decision="segments")
+    times, feats = segment_features(wave, adapted.frontend, settings.segments)
+    score, best = adapted.values(feats).max(-1)
+    # the toy model's clips sit anywhere in their window, so centred words score below
+    # its strictest threshold: accept every segment of this stream (no background ones)
+    open_set = replace(adapted.open_set, threshold=float(score.min()) - 0.01)
+    spotter = Spotter(adapted, settings=settings, open_set=open_set)
+    live = [d for i in range(0, len(wave), 3000) for d in spotter.feed(wave[i:i + 3000])]
+    live += [s.detection for s in spotter.finish() if s.detection is not None]
+    assert [d.word for d in live] == [w for w, _, _ in placed]
+    for d, (_, _, end) in zip(live, placed, strict=True):
+        assert end <= d.time <= end + 0.45, (d, end)
+    fired = score >= open_set.threshold
+    assert [(adapted.classes[int(b)], float(t)) for b, t, f in zip(best, times, fired,
+                                                                   strict=True) if f] \
+        == [(d.word, d.time) for d in live]
+    with pytest.raises(CascadeError, match="segment"):
+        Spotter(adapted, settings=settings, cascade=True)
+    with pytest.raises(ValueError, match="decision"):
+        SpotSettings(decision="hops")
+
     frontend = FrontendConfig(duration=1.0, n_mels=32)
-    windows = segment_windows(wave, found, frontend)
-    for w in windows:  # the word's energy sits mid-window
-        energy = np.square(w).reshape(10, -1).sum(1)
-        assert energy[4:6].sum() > 0.5 * energy.sum()
     corpus = load_corpus(str(tone_manifest(tmp_path / "tones", labels=range(6), per=6,
                                            seconds=0.5)))
     algo = ProtoNet(create_model("conv4", num_classes=3, input_shape=(32, 101), channels=8))
     cfg = StreamConfig(episodes=1, ways=3, shots=(2,), targets=3, nontargets=2, seed=4,
-                       calibration="clips", decision="segments")
+                       calibration="clips", settings=settings)
+    assert cfg.decision == "segments"
     (r,) = evaluate_streams({"centroid": algo}, corpus, ["0", "1", "2", "3", "4"], frontend,
                             [builtin_negatives(frontend)], cfg)
     assert r.targets == 9 and all(0 <= d <= 1 for d in r.detection_rate)
     assert r.detection_rate[-1] >= r.detection_rate[0]
     with pytest.raises(ValueError, match="calibrated on clips"):
-        StreamConfig(decision="segments")
+        StreamConfig(settings=settings)
 
 
 def test_streams_respect_a_speaker_split_and_say_what_they_used(tmp_path, monkeypatch):

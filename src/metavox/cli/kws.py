@@ -40,12 +40,20 @@ def listen_command(
     cascade_far: float | None = typer.Option(
         None, "--cascade-far", help="On the fusion base: the fraction of negatives the "
         "cascade's first stage passes (default: the model's saved rule, else 0.1)."),
+    decision: str = typer.Option("windows", "--decision", help="windows: score a sliding "
+                                 "window every hop (words anywhere, inside sentences "
+                                 "too); segments: one window per speech segment cut by "
+                                 "energy, for words spoken on their own (fewer false "
+                                 "accepts; --hop, --smooth, --refractory and the cascade "
+                                 "do not apply)."),
 ) -> None:
     """Spot the enrolled words in recordings or a live stream: timestamped detections.
 
     Examples:
 
       metavox listen my_words.safetensors meeting.wav
+
+      metavox listen my_words.safetensors commands.wav --decision segments
 
       arecord -f S16_LE -r 16000 -c 1 | metavox listen my_words.safetensors - --json
 
@@ -65,14 +73,15 @@ def listen_command(
         if not mic and (device is not None or seconds is not None):
             raise ValueError("--device and --seconds go with --mic")
         adapted = load_adapted(model)
-        settings = SpotSettings(smooth=smooth, refractory=refractory)
+        settings = SpotSettings(smooth=smooth, refractory=refractory, decision=decision)
         open_set = (adapted.open_set if threshold is None
                     else replace(adapted.open_set, threshold=threshold))
         rate = adapted.frontend.sample_rate
         step = None if hop is None else max(1, round(hop * rate))
         for source in audio or ["mic"]:
             spotter = Spotter(adapted, settings=settings, hop=step, open_set=open_set,
-                              cascade=False if every_hop else None, cascade_far=cascade_far)
+                              cascade=False if every_hop or decision == "segments" else None,
+                              cascade_far=cascade_far)
             if mic:
                 chunks = microphone_chunks(rate, seconds=seconds, device=(
                     int(device) if device is not None and device.isdigit() else device))
@@ -160,8 +169,9 @@ def streams_command(
                              "trained to reject, its learned output), background or "
                              "probability."),
     decision: str = typer.Option("windows", "--decision", help="windows: the sliding window "
-                                 "every hop (as listen); segments: one window per speech "
-                                 "segment cut by energy (needs --calibration clips)."),
+                                 "every hop; segments: one window per speech segment cut "
+                                 "by energy (needs --calibration clips); each as `metavox "
+                                 "listen --decision` decides live."),
     kind: str = typer.Option("words", "--kind", help="The non-target speech: words "
                              "(clips of the corpus's other words) or sentences (continuous "
                              "sentences spoken by the synthetic voices; needs the synth "

@@ -45,13 +45,14 @@ import torch
 from torch import Tensor
 
 from metavox.audio.augment import background_noise
+from metavox.audio.features import FrontendConfig
 from metavox.audio.io import load_audio, speech_bounds
 from metavox.data import Corpus
-from metavox.kws.segments import segment_features
+from metavox.kws.segments import SegmentSettings, segment_stream
 from metavox.kws.spotter import SpotSettings, smoothed_scores, triggered
 from metavox.meta import MetaAlgorithm
 from metavox.meta.openset import RULES, OpenSet, spread_of, threshold_for
-from metavox.pipeline.enroll import Adapted, featurize, negative_scores
+from metavox.pipeline.enroll import Adapted, featurize, featurize_waves, negative_scores
 from metavox.progress import Progress
 
 #: the far values swept for the DET curve when calibrating on clips (fraction of negative
@@ -59,9 +60,10 @@ from metavox.progress import Progress
 FAR_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 FA_PER_HOUR_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 #: past the strictest calibrated threshold (far 0: above every negative), the DET curve goes
-#: on with that threshold raised by these multiples of the negatives' score spread: where
-#: the scoring rule itself could reach, whatever the calibration
-MARGINS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+#: on with that threshold raised by these multiples of the negatives' score spread (0.1 to
+#: 4 in steps of 0.1, fine enough that the curve has no gap between 1 and 2 false accepts
+#: per 100 words): where the scoring rule itself could reach, whatever the calibration
+MARGINS = tuple(round(0.1 * i, 1) for i in range(1, 41))
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ class StreamConfig:
     calibration: str = "streams"  # "streams" (negative streams, FA/h) or "clips" (far)
     rule: str = "logit"
     seed: int = 0
+    #: how scores become detections, ``settings.decision`` included: "windows", the
+    #: sliding window every hop (what `metavox listen` does), or "segments", one window
+    #: per speech segment (:mod:`metavox.kws.segments`; clip calibration only)
     settings: SpotSettings = field(default_factory=SpotSettings)
-    #: "windows": the sliding window every hop (what `metavox listen` does); "segments":
-    #: one window per speech segment (:mod:`metavox.kws.segments`), clip calibration only
-    decision: str = "windows"
     #: the non-target speech: "words" (clips of the corpus's other words) or "sentences"
     #: (continuous sentences spoken by the synthesiser, :mod:`metavox.kws.sentences`)
     kind: str = "words"
@@ -106,9 +108,6 @@ class StreamConfig:
                              f"{self.calibration!r}")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
-        if self.decision not in ("windows", "segments"):
-            raise ValueError(f"decision must be 'windows' or 'segments', got "
-                             f"{self.decision!r}")
         if self.kind not in ("words", "sentences"):
             raise ValueError(f"kind must be 'words' or 'sentences', got {self.kind!r}")
         if any(not 0.0 <= f <= 1.0 for f in self.cascade):
@@ -117,6 +116,11 @@ class StreamConfig:
             raise ValueError("the cascade decides on the sliding window (decision='windows')")
         if self.decision == "segments" and self.calibration != "clips":
             raise ValueError("segment decisions are calibrated on clips (calibration='clips')")
+
+    @property
+    def decision(self) -> str:
+        """``settings.decision``: "windows" or "segments"."""
+        return self.settings.decision
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -502,8 +506,8 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
     for e in range(cfg.episodes):
         stream = build_stream(corpus, test_words, cfg, e, frontend.sample_rate,
                               exclude=exclude)
-        if cfg.decision == "segments":
-            times, feats = segment_features(stream.wave, frontend)
+        if cfg.decision == "segments":  # what a live Spotter with decision="segments" does
+            times, feats = segment_features(stream.wave, frontend, cfg.settings.segments)
         else:
             times, feats = stream_features(stream, frontend)
         hours = stream.non_target_seconds / 3600
@@ -548,6 +552,19 @@ def evaluate_streams(methods: dict[str, MetaAlgorithm], corpus: Corpus, test_wor
         bar.update(1)
     bar.close()
     return list(results.values())
+
+
+def segment_features(wave: np.ndarray, frontend: FrontendConfig,
+                     settings: SegmentSettings) -> tuple[np.ndarray, Tensor]:
+    """``(decision times [segments], features [segments, 1, F, frames])`` of a recorded
+    stream's speech segments, as :class:`metavox.kws.segments.Segmenter` cuts them live."""
+    segments = segment_stream(wave, frontend.sample_rate, frontend.num_samples, settings)
+    if not segments:
+        return np.zeros(0), torch.zeros(0, 1, frontend.num_features, frontend.num_frames)
+    windows = [g.window for g in segments]
+    feats = torch.cat([featurize_waves(windows[i:i + 64], frontend)
+                       for i in range(0, len(windows), 64)])
+    return np.array([g.time for g in segments]), feats
 
 
 def cascade_name(method: str, far: float | None) -> str:

@@ -4,6 +4,7 @@ Markdown table, DET plot)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from metavox.data import Corpus
 from metavox.kws.protocol import MARGINS, StreamConfig, StreamResult, evaluate_streams
+from metavox.kws.spotter import SpotSettings
 from metavox.meta import ProtoNet
 from metavox.pipeline.build import RunData, build_model, build_run_data
 from metavox.pipeline.enroll import negative_pool, read_negatives
@@ -45,8 +47,8 @@ def run_streams(checkpoint: str | Path, *, episodes: int = 12, shots: list[int] 
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     cfg = config or StreamConfig(episodes=episodes, shots=tuple(shots or (1, 3, 5)),
                                  ways=ways, far=far, calibration=calibration,
-                                 seed=loaded.config.seed, decision=decision, kind=kind,
-                                 rule=rule,
+                                 seed=loaded.config.seed, kind=kind, rule=rule,
+                                 settings=SpotSettings(decision=decision),
                                  cascade=tuple(cascade))
     data = build_run_data(loaded.config, progress=progress)
     if "test" not in data.parts:
@@ -155,7 +157,8 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
     folder.mkdir(parents=True, exist_ok=True)
     rows = [summary(r, cfg) for r in results]
     data = {"config": {k: v for k, v in vars(cfg).items() if k != "settings"}
-            | {"settings": vars(cfg.settings)}, "test_words": test_words, "rows": rows,
+            | {"decision": cfg.decision, "settings": asdict(cfg.settings)},
+            "test_words": test_words, "rows": rows,
             "negative_clips": negative_clips, "split": split,
             "adaptation": None if adaptation is None else adaptation.to_dict(),
             "curves": [r.to_dict() for r in results]}
@@ -183,8 +186,8 @@ def write_report(results: list[StreamResult], cfg: StreamConfig, folder: Path,
                  f"non-target words); test words: {', '.join(test_words)}. "
                  f"At <= 1 FA/h and at <= 1 FA per 100 non-target words: the best point of "
                  f"the curve, including thresholds past the "
-                 f"strictest calibrated one (raised by {', '.join(f'{m:g}' for m in MARGINS)} "
-                 f"spreads of the negatives' scores).")
+                 f"strictest calibrated one (raised by {MARGINS[0]:g} to {MARGINS[-1]:g} "
+                 f"spreads of the negatives' scores, in {len(MARGINS)} steps).")
     lines += split_lines(split)
     if adaptation is not None:
         lines += ["", adaptation.describe()]

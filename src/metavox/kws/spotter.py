@@ -1,6 +1,8 @@
 """Keyword spotting in a stream: an adapted model scores a sliding window every hop, the
 scores are smoothed, and a word is detected when its score is above the open-set
-threshold, then nothing is for a refractory period.
+threshold, then nothing is for a refractory period. With ``decision="segments"`` it
+scores one window per speech segment instead (:mod:`metavox.kws.segments`), for words
+spoken on their own.
 
 - :class:`Detector` is the decision rule alone, a small state machine over
   ``(time, logits)`` steps, so an offline evaluation sweeping thresholds over recorded
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,14 +29,19 @@ from metavox.audio.features import FrontendConfig
 from metavox.audio.io import load_audio
 from metavox.audio.streaming import feature_stream
 from metavox.kws.cascade import CascadeError, CascadeScorer, is_heavy, stage1_rule
+from metavox.kws.segments import Segment, Segmenter, SegmentSettings
 from metavox.meta.openset import OpenSet
-from metavox.pipeline.enroll import Adapted
+from metavox.pipeline.enroll import Adapted, featurize_waves
+
+#: how a :class:`Spotter` decides: the sliding window every hop, or one window per segment
+DECISIONS = ("windows", "segments")
 
 
 @dataclass(frozen=True)
 class Detection:
     """A word heard in a stream: ``time`` (seconds from the stream's start) is the end of
-    the window whose smoothed score first crossed the threshold."""
+    the window whose smoothed score first crossed the threshold (for segment decisions:
+    when the segment's window was complete, :attr:`metavox.kws.segments.Segment.time`)."""
 
     word: str
     time: float
@@ -49,21 +56,28 @@ class SpotSettings:
     """How scores become detections: the moving average over ``smooth`` hops, and the
     ``refractory`` seconds after a word's detection in which that word is not detected
     again (other words may be). ``None``: the front-end's window length, the time a word
-    stays in view of the sliding window (with less, one utterance fires twice)."""
+    stays in view of the sliding window (with less, one utterance fires twice).
+    ``decision``: ``"windows"`` (the sliding window, every hop) or ``"segments"`` (one
+    window per speech segment, :mod:`metavox.kws.segments`; smoothing and the refractory
+    period do not apply, ``segments`` says how speech is cut)."""
 
     smooth: int = 3
     refractory: float | None = None
+    decision: str = "windows"
+    segments: SegmentSettings = field(default_factory=SegmentSettings)
 
     def __post_init__(self) -> None:
         if self.smooth < 1 or (self.refractory is not None and self.refractory < 0):
             raise ValueError(f"need smooth >= 1 and refractory >= 0, got {self.smooth}, "
                              f"{self.refractory}")
+        if self.decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, got {self.decision!r}")
 
     def resolve(self, frontend: FrontendConfig) -> SpotSettings:
         """These settings with the refractory period set (the window's length if unset)."""
         if self.refractory is not None:
             return self
-        return SpotSettings(self.smooth, float(frontend.duration))
+        return replace(self, refractory=float(frontend.duration))
 
     @property
     def refractory_seconds(self) -> float:
@@ -218,6 +232,16 @@ class Spotter:
         self.detector = Detector(adapted.classes, self.open_set, self.settings)
         self.sample_rate = adapted.frontend.sample_rate
         self.scorer: CascadeScorer | None = None
+        self.segmenter: Segmenter | None = None
+        self._floor = unverified_row(self.open_set, len(adapted.classes))
+        if self.settings.decision == "segments":
+            if cascade:
+                raise CascadeError("the cascade serves the sliding window; segment "
+                                   "decisions score one window per segment")
+            self.segmenter = Segmenter(self.sample_rate, adapted.frontend.num_samples,
+                                       self.settings.segments)
+            self.features = None
+            return
         if is_heavy(adapted.frontend):
             stage1 = None
             if cascade is not False:
@@ -235,10 +259,12 @@ class Spotter:
                                f"{adapted.frontend.kind!r} features")
         else:
             self.features = feature_stream(adapted.frontend, hop)
-        self._floor = unverified_row(self.open_set, len(adapted.classes))
 
     @property
     def hop_seconds(self) -> float:
+        """Seconds between scores (for segment decisions: the segmenter's frame)."""
+        if self.segmenter is not None:
+            return self.segmenter.frame / self.sample_rate
         hop = self.scorer.hop if self.scorer is not None else self.features.hop
         return hop / self.sample_rate
 
@@ -256,7 +282,10 @@ class Spotter:
         return self.scorer.verified / max(self.scorer.hops, 1)
 
     def steps(self, chunk: np.ndarray) -> list[Step]:
-        """Every hop ``chunk`` completes: scores, smoothed scores and detection."""
+        """Every hop ``chunk`` completes: scores, smoothed scores and detection (for
+        segment decisions: every segment it completes)."""
+        if self.segmenter is not None:
+            return self._segment_steps(self.segmenter.push(chunk))
         if self.scorer is None:
             out = []
             for t, row in self.scores(chunk):
@@ -275,9 +304,32 @@ class Spotter:
             out.append(Step(t, rows[-1], smoothed, d))
         return out
 
+    def finish(self) -> list[Step]:
+        """At the stream's end: the segments still open or waiting for their context
+        (nothing for the sliding window, which decides as the hops come)."""
+        if self.segmenter is None:
+            return []
+        return self._segment_steps(self.segmenter.flush())
+
+    def _segment_steps(self, segments: list[Segment]) -> list[Step]:
+        if not segments:
+            return []
+        x = featurize_waves([g.window for g in segments], self.adapted.frontend)
+        out = []
+        for g, row in zip(segments, self.adapted.values(x, self.open_set), strict=True):
+            score, best = row.max(-1)
+            fire = float(score) >= self.open_set.threshold
+            d = Detection(self.detector.words[int(best)], g.time, float(score)) if fire \
+                else None
+            out.append(Step(g.time, row, row, d))
+        return out
+
     def scores(self, chunk: np.ndarray) -> list[tuple[float, Tensor]]:
         """``(time, open-set scores [words])`` for every hop ``chunk`` completes (no
-        decisions; not for a cascade, which scores only some hops: see :meth:`steps`)."""
+        decisions; not for a cascade, which scores only some hops: see :meth:`steps`;
+        for segment decisions, every segment it completes)."""
+        if self.segmenter is not None:
+            return [(s.time, s.values) for s in self.steps(chunk)]
         if self.scorer is not None:
             if self.cascading:
                 raise CascadeError("a cascade scores only candidate hops: use Spotter.steps, "
@@ -295,9 +347,11 @@ class Spotter:
         return [s.detection for s in self.steps(chunk) if s.detection is not None]
 
     def run(self, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:
-        """Detections over an iterable of chunks, as they happen."""
+        """Detections over an iterable of chunks, as they happen, then at its end
+        (:meth:`finish`)."""
         for chunk in chunks:
             yield from self.feed(chunk)
+        yield from (s.detection for s in self.finish() if s.detection is not None)
 
 
 def file_chunks(path: str, sample_rate: int, *, seconds: float = 1.0) -> Iterator[np.ndarray]:
