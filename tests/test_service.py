@@ -91,6 +91,14 @@ def test_enroll_adapt_classify_and_listen(run, tmp_path):
     assert all(set(m["scores"]) == set(m["levels"]) == set(FREQS) for m in messages)
     assert all(0 <= v <= 1 for m in messages for v in m["levels"].values())
     assert not any("confidence" in m for m in messages)
+    # one decision per speech segment: the tone is one segment, scored once
+    with c.websocket_connect("/profiles/ann/listen?decision=segments") as ws:
+        assert ws.receive_json()["decision"] == "segments"
+        ws.send_bytes(pcm)
+        (m,) = [ws.receive_json()]
+    assert set(m["scores"]) == set(FREQS) and 0.5 < m["time"] <= 1.5
+    with c.websocket_connect("/profiles/ann/listen?decision=hops") as ws:
+        assert "decision" in ws.receive_json()["error"]
     info = c.get("/profiles/ann").json()
     assert info["words"] == sorted(FREQS) and info["model"]["version"] == 1
     assert info["model"]["expectations"] == expected

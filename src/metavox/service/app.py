@@ -205,9 +205,12 @@ class Service:
         # one file to download: without the cascade's stage-1 graph (fusion base)
         return export_onnx(adapted, out, cascade=False)
 
-    def spotter(self, profile: str) -> Spotter:
+    def spotter(self, profile: str, decision: str = "windows") -> Spotter:
+        """The profile's model listening with ``decision`` (see
+        :class:`metavox.kws.spotter.SpotSettings`)."""
+        settings = SpotSettings(decision=decision)  # a bad decision fails before the load
         _, adapted = self.model(profile)
-        return Spotter(adapted, settings=SpotSettings())
+        return Spotter(adapted, settings=settings)
 
 
 def readable(values, open_set, words: list[str]) -> dict[str, float] | None:
@@ -349,9 +352,10 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
             await websocket.close(code=1008)
             return
         await websocket.accept()
+        decision = websocket.query_params.get("decision", "windows")
         try:
-            spotter = await run_in_threadpool(service.spotter, profile)
-        except StoreError as err:
+            spotter = await run_in_threadpool(service.spotter, profile, decision)
+        except ValueError as err:  # a StoreError, or a bad decision
             await websocket.send_json({"error": str(err)})
             await websocket.close(code=1008)
             return
@@ -359,14 +363,15 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
         open_set = spotter.adapted.open_set
         await websocket.send_json({"words": words, "rule": open_set.rule,
                                    "threshold": open_set.to_dict()["threshold"],
-                                   "hop": spotter.hop_seconds,
+                                   "hop": spotter.hop_seconds, "decision": decision,
                                    "sample_rate": service.frontend.sample_rate})
         try:
             while True:
                 data = await websocket.receive_bytes()
                 chunk = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
                 # every hop's scores and decision (on the fusion base a cascade verifies
-                # only candidate hops; the others show every word at the floor)
+                # only candidate hops; the others show every word at the floor), or
+                # every segment's with decision=segments
                 steps = await asyncio.get_running_loop().run_in_executor(
                     service.live_pool, spotter.steps, chunk.astype(np.float32) / 32768)
                 for step in steps:
