@@ -10,6 +10,12 @@ each word's open-set score over the last `smooth` hops, and reports the best wor
 is at or above the calibrated threshold, then does not report that word again for `refractory`
 seconds: the decisions `metavox listen` makes (all settings are read from the file's metadata).
 
+With `--segments` it makes one decision per speech segment instead, as `metavox listen
+--decision segments` does: 20 ms frames are loud when their energy is over the noise floor
+(a percentile of the last seconds of frames), loud stretches are bridged and bounded, and
+each segment is scored once in a window centred on it that holds the segment and some
+context either side, zeros beyond (all settings from the metadata's "segments").
+
 A model on the heavy fusion base comes with a cascade (`my_words.stage1.onnx` beside it,
 named in the metadata): the small stage-1 graph scores every window, and the full model
 only candidate windows (stage-1 score at or above its threshold), and of a run of them only
@@ -103,6 +109,73 @@ def spot(model_path: str, wave: np.ndarray, *, every_hop: bool = False) -> list[
     return out
 
 
+def speech_segments(wave: np.ndarray, rate: int, size: int, cfg: dict
+                    ) -> list[tuple[float, np.ndarray]]:
+    """(decision time, window of `size` samples) for each speech segment of `wave`."""
+    frame = max(1, round(rate * cfg["frame_ms"] / 1000))
+    n = len(wave)
+    frames = -(-n // frame)
+    chunks = np.concatenate([wave, np.zeros(frames * frame - n, np.float32)])
+    power = np.mean(chunks.reshape(frames, frame).astype(np.float64) ** 2, axis=1)
+    db = 20 * np.log10(np.sqrt(power) + 1e-6)
+    history = max(1, round(cfg["history_s"] * rate / frame))
+    bridge, longest = cfg["bridge_ms"] / cfg["frame_ms"], -(-cfg["max_ms"] // cfg["frame_ms"])
+    context = round(cfg["context_ms"] / 1000 * rate)
+    closed = []  # (first sample, end sample, sample at which the stretch closed)
+
+    def close(first: int, end: int, now: int) -> None:
+        if (end - first) * cfg["frame_ms"] >= cfg["min_ms"]:
+            closed.append((first * frame, end * frame, now * frame))
+
+    start, last = None, 0
+    for f in range(frames):
+        floor = np.percentile(db[max(0, f + 1 - history):f + 1], cfg["floor_percentile"])
+        if db[f] > floor + cfg["above_db"]:
+            start = f if start is None else start
+            last = f
+            if f + 1 - start >= max(1, longest):
+                close(start, f + 1, f + 1)
+                start = None
+        elif start is not None and f - last >= bridge:
+            close(start, last + 1, f + 1)
+            start = None
+    if start is not None:
+        close(start, last + 1, frames)
+    out = []
+    for first, end, now in closed:
+        mid = (first + end) // 2
+        lo = mid - size // 2
+        needed = min(end + context, mid + size - size // 2)
+        window = np.zeros(size, np.float32)
+        a, b = max(lo, first - context, 0), min(lo + size, end + context, n)
+        if b > a:
+            window[a - lo:b - lo] = wave[a:b]
+        out.append((min(max(needed, now), n) / rate, window))
+    return out
+
+
+def spot_segments(model_path: str, wave: np.ndarray) -> list[dict]:
+    """Detections over a whole waveform, one decision per speech segment."""
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["metavox"])
+    rate, words = meta["sample_rate"], meta["words"]
+    threshold = meta["open_set"]["threshold"]
+    threshold = -np.inf if threshold is None else threshold
+    # half a second of silence after the end, as for the sliding window
+    wave = np.concatenate([wave, np.zeros(rate // 2, dtype=np.float32)])
+    found = speech_segments(wave, rate, meta["clip_samples"], meta["segments"])
+    if not found:
+        return []
+    values = run_batches(session, "values", np.stack([w for _, w in found]))
+    out = []
+    for (t, _), row in zip(found, values, strict=True):
+        best = int(np.argmax(row))
+        if row[best] >= threshold:
+            out.append({"word": words[best], "time": round(t, 3),
+                        "score": round(float(row[best]), 4)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the .onnx file `metavox export` wrote")
@@ -110,10 +183,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per detection")
     parser.add_argument("--every-hop", action="store_true", help="a cascade's full model on "
                         "every window (the comparison)")
+    parser.add_argument("--segments", action="store_true", help="one decision per speech "
+                        "segment (words spoken on their own) instead of every hop")
     args = parser.parse_args()
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     rate = json.loads(session.get_modelmeta().custom_metadata_map["metavox"])["sample_rate"]
-    for d in spot(args.model, read_mono(args.audio, rate), every_hop=args.every_hop):
+    wave = read_mono(args.audio, rate)
+    found = (spot_segments(args.model, wave) if args.segments
+             else spot(args.model, wave, every_hop=args.every_hop))
+    for d in found:
         print(json.dumps(d) if args.json else f"{d['time']:8.2f} s\t{d['word']}\t"
               f"(score {d['score']:.3f})")
 

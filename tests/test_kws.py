@@ -4,10 +4,12 @@ standalone example. Self-contained: the words are generated tones."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -465,6 +467,27 @@ def test_standalone_example_spots_the_same_words_without_torch(exported, adapted
     want = [d.to_dict() for d in spotter.run(file_chunks(str(wav), RATE))]
     assert [(g["word"], g["time"]) for g in got] == [(w["word"], w["time"]) for w in want]
     assert [g["word"] for g in got] == [w for w, _, _ in placed]
+    # --segments: one decision per speech segment, as Spotter(decision="segments"); with
+    # a threshold that accepts the toy's centred words (see the segment test)
+    from metavox.kws.export import export_onnx
+    from metavox.kws.protocol import segment_features
+
+    settings = replace(SETTINGS, decision="segments")
+    _, feats = segment_features(wave, adapted.frontend, settings.segments)
+    lowered = copy.copy(adapted)
+    lowered.open_set = replace(adapted.open_set, threshold=float(
+        adapted.values(feats).max(-1).values.min()) - 0.01)
+    path = export_onnx(lowered, folder / "segments.onnx", settings=settings)
+    run = subprocess.run([sys.executable, "-c", code.replace(
+        "'--json']", "'--json', '--segments']").replace(str(folder / "words.onnx"),
+                                                        str(path))],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = [json.loads(line) for line in run.stdout.splitlines()]
+    want = [d.to_dict() for d in Spotter(lowered, settings=settings).run(
+        file_chunks(str(wav), RATE))]
+    assert [(g["word"], g["time"]) for g in got] == [(w["word"], w["time"]) for w in want]
+    assert [g["word"] for g in got] == [w for w, _, _ in placed]
 
 
 def test_listen_and_export_commands(tmp_path, adapted):
@@ -879,8 +902,6 @@ def test_spotter_segment_decisions_are_the_protocols(adapted, tmp_path):
     """A Spotter deciding on segments detects each word once, right, within the context
     after its end, and makes the same decisions as the stream protocol's segment scoring
     over the recorded stream; the protocol's segment decisions give rates in range."""
-    from dataclasses import replace
-
     from train_helpers import tone_manifest
 
     from metavox.data import load_corpus

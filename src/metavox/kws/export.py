@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -109,6 +110,7 @@ def export_metadata(adapted: Adapted, hop: float, settings: SpotSettings,
     meta = {"format": "metavox-clip-spotter/1", "words": adapted.classes,
             "sample_rate": fe.sample_rate, "clip_samples": fe.num_samples, "hop_seconds": hop,
             "smooth": settings.smooth, "refractory": settings.refractory,
+            "segments": asdict(settings.segments),
             "open_set": adapted.open_set.to_dict(), "outputs": list(OUTPUTS),
             "unknown": -1}
     if stage1 is not None:
