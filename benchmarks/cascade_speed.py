@@ -8,6 +8,9 @@
   speech embedding's stage 1 every hop, the full model on candidate windows only, one
   every ``stride`` hops within a run of them (the default stride);
 - ``cascade, stride 1``: the same, verifying every candidate;
+- ``fusion, segments`` and ``speech embedding, segments``: one decision per speech
+  segment (``SpotSettings(decision="segments")``, :mod:`metavox.kws.segments`): the
+  live energy segmenter, and the full model once per segment;
 
 with the fraction of hops verified and the detections each makes. The words are enrolled
 (5 words, 5 clips each) and the stream built as the stream protocol does, from Speech
@@ -45,6 +48,8 @@ def timed(spotter: Spotter, wave: np.ndarray, rate: int, chunk: int = 1600
     t0 = time.perf_counter()
     for i in range(0, len(wave), chunk):
         found += [(d.word, round(d.time, 2)) for d in spotter.feed(wave[i:i + chunk])]
+    found += [(s.detection.word, round(s.time, 2)) for s in spotter.finish()
+              if s.detection is not None]
     return (time.perf_counter() - t0) / (len(wave) / rate), found
 
 
@@ -102,7 +107,7 @@ def main() -> None:
     speech = enrolled("speech-embedding", stream, negative_paths, None)
     fusion = enrolled("fusion", stream, negative_paths, args.run)
     torch.set_num_threads(args.threads)
-    settings = SpotSettings()
+    settings, segments = SpotSettings(), SpotSettings(decision="segments")
     makers = {
         "speech embedding": lambda: Spotter(speech, settings=settings),
         "fusion, every hop": lambda: Spotter(fusion, settings=settings, cascade=False),
@@ -110,6 +115,8 @@ def main() -> None:
                                            cascade_far=args.cascade_far),
         "cascade, stride 1": lambda: Spotter(fusion, settings=settings, cascade=True,
                                              cascade_far=args.cascade_far, cascade_stride=1),
+        "fusion, segments": lambda: Spotter(fusion, settings=segments),
+        "speech embedding, segments": lambda: Spotter(speech, settings=segments),
     }
     timings: dict[str, list[float]] = {k: [] for k in makers}
     found, verified = {}, {}
@@ -125,10 +132,11 @@ def main() -> None:
           f"{args.repeats} repeats; fusion model: {args.run or 'nearest centroid'}; "
           f"cascade stage 1 passes {spotter.scorer.stage1.far:g} of the negatives, "
           f"stride {spotter.scorer.stride} hops")
-    print(f"{'what runs':<20}{'real-time factor':>18}{'hops verified':>16}{'detections':>12}")
+    print(f"{'what runs':<28}{'real-time factor':>18}{'hops verified':>16}{'detections':>12}")
     for name in makers:
-        print(f"{name:<20}{statistics.median(timings[name]):>18.4f}"
-              f"{100 * verified[name]:>15.1f}%{len(found[name]):>12}")
+        share = "per segment" if name.endswith("segments") else f"{100 * verified[name]:.1f}%"
+        print(f"{name:<28}{statistics.median(timings[name]):>18.4f}"
+              f"{share:>16}{len(found[name]):>12}")
     every = set(found["fusion, every hop"])
     for name in ("fusion, cascade", "cascade, stride 1"):
         got = set(found[name])

@@ -894,6 +894,8 @@ def test_live_segmenter_finds_the_words_and_presents_them_as_clips():
         assert all(np.array_equal(a.window, b.window) for a, b in zip(got, found,
                                                                       strict=True))
     assert segment_stream(np.zeros(RATE, np.float32), RATE, size) == []
+    with pytest.raises(ValueError, match="NaN"):
+        Segmenter(RATE, size).push(np.array([0.0, np.nan], np.float32))
     with pytest.raises(ValueError, match="floor_percentile"):
         SegmentSettings(floor_percentile=120)
 

@@ -98,7 +98,9 @@ class Segmenter:
 
     def push(self, chunk: np.ndarray) -> list[Segment]:
         """The segments whose window ``chunk`` completes."""
-        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)  # as the feature stream
+        if not np.isfinite(chunk).all():
+            raise ValueError("the stream holds NaN or infinite samples")
         self._audio = np.concatenate([self._audio, chunk])
         while (self._frames + 1) * self.frame <= self.samples:
             self._step(self._frames)
