@@ -5,7 +5,8 @@ media stream feeding real speech as the microphone.
 One speaker of the Speech Commands test folder enrolls 3 words through the page, 3 clips
 each (a browser session per clip, since the fake microphone plays one file from its start
 whenever the page opens it), then the page listens to a stream holding other recordings of
-the 3 words and must show exactly those detections, in order, at their times.
+the 3 words and must show exactly those detections, in order, at their times; and again
+with one decision per word (the page's checkbox: the service's segment decisions).
 
 Screenshots go to ``$METAVOX_ARTIFACTS/browser`` (default ``artifacts/browser`` in the
 repository). Without Chromium, its driver or Selenium the test skips with the reason,
@@ -254,6 +255,35 @@ def test_enroll_three_words_in_the_page_then_spot_them_live(server):
           f"{[round(x, 3) for x in latencies]} s after the speech ended; screenshots in "
           f"{ARTIFACTS}")
     assert max(latencies) < 1.0
+
+    # 5. one decision per word: a fresh page on the same stream, the checkbox ticked
+    driver = chromium(mic)
+    try:
+        driver.get(url)
+        wait_for(driver, status_says("Ready"), what="the page to load")
+        Select(driver.find_element(By.ID, "profile")).select_by_value("me")
+        wait_for(driver, status_says("Profile “me”"), what="the profile")
+        driver.find_element(By.ID, "per-word").click()
+        driver.find_element(By.ID, "listen").click()
+        t0 = time.monotonic()
+        wait_for(driver, status_says("Listening"), what="the live view")
+        locked = driver.find_element(By.ID, "per-word").get_attribute("disabled")
+        wait_for(driver, lambda d: len(d.execute_script("return window.metavox.detections"))
+                 >= len(WORDS), seconds=seconds + 5, what="the per-word detections")
+        time.sleep(max(0.0, seconds + 1.0 - (time.monotonic() - t0)))
+        per_word = driver.execute_script("return window.metavox")
+        driver.find_element(By.ID, "listen").click()
+    finally:
+        driver.quit()
+    assert not per_word["errors"], per_word["errors"]
+    assert locked  # the choice holds for the whole stream
+    found = [(d["word"], d["time"]) for d in per_word["detections"]]
+    assert [w for w, _ in found] == list(WORDS), (found, times)
+    for (word, t), (_, start, end) in zip(found, times, strict=True):
+        assert start <= t <= end + 0.75, (word, t, start, end)
+    # one message per speech segment, not one per hop
+    assert per_word["hops"] <= 2 * len(WORDS), per_word["hops"]
+    print(f"one decision per word: detections {found}")
 
 
 def io_bytes(data: bytes):

@@ -348,6 +348,8 @@ async function startListening() {
   const url = new URL(profilePath() + "/listen", location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   if (token()) url.searchParams.set("token", token());
+  // one decision per speech segment instead of every hop (words said on their own)
+  if ($("per-word").checked) url.searchParams.set("decision", "segments");
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
   const live = { socket, mic: null, rows: new Map(), sent: 0, start: 0 };
@@ -396,6 +398,7 @@ async function startListening() {
   };
   $("listen").textContent = "Stop listening";
   $("listen").setAttribute("aria-pressed", "true");
+  $("per-word").disabled = true;
   say("Listening: say one of your words.");
 }
 
@@ -407,6 +410,7 @@ async function stopListening() {
   if (live.socket.readyState <= WebSocket.OPEN) live.socket.close(1000);
   $("listen").textContent = "Start listening";
   $("listen").setAttribute("aria-pressed", "false");
+  $("per-word").disabled = false;
 }
 
 // ---- wiring -----------------------------------------------------------------------------
