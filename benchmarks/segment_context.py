@@ -19,7 +19,7 @@ import argparse
 
 import torch
 
-from metavox.kws.protocol import StreamConfig, StreamResult, evaluate_streams
+from metavox.kws.protocol import StreamConfig, evaluate_streams
 from metavox.kws.report import stream_corpus
 from metavox.kws.segments import SegmentSettings
 from metavox.kws.spotter import SpotSettings
@@ -27,14 +27,6 @@ from metavox.meta import ProtoNet
 from metavox.pipeline.build import build_model, build_run_data
 from metavox.pipeline.enroll import negative_pool
 from metavox.pipeline.train import load_trained
-
-
-def best_at(r: StreamResult, per_100: float) -> float:
-    """The best detection rate of ``r``'s curve at or under ``per_100`` false accepts per
-    100 non-target words."""
-    fas = [100 * f / max(r.nontarget_words, 1) for f in r.false_accepts + r.margin_false_accepts]
-    hits = [h / max(r.targets, 1) for h in r.hits + r.margin_hits]
-    return max([h for f, h in zip(fas, hits, strict=True) if f <= per_100], default=0.0)
 
 
 def main() -> None:
@@ -64,7 +56,7 @@ def main() -> None:
                                   loaded.frontend, negatives, cfg,
                                   exclude=set(data.parts["train"].labels)):
             print(f"context {ctx:>7g} ms  {r.method:<18}"
-                  + " / ".join(f"{100 * best_at(r, m):5.1f}" for m in (1, 2, 5))
+                  + " / ".join(f"{100 * r.rate_at_per_100_words(m):5.1f}" for m in (1, 2, 5))
                   + f"%   ({r.targets} targets, {r.nontarget_words} non-target words)",
                   flush=True)
 
