@@ -80,8 +80,7 @@ def listen_command(
         step = None if hop is None else max(1, round(hop * rate))
         for source in audio or ["mic"]:
             spotter = Spotter(adapted, settings=settings, hop=step, open_set=open_set,
-                              cascade=False if every_hop or decision == "segments" else None,
-                              cascade_far=cascade_far)
+                              cascade=False if every_hop else None, cascade_far=cascade_far)
             if mic:
                 chunks = microphone_chunks(rate, seconds=seconds, device=(
                     int(device) if device is not None and device.isdigit() else device))
