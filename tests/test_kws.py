@@ -87,6 +87,18 @@ def synthetic_stream(seconds: float = 12.0, seed: int = 1):
     return wave, placed
 
 
+def accepting_every_segment(adapted: Adapted, wave: np.ndarray) -> OpenSet:
+    """``adapted``'s open set with a threshold just under the lowest best score of
+    ``wave``'s speech segments: the toy model's enrollment clips sit anywhere in their
+    window, so its centred segment windows score below its strictest threshold."""
+    from metavox.kws.protocol import segment_features
+    from metavox.kws.segments import SegmentSettings
+
+    _, feats = segment_features(wave, adapted.frontend, SegmentSettings())
+    lowest = float(adapted.values(feats).max(-1).values.min())
+    return replace(adapted.open_set, threshold=lowest - 0.01)
+
+
 def test_open_set_calibration_accepts_at_most_the_rate():
     rng = np.random.default_rng(0)
     negatives = torch.from_numpy(rng.normal(size=(1000, 4))).float()
@@ -468,15 +480,12 @@ def test_standalone_example_spots_the_same_words_without_torch(exported, adapted
     assert [(g["word"], g["time"]) for g in got] == [(w["word"], w["time"]) for w in want]
     assert [g["word"] for g in got] == [w for w, _, _ in placed]
     # --segments: one decision per speech segment, as Spotter(decision="segments"); with
-    # a threshold that accepts the toy's centred words (see the segment test)
+    # a threshold that accepts the toy's centred words
     from metavox.kws.export import export_onnx
-    from metavox.kws.protocol import segment_features
 
     settings = replace(SETTINGS, decision="segments")
-    _, feats = segment_features(wave, adapted.frontend, settings.segments)
     lowered = copy.copy(adapted)
-    lowered.open_set = replace(adapted.open_set, threshold=float(
-        adapted.values(feats).max(-1).values.min()) - 0.01)
+    lowered.open_set = accepting_every_segment(adapted, wave)
     path = export_onnx(lowered, folder / "segments.onnx", settings=settings)
     run = subprocess.run([sys.executable, "-c", code.replace(
         "'--json']", "'--json', '--segments']").replace(str(folder / "words.onnx"),
@@ -521,13 +530,8 @@ def test_listen_and_export_commands(tmp_path, adapted):
     bad = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "missing.wav")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "missing.wav" in bad.stderr and "Traceback" not in bad.stderr
-    # one decision per segment (the toy's centred words score below its strictest
-    # threshold: set one that accepts each of them, see the segment test)
-    from metavox.kws.protocol import segment_features
-    from metavox.kws.segments import SegmentSettings
-
-    _, feats = segment_features(wave, adapted.frontend, SegmentSettings())
-    threshold = float(adapted.values(feats).max(-1).values.min()) - 0.01
+    # one decision per segment, with a threshold that accepts the toy's centred words
+    threshold = accepting_every_segment(adapted, wave).threshold
     out = subprocess.run([*metavox, "listen", str(model), str(tmp_path / "stream.wav"),
                           "--json", "--decision", "segments", "--threshold", str(threshold)],
                          capture_output=True, text=True, timeout=300)
@@ -914,9 +918,7 @@ def test_spotter_segment_decisions_are_the_protocols(adapted, tmp_path):
     settings = SpotSettings(decision="segments")
     times, feats = segment_features(wave, adapted.frontend, settings.segments)
     score, best = adapted.values(feats).max(-1)
-    # the toy model's clips sit anywhere in their window, so centred words score below
-    # its strictest threshold: accept every segment of this stream (no background ones)
-    open_set = replace(adapted.open_set, threshold=float(score.min()) - 0.01)
+    open_set = accepting_every_segment(adapted, wave)  # this stream has no background ones
     spotter = Spotter(adapted, settings=settings, open_set=open_set)
     live = [d for i in range(0, len(wave), 3000) for d in spotter.feed(wave[i:i + 3000])]
     live += [s.detection for s in spotter.finish() if s.detection is not None]
